@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes delivery: Helm chart, deploy/ manifests, Dockerfile, YAML style.
+# Needs the tools from scripts/install-k8s-tools.sh; no cluster, no network.
+#
+#   scripts/install-k8s-tools.sh && scripts/check-k8s.sh
+#
+# Every check runs even after a failure; the exit status is 1 if any failed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+CHART=charts/pgwarden
+RELEASE=pgwarden
+NAMESPACE=pgwarden-system
+KUBE_VERSIONS=(1.29.0 1.33.0)
+
+PY_SCRIPTS="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH="$REPO/.tools/bin:$PY_SCRIPTS:$PATH"
+
+for tool in helm kubernetes-validate hadolint yamllint shellcheck openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "check-k8s: $tool not found; run scripts/install-k8s-tools.sh first" >&2
+    exit 1
+  fi
+done
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+passed=0
+failed=()
+last_ok=false
+
+# check NAME CMD...: runs CMD quietly; on failure prints its output. Sets last_ok.
+check() {
+  local name="$1"
+  shift
+  if "$@" >"$WORK/out" 2>&1; then
+    passed=$((passed + 1))
+    last_ok=true
+    printf 'ok    %s\n' "$name"
+  else
+    failed+=("$name")
+    last_ok=false
+    printf 'FAIL  %s\n' "$name"
+    sed 's/^/      /' "$WORK/out"
+  fi
+}
+
+# check_fails NAME CMD...: CMD must fail (guards that a check really rejects bad input).
+# The error must contain EXPECTED, so the right guard fired.
+check_fails() {
+  local name="$1" expected="$2"
+  shift 2
+  if "$@" >"$WORK/out" 2>&1; then
+    failed+=("$name")
+    printf 'FAIL  %s (expected an error, got none)\n' "$name"
+  elif ! grep -qF -- "$expected" "$WORK/out"; then
+    failed+=("$name")
+    printf 'FAIL  %s (error does not mention "%s")\n' "$name" "$expected"
+    sed 's/^/      /' "$WORK/out"
+  else
+    passed=$((passed + 1))
+    printf 'ok    %s\n' "$name"
+  fi
+}
+
+validate() { # validate KUBE_VERSION FILE...
+  local version="$1"
+  shift
+  kubernetes-validate --strict --quiet -k "$version" "$@"
+}
+
+render() { # render OUT KUBE_VERSION [helm args...]
+  local out="$1" version="$2"
+  shift 2
+  helm template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --kube-version "$version" "$@" >"$out"
+}
+
+# --- scripts, Dockerfile, plain YAML ---------------------------------------------------------
+check "shellcheck scripts/*.sh" shellcheck scripts/*.sh
+check "hadolint Dockerfile" hadolint --failure-threshold warning Dockerfile
+check "yamllint deploy/ and chart values" \
+  yamllint --strict deploy "$CHART/values.yaml" "$CHART/Chart.yaml" .yamllint
+
+# --- chart: lint, render, validate -----------------------------------------------------------
+value_sets=(default)
+for f in deploy/values/*.yaml; do
+  value_sets+=("$f")
+done
+
+rendered=()
+for set in "${value_sets[@]}"; do
+  args=()
+  label="default values"
+  if [[ "$set" != default ]]; then
+    args=(-f "$set")
+    label="$set"
+  fi
+  check "helm lint --strict ($label)" helm lint --strict --quiet "$CHART" --namespace "$NAMESPACE" "${args[@]}"
+  for version in "${KUBE_VERSIONS[@]}"; do
+    out="$WORK/render-$(basename "$set" .yaml)-$version.yaml"
+    check "helm template ($label, k8s $version)" render "$out" "$version" "${args[@]}"
+    if $last_ok; then
+      check "kubernetes-validate --strict -k $version ($label)" validate "$version" "$out"
+      rendered+=("$out")
+    fi
+  done
+done
+
+if ((${#rendered[@]})); then
+  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config" \
+    python3 scripts/check_k8s_render.py "$NAMESPACE" "${rendered[@]}"
+fi
+
+# The guards must reject bad values, not only accept good ones.
+cat >"$WORK/bare-off.yaml" <<'EOF'
+proxy:
+  defaults:
+    idle_timeout: off
+EOF
+check_fails "schema rejects a bare off (YAML 1.1 boolean)" "/proxy/defaults/idle_timeout" \
+  render "$WORK/x.yaml" 1.33.0 -f "$WORK/bare-off.yaml"
+check_fails "schema rejects an unknown proxy key" "'idle_timeout' not allowed" \
+  render "$WORK/x.yaml" 1.33.0 --set proxy.idle_timeout=5m
+check_fails "schema rejects a bad enum" "/proxy/upstream_tls" \
+  render "$WORK/x.yaml" 1.33.0 --set proxy.upstream_tls=always
+check_fails "chart rejects proxy.listen off sidecar.listenPort" "must use sidecar.listenPort" \
+  render "$WORK/x.yaml" 1.33.0 --set sidecar.listenPort=7432
+check_fails "chart rejects a loopback admin_listen" "must not be a loopback address" \
+  render "$WORK/x.yaml" 1.33.0 --set proxy.admin_listen=127.0.0.1:9187
+
+# --- deploy/ manifests (every YAML file with a top-level apiVersion) -------------------------
+mapfile -t manifests < <(grep -rlE --include='*.yaml' --include='*.yml' '^apiVersion:' deploy | sort)
+if ((${#manifests[@]} == 0)); then
+  failed+=("deploy/ manifests")
+  echo "FAIL  deploy/ manifests: none found"
+fi
+for version in "${KUBE_VERSIONS[@]}"; do
+  check "kubernetes-validate --strict -k $version deploy/ (${#manifests[@]} files)" \
+    validate "$version" "${manifests[@]}"
+done
+
+# --- summary ---------------------------------------------------------------------------------
+total=$((passed + ${#failed[@]}))
+if ((${#failed[@]})); then
+  printf '\ncheck-k8s: %d of %d checks FAILED:\n' "${#failed[@]}" "$total"
+  printf '  - %s\n' "${failed[@]}"
+  exit 1
+fi
+printf '\ncheck-k8s: all %d checks passed\n' "$total"

@@ -1,0 +1,324 @@
+//! The effective configuration: every key of the config file, its defaults, and how a file, `PGWARDEN_*`
+//! environment variables and command-line flags combine into one validated [`Config`].
+//!
+//! Owns: parsing, validation, precedence (flag > env > file), and rendering the effective settings.
+//! Does not own: watching the file for changes (see `reload`) or acting on any setting.
+
+pub mod overrides;
+pub mod values;
+
+use crate::identity::Field;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+pub use values::{HostPort, Limit, Timeout};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: HostPort,
+    pub upstream: HostPort,
+    pub upstream_tls: TlsMode,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub upstream_connect_timeout: Timeout,
+    pub client_login_timeout: Timeout,
+    pub admin_listen: HostPort,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Timeout,
+    /// `false` is report-only: nothing refused or closed, only counted and logged.
+    pub enforce: bool,
+    pub client_key: Vec<Field>,
+    pub max_total_connections: Limit,
+    /// Distinct clients labelled in metrics; the rest share the label `other`.
+    pub max_tracked_clients: u32,
+    pub stats: Stats,
+    pub defaults: Policy,
+    pub leak: Leak,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementText {
+    Redacted,
+    Full,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    Reject,
+    Wait,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stats {
+    pub statement_text: StatementText,
+    pub statement_max_length: u32,
+}
+
+/// The per-client policy: `defaults`, overridden field by field by the first matching rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub max_connections: Limit,
+    pub on_limit: OnLimit,
+    pub wait_timeout: Timeout,
+    pub idle_timeout: Timeout,
+    pub idle_in_transaction_timeout: Timeout,
+    /// Closed at its next idle point once older than this.
+    pub max_connection_age: Timeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Leak {
+    pub idle_threshold: Timeout,
+    pub idle_in_transaction_threshold: Timeout,
+    /// Reclaimed suspects stay in `/leaks` this long, with how they ended.
+    pub keep_closed_suspects: Timeout,
+}
+
+/// A rule: globs over `client_key` fields, and the policy fields it overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matches: BTreeMap<Field, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<OnLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_in_transaction_timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<Timeout>,
+}
+
+fn secs(n: u64) -> Timeout {
+    Timeout(Some(std::time::Duration::from_secs(n)))
+}
+
+fn addr(host: &str, port: u16) -> HostPort {
+    HostPort {
+        host: host.into(),
+        port,
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: addr("127.0.0.1", 6432),
+            upstream: addr("127.0.0.1", 5432),
+            upstream_tls: TlsMode::Prefer,
+            upstream_ca_file: None,
+            upstream_connect_timeout: secs(5),
+            client_login_timeout: secs(15),
+            admin_listen: addr("127.0.0.1", 9187),
+            log_format: LogFormat::Text,
+            shutdown_grace: secs(30),
+            enforce: true,
+            client_key: vec![Field::ApplicationName, Field::User],
+            max_total_connections: Limit(None),
+            max_tracked_clients: 200,
+            stats: Stats::default(),
+            defaults: Policy::default(),
+            leak: Leak::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            statement_text: StatementText::Redacted,
+            statement_max_length: 1024,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_connections: Limit(None),
+            on_limit: OnLimit::Reject,
+            wait_timeout: secs(5),
+            idle_timeout: Timeout(None),
+            idle_in_transaction_timeout: Timeout(None),
+            max_connection_age: Timeout(None),
+        }
+    }
+}
+
+impl Default for Leak {
+    fn default() -> Self {
+        Leak {
+            idle_threshold: secs(300),
+            idle_in_transaction_threshold: secs(30),
+            keep_closed_suspects: secs(900),
+        }
+    }
+}
+
+/// A config problem, always naming the key, flag or variable it is about.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(origin: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            origin: origin.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the YAML came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Env,
+    Defaults,
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names the file or variable in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let mut inner = e.into_inner().to_string();
+            // serde_norway prefixes the parent key ("defaults: "); the origin below already names the key.
+            if let Some((prefix, rest)) = inner.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    inner = rest.to_string();
+                }
+            }
+            if path.is_empty() || path == "." {
+                ConfigError::invalid(origin, inner)
+            } else {
+                ConfigError::invalid(format!("{origin}: config key `{path}`"), inner)
+            }
+        })?;
+        config.validate().map_err(|(key, msg)| {
+            ConfigError::invalid(format!("{origin}: config key `{key}`"), msg)
+        })?;
+        Ok(config)
+    }
+
+    pub fn read_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Checks what the types alone cannot; returns the key and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
+        for (key, value) in [
+            ("upstream_connect_timeout", self.upstream_connect_timeout),
+            ("shutdown_grace", self.shutdown_grace),
+        ] {
+            if value.0.is_none() {
+                return fail(key, "must be a duration, not off");
+            }
+        }
+        if self.upstream_connect_timeout.0 == Some(std::time::Duration::ZERO) {
+            return fail("upstream_connect_timeout", "must be greater than 0");
+        }
+        if self.upstream_tls == TlsMode::Disable && self.upstream_ca_file.is_some() {
+            return fail("upstream_ca_file", "is set but upstream_tls is disable");
+        }
+        if self.client_key.is_empty() {
+            return fail("client_key", "must list at least one field");
+        }
+        for (i, f) in self.client_key.iter().enumerate() {
+            if self.client_key[..i].contains(f) {
+                return fail("client_key", &format!("lists {} twice", f.name()));
+            }
+        }
+        if self.max_tracked_clients == 0 {
+            return fail("max_tracked_clients", "must be at least 1");
+        }
+        if self.stats.statement_max_length == 0 || self.stats.statement_max_length > 1 << 20 {
+            return fail(
+                "stats.statement_max_length",
+                "must be between 1 and 1048576",
+            );
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}]{}{k}", if k.is_empty() { "" } else { "." });
+            if rule.matches.is_empty() {
+                return Err((key("match"), "must name at least one field (a rule without one would match every client; use defaults)".into()));
+            }
+            for (field, glob) in &rule.matches {
+                if !self.client_key.contains(field) {
+                    return Err((
+                        key(&format!("match.{}", field.name())),
+                        format!(
+                            "{} is not in client_key [{}]; a rule can only match fields of the client key",
+                            field.name(),
+                            self.client_key.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                if glob.len() > 256 {
+                    return Err((
+                        key(&format!("match.{}", field.name())),
+                        "glob longer than 256 characters".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings as YAML (what `check-config` prints).
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

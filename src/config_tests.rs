@@ -1,0 +1,152 @@
+use super::*;
+use std::time::Duration;
+
+#[test]
+fn spec_example_parses() {
+    let yaml = r#"
+listen: 127.0.0.1:6432
+upstream: 127.0.0.1:5432
+upstream_tls: prefer
+upstream_ca_file: null
+upstream_connect_timeout: 5s
+client_login_timeout: 15s
+admin_listen: 127.0.0.1:9187
+log_format: text
+shutdown_grace: 30s
+enforce: true
+client_key: [application_name, user]
+max_total_connections: off
+max_tracked_clients: 200
+stats:
+  statement_text: redacted
+  statement_max_length: 1024
+defaults:
+  max_connections: off
+  on_limit: reject
+  wait_timeout: 5s
+  idle_timeout: off
+  idle_in_transaction_timeout: off
+  max_connection_age: off
+leak:
+  idle_threshold: 5m
+  idle_in_transaction_threshold: 30s
+  keep_closed_suspects: 15m
+rules:
+  - name: image-workers
+    match: { application_name: "image-*" }
+    max_connections: 10
+    idle_in_transaction_timeout: 30s
+"#;
+    let c = Config::from_yaml(yaml, "test.yaml").unwrap();
+    let mut expected = Config::default();
+    expected.rules.push(Rule {
+        name: Some("image-workers".into()),
+        matches: [(Field::ApplicationName, "image-*".to_string())].into(),
+        max_connections: Some(Limit(Some(10))),
+        on_limit: None,
+        wait_timeout: None,
+        idle_timeout: None,
+        idle_in_transaction_timeout: Some(Timeout(Some(Duration::from_secs(30)))),
+        max_connection_age: None,
+    });
+    assert_eq!(
+        c, expected,
+        "the SPEC example is the defaults plus one rule"
+    );
+}
+
+#[test]
+fn empty_file_is_defaults_and_round_trips() {
+    assert_eq!(Config::from_yaml("", "x").unwrap(), Config::default());
+    let c = Config::default();
+    assert_eq!(Config::from_yaml(&c.to_yaml(), "x").unwrap(), c);
+}
+
+fn err(yaml: &str) -> String {
+    Config::from_yaml(yaml, "f.yaml").unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        ("listen: nowhere", "`listen`"),
+        ("defaults:\n  idle_timeout: 5x", "`defaults.idle_timeout`"),
+        (
+            "defaults:\n  max_connections: lots",
+            "`defaults.max_connections`",
+        ),
+        ("upstream_tls: maybe", "`upstream_tls`"),
+        ("stats:\n  statement_text: some", "`stats.statement_text`"),
+        ("client_key: [application_name, shoe_size]", "`client_key"),
+        ("shutdown_grace: off", "`shutdown_grace`"),
+        ("max_tracked_clients: 0", "`max_tracked_clients`"),
+        (
+            "rules:\n  - match: { database: 'x' }",
+            "`rules[0].match.database`",
+        ),
+        (
+            "rules:\n  - name: a\n    match: { user: 'x' }\n    idle_timeout: soon",
+            "rules[0].idle_timeout",
+        ),
+        ("rules:\n  - name: a", "`rules[0].match`"),
+        ("upstream_connect_timeout: 0", "`upstream_connect_timeout`"),
+    ];
+    for (yaml, key) in cases {
+        let e = err(yaml);
+        assert!(e.contains(key), "{yaml:?} -> {e}");
+        assert!(e.starts_with("f.yaml"), "{e}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    for (yaml, word) in [
+        ("lisen: 1.2.3.4:5", "lisen"),
+        ("defaults:\n  idle_timout: 5s", "idle_timout"),
+        ("leak:\n  threshold: 5s", "threshold"),
+        (
+            "rules:\n  - match: { user: a }\n    max_conns: 3",
+            "max_conns",
+        ),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(word), "{yaml:?} -> {e}");
+    }
+}
+
+#[test]
+fn rule_fields_must_be_in_client_key() {
+    let ok = "client_key: [database, user]\nrules:\n  - match: { database: 'orders*' }\n    max_connections: 2";
+    let c = Config::from_yaml(ok, "x").unwrap();
+    assert_eq!(c.rules[0].max_connections, Some(Limit(Some(2))));
+    assert!(err("rules:\n  - match: { database: 'x' }").contains("not in client_key"));
+}
+
+#[test]
+fn overrides_apply_and_name_the_flag() {
+    let mut c = Config::default();
+    let o = overrides::Overrides {
+        idle_timeout: Some("2s".into()),
+        max_connections: Some("3".into()),
+        enforce: Some("false".into()),
+        on_limit: Some("wait".into()),
+        ..Default::default()
+    };
+    o.apply(&mut c).unwrap();
+    assert_eq!(
+        c.defaults.idle_timeout,
+        Timeout(Some(Duration::from_secs(2)))
+    );
+    assert_eq!(c.defaults.max_connections, Limit(Some(3)));
+    assert_eq!(c.defaults.on_limit, OnLimit::Wait);
+    assert!(!c.enforce);
+    let bad = overrides::Overrides {
+        on_limit: Some("queue".into()),
+        ..Default::default()
+    };
+    let e = bad.apply(&mut c).unwrap_err().to_string();
+    assert!(
+        e.contains("--on-limit") && e.contains("PGWARDEN_ON_LIMIT") && e.contains("queue"),
+        "{e}"
+    );
+}

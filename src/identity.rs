@@ -1,0 +1,188 @@
+//! Who a connection belongs to: the client key built from startup parameters and the pod's identity.
+//!
+//! Owns: the identity fields, the display key (`api/alice`, `-` for an empty value), and the pod identity
+//! read from the Downward API environment. Does not own: rules or policy (see `policy`).
+
+use crate::protocol::startup::StartupParams;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+
+/// A field that can name a client in `client_key` and be matched by rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    ApplicationName,
+    User,
+    Database,
+    Pod,
+    Namespace,
+    Workload,
+    PeerIp,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::ApplicationName => "application_name",
+            Field::User => "user",
+            Field::Database => "database",
+            Field::Pod => "pod",
+            Field::Namespace => "namespace",
+            Field::Workload => "workload",
+            Field::PeerIp => "peer_ip",
+        }
+    }
+}
+
+/// The pod this pgwarden runs in (all `None` outside Kubernetes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PodIdentity {
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub node: Option<String>,
+    pub service_account: Option<String>,
+}
+
+impl PodIdentity {
+    /// Reads the Downward API variables through `get` (pass `std::env::var`-like lookups; tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).filter(|v| !v.is_empty());
+        PodIdentity {
+            pod: get("PGWARDEN_POD_NAME"),
+            namespace: get("PGWARDEN_POD_NAMESPACE"),
+            workload: get("PGWARDEN_WORKLOAD"),
+            node: get("PGWARDEN_NODE_NAME"),
+            service_account: get("PGWARDEN_SERVICE_ACCOUNT"),
+        }
+    }
+
+    pub fn in_kubernetes(&self) -> bool {
+        self.pod.is_some()
+    }
+}
+
+/// A client: the values of the `client_key` fields, in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    values: Vec<(Field, String)>,
+    display: String,
+}
+
+impl ClientId {
+    pub fn new(values: Vec<(Field, String)>) -> Self {
+        let display = values
+            .iter()
+            .map(|(_, v)| if v.is_empty() { "-" } else { v.as_str() })
+            .collect::<Vec<_>>()
+            .join("/");
+        ClientId { values, display }
+    }
+
+    /// Builds the client of a connection from its startup parameters, the pod and the peer address.
+    pub fn from_startup(
+        key: &[Field],
+        params: &StartupParams,
+        pod: &PodIdentity,
+        peer: IpAddr,
+    ) -> Self {
+        let value = |f: Field| -> String {
+            match f {
+                Field::ApplicationName => params
+                    .get("application_name")
+                    .unwrap_or_default()
+                    .to_string(),
+                Field::User => params.get("user").unwrap_or_default().to_string(),
+                Field::Database => params.get("database").unwrap_or_default().to_string(),
+                Field::Pod => pod.pod.clone().unwrap_or_default(),
+                Field::Namespace => pod.namespace.clone().unwrap_or_default(),
+                Field::Workload => pod.workload.clone().unwrap_or_default(),
+                Field::PeerIp => peer.to_string(),
+            }
+        };
+        ClientId::new(key.iter().map(|&f| (f, value(f))).collect())
+    }
+
+    /// The display key used in JSON, metrics and logs.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The value of `field`, or `None` when the field is not part of the key.
+    pub fn get(&self, field: Field) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn params(p: &[(&str, &str)]) -> StartupParams {
+        StartupParams {
+            major: 3,
+            minor: 0,
+            params: p
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn display_key_uses_dash_for_missing_values() {
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let key = [Field::ApplicationName, Field::User];
+        let pod = PodIdentity::default();
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[("user", "alice"), ("application_name", "api")]),
+            &pod,
+            peer,
+        );
+        assert_eq!(c.display(), "api/alice");
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice")]), &pod, peer);
+        assert_eq!(c.display(), "-/alice");
+        assert_eq!(c.get(Field::ApplicationName), Some(""));
+        assert_eq!(c.get(Field::Database), None);
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[("user", "alice"), ("application_name", "")]),
+            &pod,
+            peer,
+        );
+        assert_eq!(c.display(), "-/alice");
+    }
+
+    #[test]
+    fn kubernetes_fields_and_peer() {
+        let env: std::collections::HashMap<&str, &str> = [
+            ("PGWARDEN_POD_NAME", "api-7d9f-x"),
+            ("PGWARDEN_POD_NAMESPACE", "shop"),
+            ("PGWARDEN_WORKLOAD", ""),
+        ]
+        .into();
+        let pod = PodIdentity::from_lookup(|k| env.get(k).map(|v| v.to_string()));
+        assert!(pod.in_kubernetes());
+        assert_eq!(pod.workload, None);
+        let key = [Field::Namespace, Field::Pod, Field::Workload, Field::PeerIp];
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[]),
+            &pod,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
+        );
+        assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
+    }
+}

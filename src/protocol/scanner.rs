@@ -1,0 +1,239 @@
+//! A streaming scanner over tagged protocol messages (`Byte1 tag`, `Int32 length`, body).
+//!
+//! The relay forwards whole chunks as they arrive; the scanner walks the same bytes, finds each message
+//! boundary and hands the caller every message once it is complete. Bodies are only kept for tags the caller
+//! asks for, and only up to the size it asks for: a message wholly inside one chunk is lent without a copy, one
+//! split across chunks is copied into a small buffer the scanner owns and reuses.
+//!
+//! # Cancellation safety
+//! All partial state (header bytes, body bytes left, captured prefix) lives in the scanner, so a caller may
+//! stop between chunks at any point and resume with the next chunk.
+
+use thiserror::Error;
+
+const HEADER: usize = 5;
+
+/// One complete message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub tag: u8,
+    /// Body length as declared by the header.
+    pub len: usize,
+    /// The body's first `min(len, wanted)` bytes.
+    pub body: &'a [u8],
+}
+
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("invalid message length {len} for message type {tag:?}")]
+pub struct ScanError {
+    pub tag: char,
+    pub len: i32,
+}
+
+#[derive(Debug, Default)]
+pub struct Scanner {
+    header: [u8; HEADER],
+    /// Header bytes seen of the current message; `HEADER` while inside its body.
+    have: usize,
+    body_len: usize,
+    /// Body bytes not yet seen.
+    remaining: usize,
+    /// How much of the current body to keep.
+    keep: usize,
+    captured: Vec<u8>,
+}
+
+impl Scanner {
+    /// True between messages: the bytes seen so far end exactly at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0
+    }
+
+    /// Feeds the next chunk. `want(tag)` says how many body bytes of a message with that tag to keep;
+    /// `on_frame` is called for every message that completes inside this chunk, in order.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        want: impl Fn(u8) -> usize,
+        mut on_frame: impl FnMut(Frame<'_>),
+    ) -> Result<(), ScanError> {
+        while !chunk.is_empty() {
+            if self.have < HEADER {
+                let take = (HEADER - self.have).min(chunk.len());
+                self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
+                self.have += take;
+                chunk = &chunk[take..];
+                if self.have < HEADER {
+                    break;
+                }
+                let tag = self.header[0];
+                let len = i32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                if len < 4 {
+                    self.have = 0;
+                    return Err(ScanError {
+                        tag: tag as char,
+                        len,
+                    });
+                }
+                self.body_len = len as usize - 4;
+                self.remaining = self.body_len;
+                self.keep = want(tag).min(self.body_len);
+                self.captured.clear();
+                if self.body_len == 0 {
+                    self.have = 0;
+                    on_frame(Frame {
+                        tag,
+                        len: 0,
+                        body: &[],
+                    });
+                }
+                continue;
+            }
+            let take = self.remaining.min(chunk.len());
+            let (part, rest) = chunk.split_at(take);
+            chunk = rest;
+            let tag = self.header[0];
+            if self.remaining == self.body_len && take == self.body_len {
+                self.remaining = 0;
+                self.have = 0;
+                on_frame(Frame {
+                    tag,
+                    len: self.body_len,
+                    body: &part[..self.keep],
+                });
+                continue;
+            }
+            let seen = self.body_len - self.remaining;
+            if seen < self.keep {
+                let n = (self.keep - seen).min(take);
+                self.captured.extend_from_slice(&part[..n]);
+            }
+            self.remaining -= take;
+            if self.remaining == 0 {
+                self.have = 0;
+                on_frame(Frame {
+                    tag,
+                    len: self.body_len,
+                    body: &self.captured,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the capture buffer's memory if a large message grew it (called when a connection goes idle).
+    pub fn shrink(&mut self) {
+        if self.captured.capacity() > 4096 && self.have == 0 {
+            self.captured = Vec::new();
+        }
+    }
+}
+
+/// Encodes a message with `tag` and `body` (used by tests and for the few messages pgwarden sends).
+pub fn encode(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Terminate (`X`): what pgwarden sends the server before it closes a session itself.
+pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(
+        scanner: &mut Scanner,
+        chunks: &[&[u8]],
+        keep: usize,
+    ) -> Result<Vec<(u8, usize, Vec<u8>)>, ScanError> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            scanner.feed(
+                chunk,
+                |_| keep,
+                |f| out.push((f.tag, f.len, f.body.to_vec())),
+            )?;
+        }
+        Ok(out)
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut s = encode(b'Q', b"select 1\0");
+        s.extend(encode(b'S', b""));
+        s.extend(encode(b'd', &vec![7u8; 300]));
+        s.extend(encode(b'Z', b"I"));
+        s
+    }
+
+    #[test]
+    fn whole_stream_in_one_chunk() {
+        let mut sc = Scanner::default();
+        let frames = collect(&mut sc, &[&stream()], 16).unwrap();
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(tags, b"QSdZ");
+        assert_eq!(frames[0].2, b"select 1\0");
+        assert_eq!(frames[2].1, 300);
+        assert_eq!(frames[2].2.len(), 16);
+        assert!(sc.at_boundary());
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_frames() {
+        let s = stream();
+        let mut reference = Scanner::default();
+        let want = collect(&mut reference, &[&s], 16).unwrap();
+        for cut in 0..=s.len() {
+            let mut sc = Scanner::default();
+            let got = collect(&mut sc, &[&s[..cut], &s[cut..]], 16).unwrap();
+            assert_eq!(got, want, "split at {cut}");
+            assert!(sc.at_boundary());
+        }
+        // Byte by byte.
+        let mut sc = Scanner::default();
+        let chunks: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(collect(&mut sc, &chunks, 16).unwrap(), want);
+    }
+
+    #[test]
+    fn every_prefix_needs_more_and_is_not_at_boundary() {
+        let msg = encode(b'P', b"stmt\0select $1\0\0\0");
+        for cut in 1..msg.len() {
+            let mut sc = Scanner::default();
+            let frames = collect(&mut sc, &[&msg[..cut]], 100).unwrap();
+            assert!(frames.is_empty(), "prefix {cut}");
+            assert!(!sc.at_boundary(), "prefix {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_errors() {
+        for len in [-5i32, 0, 3] {
+            let mut bytes = vec![b'Q'];
+            bytes.extend_from_slice(&len.to_be_bytes());
+            let mut sc = Scanner::default();
+            assert_eq!(
+                collect(&mut sc, &[&bytes], 0),
+                Err(ScanError { tag: 'Q', len })
+            );
+        }
+    }
+
+    #[test]
+    fn shrink_releases_a_grown_capture() {
+        let big = encode(b'Q', &vec![b'x'; 10_000]);
+        let mut sc = Scanner::default();
+        collect(&mut sc, &[&big[..100], &big[100..]], 20_000).unwrap();
+        assert!(sc.captured.capacity() >= 10_000);
+        sc.shrink();
+        assert_eq!(sc.captured.capacity(), 0);
+    }
+}

@@ -1,0 +1,108 @@
+//! The proxy as a value: settings, registry and pod identity, and the accept loop that runs sessions.
+//!
+//! `Proxy::serve(listener, shutdown)` is what `pgwarden proxy` runs and what tests run in-process.
+//! Owns: the accept loop, the drain on shutdown, the current [`Settings`]. Does not own: what a session does
+//! (see `session`) or signals (see `lifecycle`).
+
+use crate::config::{Config, ConfigError};
+use crate::identity::PodIdentity;
+use crate::registry::Registry;
+use crate::upstream::Dialer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// A validated config plus what is derived from it once (the upstream dialer with its TLS setup).
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub dialer: Dialer,
+}
+
+impl Settings {
+    pub fn new(config: Config) -> Result<Settings, ConfigError> {
+        let dialer = Dialer {
+            target: config.upstream.clone(),
+            mode: config.upstream_tls,
+            tls: crate::tls::client_config(&config)?,
+            timeout: config
+                .upstream_connect_timeout
+                .0
+                .unwrap_or(Duration::from_secs(5)),
+        };
+        Ok(Settings {
+            config: Arc::new(config),
+            dialer,
+        })
+    }
+}
+
+pub struct Proxy {
+    registry: Arc<Registry>,
+    settings: watch::Sender<Arc<Settings>>,
+    pod: PodIdentity,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, pod: PodIdentity) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            registry: Arc::default(),
+            settings: watch::Sender::new(Arc::new(settings)),
+            pod,
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn pod(&self) -> &PodIdentity {
+        &self.pod
+    }
+
+    /// The settings new connections use now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.borrow().clone()
+    }
+
+    /// Replaces the settings; new connections use them at once, live ones at their next timer computation.
+    pub fn update_settings(&self, settings: Settings) {
+        self.settings.send_replace(Arc::new(settings));
+    }
+
+    pub fn watch_settings(&self) -> watch::Receiver<Arc<Settings>> {
+        self.settings.subscribe()
+    }
+
+    /// Accepts clients until `shutdown` is cancelled, then waits for every session to drain.
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let sessions = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        debug!(%peer, "accepted");
+                        sessions.spawn(crate::session::run(self.clone(), stream, peer, shutdown.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        sessions.close();
+        let open = sessions.len();
+        if open > 0 {
+            info!(sessions = open, "draining");
+        }
+        sessions.wait().await;
+        info!("all sessions closed");
+    }
+}

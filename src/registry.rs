@@ -1,0 +1,281 @@
+//! The registry of live connections: what each one is doing right now, for policy, stats and cancel routing.
+//!
+//! Owns: one [`Conn`] per live session, updated by its relay with atomics (no lock on the per-message path),
+//! and the [`ConnGuard`] whose `Drop` removes it, so every exit path leaves the registry balanced.
+//! Does not own: per-client counters or policy decisions.
+
+use crate::identity::ClientId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The connection states of SPEC "Connection state".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConnState {
+    Startup = 0,
+    Waiting = 1,
+    Active = 2,
+    Idle = 3,
+    IdleInTransaction = 4,
+    IdleInFailedTransaction = 5,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Startup => "startup",
+            ConnState::Waiting => "waiting",
+            ConnState::Active => "active",
+            ConnState::Idle => "idle",
+            ConnState::IdleInTransaction => "idle_in_transaction",
+            ConnState::IdleInFailedTransaction => "idle_in_failed_transaction",
+        }
+    }
+
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            1 => ConnState::Waiting,
+            2 => ConnState::Active,
+            3 => ConnState::Idle,
+            4 => ConnState::IdleInTransaction,
+            5 => ConnState::IdleInFailedTransaction,
+            _ => ConnState::Startup,
+        }
+    }
+
+    /// Idle inside a transaction, failed or not (they count alike for policy and leaks).
+    pub fn in_transaction(self) -> bool {
+        matches!(
+            self,
+            ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction
+        )
+    }
+}
+
+/// Where a session's backend lives, so a CancelRequest carrying its key can be forwarded there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub pid: i32,
+    pub key: Vec<u8>,
+    pub addr: SocketAddr,
+}
+
+/// One live connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub client: Arc<ClientId>,
+    pub peer: SocketAddr,
+    pub opened: Instant,
+    epoch: Instant,
+    state: AtomicU8,
+    /// When the current state began, in nanoseconds since the registry's epoch.
+    state_since: AtomicU64,
+    backend_pid: AtomicI32,
+    cancel: OnceLock<CancelTarget>,
+    last_statement: Mutex<String>,
+    pub queries: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Conn {
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn state_since(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.state_since.load(Relaxed))
+    }
+
+    pub fn set_state(&self, state: ConnState, now: Instant) {
+        let since = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.state_since.store(since, Relaxed);
+        self.state.store(state as u8, Relaxed);
+    }
+
+    pub fn backend_pid(&self) -> Option<i32> {
+        Some(self.backend_pid.load(Relaxed)).filter(|&p| p != 0)
+    }
+
+    /// Records the backend's key (once: the server sends BackendKeyData once per session).
+    pub fn set_cancel_target(&self, target: CancelTarget) {
+        self.backend_pid.store(target.pid, Relaxed);
+        let _ = self.cancel.set(target);
+    }
+
+    pub fn cancel_target(&self) -> Option<&CancelTarget> {
+        self.cancel.get()
+    }
+
+    /// Replaces the last statement text, reusing the string's memory.
+    pub fn set_last_statement(&self, text: &[u8]) {
+        let mut s = self
+            .last_statement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.clear();
+        s.push_str(&String::from_utf8_lossy(text));
+    }
+
+    pub fn last_statement(&self) -> String {
+        self.last_statement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(1),
+            conns: Mutex::default(),
+        }
+    }
+}
+
+impl Registry {
+    /// Adds a connection in state `startup`; it stays until the guard drops.
+    pub fn register(
+        self: &Arc<Self>,
+        client: Arc<ClientId>,
+        peer: SocketAddr,
+        opened: Instant,
+    ) -> ConnGuard {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let conn = Arc::new(Conn {
+            id,
+            client,
+            peer,
+            opened,
+            epoch: self.epoch,
+            state: AtomicU8::new(ConnState::Startup as u8),
+            state_since: AtomicU64::new(0),
+            backend_pid: AtomicI32::new(0),
+            cancel: OnceLock::new(),
+            last_statement: Mutex::default(),
+            queries: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        conn.set_state(ConnState::Startup, opened);
+        self.lock().insert(id, conn.clone());
+        ConnGuard {
+            registry: self.clone(),
+            conn,
+        }
+    }
+
+    /// Every live connection, in id order.
+    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The backend address of the session owning (`pid`, `key`), if it is live here.
+    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
+        self.lock()
+            .values()
+            .filter_map(|c| c.cancel_target())
+            .find(|t| t.pid == pid && t.key == key)
+            .map(|t| t.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Holds a connection's registry entry; dropping it removes the entry.
+#[derive(Debug)]
+pub struct ConnGuard {
+    registry: Arc<Registry>,
+    conn: Arc<Conn>,
+}
+
+impl ConnGuard {
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.conn.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Field;
+
+    fn client() -> Arc<ClientId> {
+        Arc::new(ClientId::new(vec![(Field::User, "alice".into())]))
+    }
+
+    #[test]
+    fn guard_removes_entry_on_every_drop() {
+        let reg = Arc::new(Registry::default());
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let a = reg.register(client(), peer, Instant::now());
+        let b = reg.register(client(), peer, Instant::now());
+        assert_eq!(reg.len(), 2);
+        drop(a);
+        assert_eq!(reg.snapshot().len(), 1);
+        let handle = std::thread::spawn(move || {
+            let _b = b;
+            panic!("a session task panics");
+        });
+        assert!(handle.join().is_err());
+        assert!(
+            reg.is_empty(),
+            "the guard released the entry while unwinding"
+        );
+    }
+
+    #[test]
+    fn state_and_cancel_lookup() {
+        let reg = Arc::new(Registry::default());
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let g = reg.register(client(), peer, Instant::now());
+        assert_eq!(g.conn().state(), ConnState::Startup);
+        let later = Instant::now() + Duration::from_secs(1);
+        g.conn().set_state(ConnState::IdleInTransaction, later);
+        assert_eq!(g.conn().state(), ConnState::IdleInTransaction);
+        assert!(g.conn().state_since() >= later - Duration::from_millis(1));
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        g.conn().set_cancel_target(CancelTarget {
+            pid: 42,
+            key: vec![1, 2, 3, 4],
+            addr,
+        });
+        assert_eq!(g.conn().backend_pid(), Some(42));
+        assert_eq!(reg.cancel_target(42, &[1, 2, 3, 4]), Some(addr));
+        assert_eq!(reg.cancel_target(42, &[1, 2, 3, 5]), None);
+        g.conn().set_last_statement(b"select 1");
+        g.conn().set_last_statement(b"select 22");
+        assert_eq!(g.conn().last_statement(), "select 22");
+    }
+}

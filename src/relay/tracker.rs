@@ -1,0 +1,208 @@
+//! What a session is doing, derived from the messages the scanner finds in each direction. No I/O.
+//!
+//! Owns: the count of Query/Sync/FunctionCall messages not yet answered by ReadyForQuery (pipelining), the
+//! transaction status, the backend key, Terminate, the text last executed and the map of named prepared
+//! statements that gives Bind/Execute of a cached statement its text.
+
+use crate::protocol::messages::{self, backend, frontend, TxStatus};
+use crate::protocol::{error_response, scanner::Frame};
+use crate::registry::ConnState;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Named statements kept per session; past this, new names are not remembered (their Execute reports the
+/// Parse text only while it is the unnamed statement).
+const MAX_NAMED_STATEMENTS: usize = 1024;
+/// Longest statement or portal name PostgreSQL allows (NAMEDATALEN - 1), plus slack.
+const NAME_CAP: usize = 128;
+
+#[derive(Debug)]
+pub struct Tracker {
+    /// Messages that each will be answered by one ReadyForQuery; starts at 1 for the startup.
+    pending: u32,
+    /// The client sent something since the last ReadyForQuery that left nothing pending.
+    busy: bool,
+    ready_once: bool,
+    tx: TxStatus,
+    /// Keep this much of a statement's text.
+    statement_cap: usize,
+    statements: HashMap<Box<[u8]>, Arc<[u8]>>,
+    unnamed: Option<Arc<[u8]>>,
+    bound: Option<Arc<[u8]>>,
+    last_statement: Vec<u8>,
+    statement_changed: bool,
+    pub queries: u64,
+    pub terminated: bool,
+    pub server_fatal: bool,
+    /// The session ran LISTEN (so idling is its job, not a leak).
+    pub listening: bool,
+    pub backend_key: Option<(i32, Vec<u8>)>,
+}
+
+impl Tracker {
+    /// `statement_cap` is how much statement text to keep; 0 keeps none.
+    pub fn new(statement_cap: usize) -> Self {
+        Tracker {
+            pending: 1,
+            busy: false,
+            ready_once: false,
+            tx: TxStatus::Idle,
+            statement_cap,
+            statements: HashMap::new(),
+            unnamed: None,
+            bound: None,
+            last_statement: Vec::new(),
+            statement_changed: false,
+            queries: 0,
+            terminated: false,
+            server_fatal: false,
+            listening: false,
+            backend_key: None,
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        if !self.ready_once {
+            ConnState::Startup
+        } else if self.pending > 0 || self.busy {
+            ConnState::Active
+        } else {
+            match self.tx {
+                TxStatus::Idle => ConnState::Idle,
+                TxStatus::InTransaction => ConnState::IdleInTransaction,
+                TxStatus::Failed => ConnState::IdleInFailedTransaction,
+            }
+        }
+    }
+
+    /// How many body bytes of a server message to capture.
+    pub fn server_want(tag: u8) -> usize {
+        match tag {
+            backend::READY_FOR_QUERY => 1,
+            backend::BACKEND_KEY_DATA => 4 + crate::protocol::startup::MAX_CANCEL_KEY,
+            backend::ERROR_RESPONSE => 64,
+            _ => 0,
+        }
+    }
+
+    pub fn on_client(&mut self, f: Frame<'_>) {
+        self.busy = true;
+        match f.tag {
+            frontend::QUERY => {
+                self.pending += 1;
+                self.queries += 1;
+                let text = messages::cstr(f.body).0;
+                self.listening |= starts_with_listen(text);
+                self.set_statement(text);
+            }
+            frontend::PARSE => {
+                let (name, text) = messages::parse_message(f.body);
+                self.listening |= starts_with_listen(text);
+                if self.statement_cap == 0 {
+                    return;
+                }
+                let text: Arc<[u8]> = Arc::from(&text[..text.len().min(self.statement_cap)]);
+                if name.is_empty() {
+                    self.unnamed = Some(text);
+                } else if self.statements.len() < MAX_NAMED_STATEMENTS
+                    || self.statements.contains_key(name)
+                {
+                    self.statements.insert(name.into(), text);
+                }
+            }
+            frontend::BIND => {
+                let (_portal, stmt) = messages::bind_message(f.body);
+                self.bound = if stmt.is_empty() {
+                    self.unnamed.clone()
+                } else {
+                    self.statements.get(stmt).cloned()
+                };
+            }
+            frontend::EXECUTE => {
+                self.queries += 1;
+                if let Some(text) = self.bound.clone() {
+                    self.set_statement(&text);
+                }
+            }
+            frontend::SYNC => self.pending += 1,
+            frontend::FUNCTION_CALL => {
+                self.pending += 1;
+                self.queries += 1;
+            }
+            frontend::CLOSE => {
+                if let Some((b'S', name)) = messages::close_message(f.body) {
+                    self.statements.remove(name);
+                }
+            }
+            frontend::TERMINATE => self.terminated = true,
+            _ => {}
+        }
+    }
+
+    pub fn on_server(&mut self, f: Frame<'_>) {
+        match f.tag {
+            backend::READY_FOR_QUERY => {
+                self.ready_once = true;
+                self.pending = self.pending.saturating_sub(1);
+                if self.pending == 0 {
+                    self.busy = false;
+                    if let Some(tx) = f.body.first().and_then(|&b| TxStatus::from_byte(b)) {
+                        self.tx = tx;
+                    }
+                }
+            }
+            backend::BACKEND_KEY_DATA => {
+                if let Some((pid, key)) = messages::backend_key_data(f.body) {
+                    self.backend_key = Some((pid, key.to_vec()));
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                if error_response::parse(f.body).is_fatal() {
+                    self.server_fatal = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The statement text, if it changed since the last call.
+    pub fn take_statement(&mut self) -> Option<&[u8]> {
+        if std::mem::take(&mut self.statement_changed) {
+            Some(&self.last_statement)
+        } else {
+            None
+        }
+    }
+
+    fn set_statement(&mut self, text: &[u8]) {
+        if self.statement_cap == 0 {
+            return;
+        }
+        self.last_statement.clear();
+        self.last_statement
+            .extend_from_slice(&text[..text.len().min(self.statement_cap)]);
+        self.statement_changed = true;
+    }
+}
+
+/// How many body bytes of a client message to capture when statements are kept up to `cap` bytes.
+pub fn client_want(cap: usize, tag: u8) -> usize {
+    // Some text is always kept so LISTEN is recognised even with statement text off.
+    match tag {
+        frontend::QUERY => cap.max(16),
+        frontend::PARSE => NAME_CAP + cap.max(16),
+        frontend::BIND | frontend::CLOSE => 2 * NAME_CAP,
+        _ => 0,
+    }
+}
+
+fn starts_with_listen(text: &[u8]) -> bool {
+    let t = text.trim_ascii_start();
+    t.len() >= 6
+        && t[..6].eq_ignore_ascii_case(b"listen")
+        && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;

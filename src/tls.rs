@@ -1,0 +1,118 @@
+//! TLS towards the upstream database (rustls with the ring provider).
+//!
+//! `prefer` and `require` encrypt without checking the certificate, as libpq's modes of the same names do;
+//! `verify-full` checks the chain against `upstream_ca_file` (or the system roots) and the host name.
+
+use crate::config::{Config, ConfigError, TlsMode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+/// Builds the client TLS config the settings ask for (`None` for `disable`).
+pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid("upstream_tls", e.to_string()))?;
+    let tls = match config.upstream_tls {
+        TlsMode::Disable => return Ok(None),
+        TlsMode::Prefer | TlsMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_no_client_auth(),
+        TlsMode::VerifyFull => builder
+            .with_root_certificates(roots(config)?)
+            .with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(tls)))
+}
+
+fn roots(config: &Config) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    match &config.upstream_ca_file {
+        Some(path) => {
+            let origin = || format!("config key `upstream_ca_file` ({})", path.display());
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ConfigError::invalid(origin(), e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::invalid(origin(), e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ConfigError::invalid(origin(), "holds no PEM certificate"));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ConfigError::invalid(origin(), e.to_string()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(ConfigError::invalid(
+                    "config key `upstream_tls`",
+                    "verify-full needs upstream_ca_file: no system root certificates were found",
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_string())
+        .map_err(|e| format!("invalid TLS server name {host:?}: {e}"))
+}
+
+/// Accepts any certificate but still checks the handshake signatures (libpq's `sslmode=require`).
+#[derive(Debug)]
+struct NoCertificateCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
