@@ -15,6 +15,18 @@ RELEASE=pgwarden
 NAMESPACE=pgwarden-system
 KUBE_VERSIONS=(1.29.0 1.33.0)
 
+# Optional: a built pgwarden binary, to check that it accepts the proxy configs the chart and
+# deploy/ produce (found in target/ unless PGWARDEN_BIN is set; skipped when there is none).
+if [[ -z "${PGWARDEN_BIN:-}" ]]; then
+  for candidate in target/release/pgwarden target/debug/pgwarden; do
+    if [[ -x "$candidate" ]]; then
+      PGWARDEN_BIN="$REPO/$candidate"
+      break
+    fi
+  done
+fi
+export PGWARDEN_BIN="${PGWARDEN_BIN:-}"
+
 PY_SCRIPTS="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 export PATH="$REPO/.tools/bin:$PY_SCRIPTS:$PATH"
 
@@ -110,18 +122,19 @@ for set in "${value_sets[@]}"; do
 done
 
 if ((${#rendered[@]})); then
-  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config" \
+  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config${PGWARDEN_BIN:+ (+ pgwarden check-config)}" \
     python3 scripts/check_k8s_render.py "$NAMESPACE" "${rendered[@]}"
 fi
 
 # The guards must reject bad values, not only accept good ones.
-cat >"$WORK/bare-off.yaml" <<'EOF'
-proxy:
-  defaults:
-    idle_timeout: off
-EOF
-check_fails "schema rejects a bare off (YAML 1.1 boolean)" "/proxy/defaults/idle_timeout" \
+printf 'proxy:\n  defaults:\n    idle_timeout: off\n' >"$WORK/bare-off.yaml"
+printf 'proxy:\n  defaults:\n    idle_timeout: on\n' >"$WORK/bare-on.yaml"
+check "chart accepts a bare off (YAML 1.1 false, which pgwarden reads as off)" \
   render "$WORK/x.yaml" 1.33.0 -f "$WORK/bare-off.yaml"
+check_fails "schema rejects a bare on (YAML 1.1 true)" "/proxy/defaults/idle_timeout" \
+  render "$WORK/x.yaml" 1.33.0 -f "$WORK/bare-on.yaml"
+check_fails "schema rejects \"off\" for a plain integer" "/proxy/max_tracked_clients" \
+  render "$WORK/x.yaml" 1.33.0 --set proxy.max_tracked_clients=off
 check_fails "schema rejects an unknown proxy key" "'idle_timeout' not allowed" \
   render "$WORK/x.yaml" 1.33.0 --set proxy.idle_timeout=5m
 check_fails "schema rejects a bad enum" "/proxy/upstream_tls" \
@@ -141,6 +154,12 @@ for version in "${KUBE_VERSIONS[@]}"; do
   check "kubernetes-validate --strict -k $version deploy/ (${#manifests[@]} files)" \
     validate "$version" "${manifests[@]}"
 done
+if [[ -n "$PGWARDEN_BIN" ]]; then
+  check "pgwarden check-config on deploy/ PGWARDEN_CONFIG_YAML" \
+    python3 scripts/check_k8s_render.py --env-configs "${manifests[@]}"
+else
+  echo "skip  pgwarden check-config (no pgwarden binary in target/; set PGWARDEN_BIN)"
+fi
 
 # --- summary ---------------------------------------------------------------------------------
 total=$((passed + ${#failed[@]}))

@@ -14,9 +14,12 @@ and knows nothing about what pgwarden needs, so this script checks:
 - Webhook: two entries, pods CREATE, sideEffects None, v1 reviews, /mutate, disjoint selectors,
   the release namespace excluded.
 - Injector ConfigMap: inject.yaml has the injector keys and every SPEC "Config file" key under
-  `proxy`.
+  `proxy`; with PGWARDEN_BIN set, `$PGWARDEN_BIN check-config` accepts that `proxy` block.
 
-Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml...
+With --env-configs, checks instead that every PGWARDEN_CONFIG_YAML in the given manifests passes
+`$PGWARDEN_BIN check-config`.
+
+Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml...
 Exit status 0 when every file passes, 1 otherwise.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import os
 import re
 import subprocess
 import sys
@@ -324,17 +328,60 @@ class Checker:
                 f" unknown {sorted(have - SPEC_CONFIG_KEYS)}"
             )
         for path, value in walk(proxy):
-            if isinstance(value, bool) and path != "enforce":
-                self.error(f"proxy.{path} is the boolean {value}: a bare off/on in YAML 1.1? quote it")
+            # A bare `off` (false) is read as off by pgwarden; a bare `on` (true) is no duration.
+            if value is True and path != "enforce":
+                self.error(f"proxy.{path} is the boolean true: a bare `on` in YAML 1.1?")
         port = lambda addr: int(str(addr).rsplit(":", 1)[1])  # noqa: E731
         if port(proxy.get("listen", ":0")) != cfg.get("listenPort") or port(proxy.get("admin_listen", ":0")) != cfg.get("adminPort"):
             self.error("listenPort/adminPort disagree with proxy.listen/admin_listen")
+        error = pgwarden_check_config(yaml.safe_dump(proxy))
+        if error:
+            self.error(f"inject.yaml proxy block: {error}")
+        elif os.environ.get("PGWARDEN_BIN"):
+            self.notes.append("pgwarden check-config accepts the proxy block")
 
     def run(self) -> bool:
         self.check_rules()
         self.check_webhook()
         self.check_injector_config()
         return not self.errors
+
+
+def pgwarden_check_config(text: str) -> str | None:
+    """Runs `$PGWARDEN_BIN check-config` on a config file's text; the error, or None when it passes
+    (or when PGWARDEN_BIN is not set)."""
+    binary = os.environ.get("PGWARDEN_BIN")
+    if not binary:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        r = subprocess.run([binary, "check-config", f.name], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return f"pgwarden check-config exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
+    return None
+
+
+def check_env_configs(files: list[str]) -> bool:
+    ok = True
+    for f in files:
+        found = 0
+        for doc in yaml.safe_load_all(Path(f).read_text()):
+            if not doc:
+                continue
+            spec = doc.get("spec", {})
+            spec = spec.get("template", {}).get("spec", spec)
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                for env in c.get("env", []):
+                    if env.get("name") == "PGWARDEN_CONFIG_YAML" and "value" in env:
+                        found += 1
+                        error = pgwarden_check_config(env["value"])
+                        if error:
+                            ok = False
+                            print(f"FAIL {f}: container {c['name']}: {error}")
+        if found:
+            print(f"ok   {f}: {found} PGWARDEN_CONFIG_YAML accepted by pgwarden check-config")
+    return ok
 
 
 def walk(d: dict, prefix: str = ""):
@@ -353,6 +400,8 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__.strip().splitlines()[-2], file=sys.stderr)
         return 64
+    if argv[1] == "--env-configs":
+        return 0 if check_env_configs(argv[2:]) else 1
     release_ns, files = argv[1], argv[2:]
     ok = True
     for f in files:

@@ -97,6 +97,7 @@ PY
 install_helm_kubectl
 install_pip_tools
 
-"$TOOLS_BIN/helm" version --short
-"$TOOLS_BIN/kubectl" version --client 2>/dev/null | head -n 1
+helm_version="$("$TOOLS_BIN/helm" version --short)"
+kubectl_version="$("$TOOLS_BIN/kubectl" version --client)"
+log "helm $helm_version, kubectl ${kubectl_version%%$'\n'*}"
 log "done; python console scripts are in $(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"

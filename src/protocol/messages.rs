@@ -13,6 +13,8 @@ pub mod frontend {
     pub const CLOSE: u8 = b'C';
     pub const FUNCTION_CALL: u8 = b'F';
     pub const TERMINATE: u8 = b'X';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
 }
 
 /// Backend message tags the relay tracks.
@@ -21,6 +23,7 @@ pub mod backend {
     pub const BACKEND_KEY_DATA: u8 = b'K';
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const NOTIFICATION: u8 = b'A';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
 

@@ -34,6 +34,14 @@ pub struct Tracker {
     pub queries: u64,
     pub terminated: bool,
     pub server_fatal: bool,
+    /// The server is in COPY IN mode, where it ignores Sync (and Flush) until CopyDone or CopyFail.
+    copy_in: bool,
+    /// Syncs sent since the last Execute: if that Execute starts a COPY IN, the server ignores them.
+    syncs_after_execute: u32,
+    /// Counting `syncs_after_execute`: an Execute was sent and no CopyDone/CopyFail/Query since.
+    after_execute: bool,
+    /// The client ended a COPY before the server's CopyInResponse reached us.
+    copy_ended_early: bool,
     /// The session ran LISTEN (so idling is its job, not a leak).
     pub listening: bool,
     pub backend_key: Option<(i32, Vec<u8>)>,
@@ -57,6 +65,10 @@ impl Tracker {
             terminated: false,
             server_fatal: false,
             listening: false,
+            copy_in: false,
+            syncs_after_execute: 0,
+            after_execute: false,
+            copy_ended_early: false,
             backend_key: None,
         }
     }
@@ -89,6 +101,7 @@ impl Tracker {
         self.busy = true;
         match f.tag {
             frontend::QUERY => {
+                self.after_execute = false;
                 self.pending += 1;
                 self.queries += 1;
                 let text = messages::cstr(f.body).0;
@@ -119,12 +132,27 @@ impl Tracker {
                 };
             }
             frontend::EXECUTE => {
+                self.after_execute = true;
+                self.syncs_after_execute = 0;
                 self.queries += 1;
                 if let Some(text) = self.bound.clone() {
                     self.set_statement(&text);
                 }
             }
-            frontend::SYNC => self.pending += 1,
+            frontend::SYNC if self.copy_in => {}
+            frontend::SYNC => {
+                self.pending += 1;
+                if self.after_execute {
+                    self.syncs_after_execute += 1;
+                }
+            }
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                if !self.copy_in && self.after_execute {
+                    self.copy_ended_early = true;
+                }
+                self.copy_in = false;
+                self.after_execute = false;
+            }
             frontend::FUNCTION_CALL => {
                 self.pending += 1;
                 self.queries += 1;
@@ -156,7 +184,17 @@ impl Tracker {
                     self.backend_key = Some((pid, key.to_vec()));
                 }
             }
+            backend::COPY_IN_RESPONSE => {
+                // Syncs sent after the Execute that started this COPY are ignored by the server.
+                self.pending = self
+                    .pending
+                    .saturating_sub(std::mem::take(&mut self.syncs_after_execute));
+                self.after_execute = false;
+                self.copy_in = !std::mem::take(&mut self.copy_ended_early);
+            }
             backend::ERROR_RESPONSE => {
+                // An error ends COPY IN mode; the server then waits for a Sync.
+                self.copy_in = false;
                 if error_response::parse(f.body).is_fatal() {
                     self.server_fatal = true;
                 }

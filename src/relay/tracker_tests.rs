@@ -184,3 +184,70 @@ fn terminate_fatal_and_listen() {
     assert!(!starts_with_listen(b"listener"));
     assert!(starts_with_listen(b"listen"));
 }
+
+#[test]
+fn extended_copy_in_ignores_the_sync_sent_during_copy() {
+    // tokio-postgres: Bind, Execute, Sync, then CopyData..., CopyDone, Sync. The server ignores the first
+    // Sync (it arrives in COPY IN mode) and answers one ReadyForQuery.
+    let mut t = Tracker::new(100);
+    let mut t = ready(&mut t);
+    client(
+        &mut t,
+        &[
+            (b'B', b"\0\0\0\0\0\0\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ],
+    );
+    server(&mut t, &[(b'2', b""), (b'G', b"\0\0\0")]);
+    client(
+        &mut t,
+        &[(b'd', b"1\n"), (b'S', b""), (b'c', b""), (b'S', b"")],
+    );
+    assert_eq!(t.state(), ConnState::Active);
+    server(&mut t, &[(b'C', b"COPY 1\0"), (b'Z', b"I")]);
+    assert_eq!(t.state(), ConnState::Idle);
+}
+
+#[test]
+fn copy_in_error_then_sync() {
+    let mut t = Tracker::new(100);
+    let mut t = ready(&mut t);
+    client(
+        &mut t,
+        &[
+            (b'B', b"\0\0\0\0\0\0\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ],
+    );
+    server(&mut t, &[(b'G', b"\0\0\0")]);
+    client(&mut t, &[(b'd', b"garbage\n")]);
+    server(&mut t, &[(b'E', b"SERROR\0C22P02\0\0")]);
+    client(&mut t, &[(b'S', b"")]);
+    assert_eq!(t.state(), ConnState::Active);
+    server(&mut t, &[(b'Z', b"I")]);
+    assert_eq!(t.state(), ConnState::Idle);
+}
+
+#[test]
+fn client_ends_copy_before_the_copy_in_response_arrives() {
+    let mut t = Tracker::new(100);
+    let mut t = ready(&mut t);
+    client(
+        &mut t,
+        &[
+            (b'B', b"\0\0\0\0\0\0\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ],
+    );
+    client(&mut t, &[(b'd', b"1\n"), (b'c', b""), (b'S', b"")]);
+    server(&mut t, &[(b'G', b"\0\0\0"), (b'C', b"COPY 1\0")]);
+    assert_eq!(t.state(), ConnState::Active);
+    server(&mut t, &[(b'Z', b"I")]);
+    assert_eq!(t.state(), ConnState::Idle);
+    client(&mut t, &[(b'Q', b"select 1\0")]);
+    server(&mut t, &[(b'Z', b"I")]);
+    assert_eq!(t.state(), ConnState::Idle, "no COPY IN mode left over");
+}

@@ -1,0 +1,133 @@
+//! The real binary: SIGTERM drains (idle closed at once, transactions may finish), then exit 0.
+
+use crate::support::pg::{free_port, pg};
+use crate::support::proxy::connect;
+use crate::support::raw::{self, Raw};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+}
+
+async fn wait_listening(port: u16) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < until, "proxy never listened on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_exits_zero() {
+    let port = free_port();
+    let mut child = bin()
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("127.0.0.1:{}", pg().port),
+        ])
+        .env(
+            "PGWARDEN_CONFIG_YAML",
+            "upstream_tls: disable\nshutdown_grace: 10s\n",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut idle = Raw::connect(addr, "postgres", "life-idle").await;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("life-tx");
+    let tx = connect(cfg).await.unwrap();
+    tx.batch_execute(
+        "create table if not exists life_t (x int); begin; insert into life_t values (1)",
+    )
+    .await
+    .unwrap();
+
+    // SAFETY: kill sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let (tag, body) =
+        tokio::time::timeout(Duration::from_secs(2), raw::read_message(&mut idle.stream))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (tag, raw::error_code(&body).as_str()),
+        (b'E', "57P01"),
+        "the idle session is closed at once"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The transaction may still finish, and its work is committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.batch_execute("insert into life_t values (2); commit")
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exited once the last session finished"
+    );
+    assert!(tx.is_closed() || tx.batch_execute("select 1").await.is_err());
+    assert_eq!(pg().psql("select count(*) from life_t"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
+    let port = free_port();
+    let mut child = bin()
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("127.0.0.1:{}", pg().port),
+        ])
+        .env(
+            "PGWARDEN_CONFIG_YAML",
+            "upstream_tls: disable\nshutdown_grace: 1s\n",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut stuck = Raw::connect(addr, "postgres", "life-stuck").await;
+    stuck.send(&raw::query("begin")).await;
+    assert_eq!(stuck.until_ready().await.1, b'T');
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let (tag, body) =
+        tokio::time::timeout(Duration::from_secs(5), raw::read_message(&mut stuck.stream))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!((tag, raw::error_code(&body).as_str()), (b'E', "57P01"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the grace period"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

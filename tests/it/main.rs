@@ -1,0 +1,11 @@
+//! Integration tests: a real PostgreSQL (started once per test binary by `support::pg`), pgwarden running
+//! in-process on port 0, and real clients (tokio-postgres, psql, raw protocol bytes).
+
+mod support;
+
+mod config_cli;
+mod lifecycle;
+mod relay;
+mod startup;
+mod state;
+mod upstream;

@@ -1,0 +1,9 @@
+//! Test support: the shared PostgreSQL, an in-process proxy, and clients.
+
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod proxy;
+pub mod raw;
+
+pub use proxy::{start_proxy, test_config, TestProxy};

@@ -1,0 +1,134 @@
+//! pgwarden in-process on a free port, and client helpers that go through it.
+
+use super::pg::pg;
+use pgwarden::config::{Config, HostPort, TlsMode};
+use pgwarden::identity::PodIdentity;
+use pgwarden::proxy::{Proxy, Settings};
+use pgwarden::registry::{Conn, ConnState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// A config pointing at the test PostgreSQL, TLS off (TLS tests set it themselves).
+pub fn test_config() -> Config {
+    Config {
+        upstream: HostPort {
+            host: "127.0.0.1".into(),
+            port: pg().port,
+        },
+        upstream_tls: TlsMode::Disable,
+        ..Config::default()
+    }
+}
+
+pub async fn start_proxy(config: Config) -> TestProxy {
+    let settings = Settings::new(config).expect("valid test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(settings, PodIdentity::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        async move { proxy.serve(listener, shutdown).await }
+    });
+    TestProxy {
+        addr,
+        proxy,
+        shutdown,
+        task,
+    }
+}
+
+impl TestProxy {
+    pub fn pg_config(&self, user: &str, app: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.addr.port())
+            .user(user)
+            .dbname("postgres")
+            .application_name(app);
+        c.connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// Connects through the proxy as `postgres` with `application_name = app`.
+    pub async fn connect(
+        &self,
+        app: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        connect(self.pg_config("postgres", app)).await
+    }
+
+    /// The live connections of `app` in the registry.
+    pub fn conns_of(&self, app: &str) -> Vec<Arc<Conn>> {
+        self.proxy
+            .registry()
+            .snapshot()
+            .into_iter()
+            .filter(|c| c.client.get(pgwarden::identity::Field::ApplicationName) == Some(app))
+            .collect()
+    }
+
+    /// Waits until `app` has exactly one connection in `state`; returns it.
+    pub async fn wait_state(&self, app: &str, state: ConnState) -> Arc<Conn> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let conns = self.conns_of(app);
+            if let [c] = conns.as_slice() {
+                if c.state() == state {
+                    return c.clone();
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "{app}: never reached {state:?}; now {:?}",
+                conns.iter().map(|c| c.state()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(35), self.task).await;
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in a task.
+pub async fn connect(
+    config: tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or pgwarden) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+/// Polls `cond` every 10 ms until true or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
