@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine of this kind (Debian, Rust toolchain present, root):
+# PostgreSQL 15 server and client (psql, pgbench) from apt when missing, and the chart tools
+# (helm, kubectl, kubernetes-validate, hadolint, yamllint) via scripts/install-k8s-tools.sh. Idempotent.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client-15)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing ${need_apt[*]}; install them with apt-get (needs root)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian package starts a cluster of its own; the tests start their own server.
+  command -v pg_ctlcluster >/dev/null 2>&1 && pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+fi
+if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+  echo "setup: the tests run PostgreSQL as the 'postgres' user, which does not exist" >&2
+  exit 1
+fi
+bash scripts/install-k8s-tools.sh
