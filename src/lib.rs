@@ -6,6 +6,7 @@
 //! [`proxy::Proxy::serve`] with a listener and a shutdown token.
 
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod identity;
 pub mod lifecycle;

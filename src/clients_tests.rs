@@ -1,0 +1,284 @@
+use super::*;
+use crate::identity::Field;
+use proptest::prelude::*;
+
+fn client(name: &str) -> Arc<ClientId> {
+    Arc::new(ClientId::new(vec![(Field::ApplicationName, name.into())]))
+}
+
+fn caps(client: Option<u32>, total: Option<u32>, wait: bool, enforce: bool) -> Caps {
+    Caps {
+        client: Limit(client),
+        total: Limit(total),
+        wait,
+        enforce,
+    }
+}
+
+fn granted(a: Admission) -> Slot {
+    match a {
+        Admission::Granted {
+            slot,
+            would_refuse: None,
+        } => slot,
+        _ => panic!("expected a plain grant"),
+    }
+}
+
+#[test]
+fn cap_refuses_then_frees() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(2), None, false, true);
+    let s1 = granted(clients.admit(&a, c));
+    let _s2 = granted(clients.admit(&a, c));
+    assert!(matches!(
+        clients.admit(&a, c),
+        Admission::Refused(RefuseReason::ClientLimit)
+    ));
+    let other = granted(clients.admit(&client("b"), c));
+    drop(s1);
+    let _s3 = granted(clients.admit(&a, c));
+    let e = clients.entry(&a);
+    assert_eq!(e.counters.open.load(Relaxed), 2);
+    assert_eq!(e.counters.opened.load(Relaxed), 3);
+    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 1);
+    drop(other);
+    assert_eq!(clients.total_open(), 2);
+}
+
+#[test]
+fn total_cap_counts_every_client() {
+    let clients = Arc::new(Clients::default());
+    let c = caps(None, Some(2), false, true);
+    let _a = granted(clients.admit(&client("a"), c));
+    let _b = granted(clients.admit(&client("b"), c));
+    assert!(matches!(
+        clients.admit(&client("c"), c),
+        Admission::Refused(RefuseReason::TotalLimit)
+    ));
+}
+
+#[test]
+fn waiters_are_served_fifo_on_release() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(1), None, true, true);
+    let held = granted(clients.admit(&a, c));
+    let Admission::Queued(mut first) = clients.admit(&a, c) else {
+        panic!()
+    };
+    let Admission::Queued(mut second) = clients.admit(&a, c) else {
+        panic!()
+    };
+    assert_eq!(clients.entry(&a).counters.waiting.load(Relaxed), 2);
+    assert!(first.try_granted().is_none());
+    drop(held);
+    let slot = first
+        .try_granted()
+        .expect("first waiter gets the freed slot at once");
+    assert!(second.try_granted().is_none());
+    drop(first);
+    assert_eq!(clients.entry(&a).counters.open.load(Relaxed), 1);
+    drop(slot);
+    assert!(second.try_granted().is_some());
+    drop(second);
+    assert_eq!(clients.entry(&a).counters.waiting.load(Relaxed), 0);
+    assert_eq!(clients.total_open(), 0);
+}
+
+#[test]
+fn a_waiter_that_leaves_frees_nothing_and_loses_nothing() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(1), None, true, true);
+    let held = granted(clients.admit(&a, c));
+    let Admission::Queued(gone) = clients.admit(&a, c) else {
+        panic!()
+    };
+    let Admission::Queued(mut stays) = clients.admit(&a, c) else {
+        panic!()
+    };
+    drop(gone);
+    assert_eq!(
+        clients.entry(&a).counters.open.load(Relaxed),
+        1,
+        "leaving the queue frees nothing"
+    );
+    drop(held);
+    let slot = stays.try_granted();
+    assert!(slot.is_some(), "the slot skips the waiter who left");
+    assert_eq!(clients.total_open(), 1);
+}
+
+#[test]
+fn granted_but_never_received_slot_is_given_back() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(1), None, true, true);
+    let held = granted(clients.admit(&a, c));
+    let Admission::Queued(ticket) = clients.admit(&a, c) else {
+        panic!()
+    };
+    drop(held); // grant sent into the ticket's channel
+    drop(ticket); // never received
+    assert_eq!(clients.total_open(), 0);
+    assert_eq!(clients.entry(&a).counters.open.load(Relaxed), 0);
+}
+
+#[test]
+fn total_cap_waiters_of_other_clients_are_served_oldest_first() {
+    let clients = Arc::new(Clients::default());
+    let c = caps(None, Some(1), true, true);
+    let held = granted(clients.admit(&client("a"), c));
+    let Admission::Queued(mut b) = clients.admit(&client("b"), c) else {
+        panic!()
+    };
+    let Admission::Queued(mut c2) = clients.admit(&client("c"), c) else {
+        panic!()
+    };
+    drop(held);
+    let slot = b.try_granted();
+    assert!(slot.is_some());
+    assert!(c2.try_granted().is_none());
+    drop(slot);
+    assert!(c2.try_granted().is_some());
+}
+
+#[test]
+fn report_only_grants_and_counts_would_refuse() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(1), None, false, false);
+    let _s1 = granted(clients.admit(&a, c));
+    let Admission::Granted {
+        slot: _s2,
+        would_refuse: Some(RefuseReason::ClientLimit),
+    } = clients.admit(&a, c)
+    else {
+        panic!()
+    };
+    let e = clients.entry(&a);
+    assert_eq!(e.counters.would_refuse(RefuseReason::ClientLimit), 1);
+    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 0);
+    assert_eq!(e.counters.open.load(Relaxed), 2);
+}
+
+#[test]
+fn refusal_logs_are_rate_limited() {
+    let clients = Arc::new(Clients::default());
+    let e = clients.entry(&client("a"));
+    let t0 = Instant::now();
+    let every = Duration::from_secs(10);
+    assert_eq!(e.refusal_log_due(t0, every), Some(0));
+    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(1), every), None);
+    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(2), every), None);
+    assert_eq!(
+        e.refusal_log_due(t0 + Duration::from_secs(11), every),
+        Some(2)
+    );
+}
+
+#[test]
+fn idle_clients_are_pruned() {
+    let clients = Arc::new(Clients::default());
+    let slot = granted(clients.admit(&client("a"), caps(None, None, false, true)));
+    let later = Instant::now() + Duration::from_secs(601);
+    assert!(
+        clients.prune(later, Duration::from_secs(600)).is_empty(),
+        "a client holding a slot stays"
+    );
+    drop(slot);
+    let later = Instant::now() + Duration::from_secs(601);
+    assert_eq!(clients.prune(later, Duration::from_secs(600)).len(), 1);
+    assert!(clients.entries().is_empty());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect(usize),
+    Disconnect(usize),
+    LeaveQueue(usize),
+    Reload { cap: Option<u32>, wait: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize).prop_map(Op::Connect),
+        3 => (0..8usize).prop_map(Op::Disconnect),
+        1 => (0..8usize).prop_map(Op::LeaveQueue),
+        1 => (proptest::option::of(1..4u32), any::<bool>()).prop_map(|(cap, wait)| Op::Reload { cap, wait }),
+    ]
+}
+
+proptest! {
+    /// Random connect / disconnect / wait timeout / refusal / reload sequences keep the counters balanced,
+    /// and with enforcement no client ever holds more than its cap nor all clients more than the total.
+    #[test]
+    fn counters_balance_and_caps_hold(ops in proptest::collection::vec(op(), 1..120), enforce in any::<bool>()) {
+        let clients = Arc::new(Clients::default());
+        let names = [client("a"), client("b"), client("c")];
+        let total = Some(5);
+        let (mut cap, mut wait) = (Some(2u32), true);
+        // The highest cap in force so far (`None` once unlimited was in force): lowering a cap drops nothing.
+        let mut highest: Option<u32> = cap;
+        let mut held: Vec<(usize, Slot)> = Vec::new();
+        let mut queued: Vec<(usize, WaitTicket)> = Vec::new();
+        let mut released = [0u64; 3];
+        for op in ops {
+            match op {
+                Op::Connect(i) => match clients.admit(&names[i], Caps { client: Limit(cap), total: Limit(total), wait, enforce }) {
+                    Admission::Granted { slot, .. } => held.push((i, slot)),
+                    Admission::Queued(t) => queued.push((i, t)),
+                    Admission::Refused(_) => {}
+                },
+                Op::Disconnect(k) if !held.is_empty() => {
+                    let (i, slot) = held.remove(k % held.len());
+                    drop(slot);
+                    released[i] += 1;
+                }
+                Op::LeaveQueue(k) if !queued.is_empty() => {
+                    queued.remove(k % queued.len());
+                }
+                Op::Reload { cap: c, wait: w } => {
+                    cap = c;
+                    highest = highest.zip(c).map(|(h, c)| h.max(c));
+                    wait = w;
+                }
+                _ => {}
+            }
+            // Collect grants handed to waiters.
+            let mut still = Vec::new();
+            for (i, mut t) in queued.drain(..) {
+                match t.try_granted() {
+                    Some(slot) => held.push((i, slot)),
+                    None => still.push((i, t)),
+                }
+            }
+            queued = still;
+            for (i, name) in names.iter().enumerate() {
+                let e = clients.entry(name);
+                let open = e.counters.open.load(Relaxed) as usize;
+                let holding = held.iter().filter(|(j, _)| *j == i).count();
+                prop_assert_eq!(open, holding);
+                if let (true, Some(h)) = (enforce, highest) {
+                    prop_assert!(open <= h as usize, "client {} holds {} > cap {}", i, open, h);
+                }
+                prop_assert_eq!(e.counters.opened.load(Relaxed), open as u64 + released[i]);
+                prop_assert_eq!(e.counters.waiting.load(Relaxed) as usize, queued.iter().filter(|(j, _)| *j == i).count());
+            }
+            prop_assert_eq!(clients.total_open() as usize, held.len());
+            if enforce {
+                prop_assert!(held.len() <= 5, "total cap held");
+            }
+        }
+        drop(queued);
+        drop(held);
+        prop_assert_eq!(clients.total_open(), 0);
+        for name in &names {
+            let e = clients.entry(name);
+            prop_assert_eq!(e.counters.open.load(Relaxed), 0);
+            prop_assert_eq!(e.counters.waiting.load(Relaxed), 0);
+        }
+    }
+}
