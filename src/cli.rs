@@ -4,17 +4,17 @@
 //! `--config FILE` (or `PGWARDEN_CONFIG`), else the YAML text in `PGWARDEN_CONFIG_YAML`, else the defaults.
 
 use crate::config::overrides::Overrides;
-use crate::config::{Config, ConfigError};
+use crate::config::source::ConfigSource;
+use crate::config::ConfigError;
 use crate::identity::PodIdentity;
 use crate::proxy::{Proxy, Settings};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,18 +40,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct ConfigSource {
-    /// Config file (YAML). It is re-read on SIGHUP.
-    #[arg(long, env = "PGWARDEN_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The whole config file as YAML text (used by the injected sidecar).
-    #[arg(long, env = "PGWARDEN_CONFIG_YAML", value_name = "YAML", hide = true)]
-    pub config_yaml: Option<String>,
-    #[command(flatten)]
-    pub overrides: Overrides,
-}
-
 /// How a command failed; decides the exit code.
 #[derive(Debug, Error)]
 pub enum Failure {
@@ -69,22 +57,6 @@ impl Failure {
             Failure::Config(_) => 64,
             Failure::Runtime(_) => 1,
         }
-    }
-}
-
-impl ConfigSource {
-    /// Reads and validates the config this source names.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = match (&self.config, &self.config_yaml) {
-            (Some(path), _) => Config::read_file(path)?,
-            (None, Some(yaml)) => Config::from_yaml(yaml, "PGWARDEN_CONFIG_YAML")?,
-            (None, None) => Config::default(),
-        };
-        self.overrides.apply(&mut config)?;
-        config
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("config key `{key}`"), msg))?;
-        Ok(config)
     }
 }
 
@@ -123,26 +95,9 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
         crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
-        tokio::spawn(reload_on_request(proxy.clone(), source, reload_rx));
+        crate::reload::spawn(proxy.clone(), source, reload_rx, crate::reload::POLL_INTERVAL);
         info!(listen = %listener.local_addr().map_err(anyhow::Error::from)?, upstream = %config.upstream, "pgwarden proxy ready");
         proxy.serve(listener, shutdown).await;
         Ok(())
     })
-}
-
-/// Re-reads the config on each request; an invalid one is logged and the old settings stay.
-async fn reload_on_request(
-    proxy: Arc<Proxy>,
-    source: ConfigSource,
-    mut requests: mpsc::Receiver<()>,
-) {
-    while requests.recv().await.is_some() {
-        match source.load().and_then(Settings::new) {
-            Ok(settings) => {
-                proxy.update_settings(settings);
-                info!("config reloaded");
-            }
-            Err(e) => error!(error = %e, "config reload rejected; keeping the previous settings"),
-        }
-    }
 }

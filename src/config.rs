@@ -5,6 +5,7 @@
 //! Does not own: watching the file for changes (see `reload`) or acting on any setting.
 
 pub mod overrides;
+pub mod source;
 pub mod values;
 
 use crate::identity::Field;

@@ -4,9 +4,10 @@
 //! Owns: the accept loop, the drain on shutdown, the current [`Settings`]. Does not own: what a session does
 //! (see `session`) or signals (see `lifecycle`).
 
+use crate::clients::Clients;
 use crate::config::{Config, ConfigError};
 use crate::identity::PodIdentity;
-use crate::registry::Registry;
+use crate::registry::{signal, Registry};
 use crate::upstream::Dialer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ impl Settings {
 
 pub struct Proxy {
     registry: Arc<Registry>,
+    clients: Arc<Clients>,
     settings: watch::Sender<Arc<Settings>>,
     pod: PodIdentity,
 }
@@ -50,6 +52,7 @@ impl Proxy {
     pub fn new(settings: Settings, pod: PodIdentity) -> Arc<Proxy> {
         Arc::new(Proxy {
             registry: Arc::default(),
+            clients: Arc::default(),
             settings: watch::Sender::new(Arc::new(settings)),
             pod,
         })
@@ -57,6 +60,10 @@ impl Proxy {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub fn clients(&self) -> &Arc<Clients> {
+        &self.clients
     }
 
     pub fn pod(&self) -> &PodIdentity {
@@ -68,9 +75,11 @@ impl Proxy {
         self.settings.borrow().clone()
     }
 
-    /// Replaces the settings; new connections use them at once, live ones at their next timer computation.
+    /// Replaces the settings: new connections use them at once; live ones recompute their policy and timers
+    /// (caps are checked at admission only, so lowering a cap closes nothing).
     pub fn update_settings(&self, settings: Settings) {
         self.settings.send_replace(Arc::new(settings));
+        self.registry.signal_all(signal::RELOAD);
     }
 
     pub fn watch_settings(&self) -> watch::Receiver<Arc<Settings>> {
@@ -97,6 +106,7 @@ impl Proxy {
             }
         }
         drop(listener);
+        self.registry.signal_all(signal::SHUTDOWN);
         sessions.close();
         let open = sessions.len();
         if open > 0 {

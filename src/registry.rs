@@ -10,6 +10,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+/// Signals a session's relay acts on (bits of [`Conn::take_signals`]).
+pub mod signal {
+    /// The settings changed: recompute the policy and timers.
+    pub const RELOAD: u8 = 1;
+    /// The proxy is draining.
+    pub const SHUTDOWN: u8 = 2;
+}
 
 /// The connection states of SPEC "Connection state".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,9 +90,27 @@ pub struct Conn {
     pub queries: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    signals: AtomicU8,
+    /// Per connection, so waking one session never contends with another's relay.
+    notify: Notify,
 }
 
 impl Conn {
+    /// Raises signal bits and wakes the session's relay (a wake is never lost: Notify keeps a permit).
+    pub fn signal(&self, bits: u8) {
+        self.signals.fetch_or(bits, Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub fn take_signals(&self) -> u8 {
+        self.signals.swap(0, Relaxed)
+    }
+
+    /// Resolves when [`Conn::signal`] was called.
+    pub fn signalled(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
     pub fn state(&self) -> ConnState {
         ConnState::from_u8(self.state.load(Relaxed))
     }
@@ -169,6 +197,8 @@ impl Registry {
             queries: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            signals: AtomicU8::new(0),
+            notify: Notify::new(),
         });
         conn.set_state(ConnState::Startup, opened);
         self.lock().insert(id, conn.clone());
@@ -183,6 +213,13 @@ impl Registry {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+
+    /// Signals every live connection.
+    pub fn signal_all(&self, bits: u8) {
+        for conn in self.lock().values() {
+            conn.signal(bits);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -12,17 +12,19 @@
 
 pub mod tracker;
 
+use crate::clients::ClientEntry;
 use crate::config::Policy;
 use crate::policy::{self, Timer, TimerInput};
 use crate::protocol::scanner::{Scanner, TERMINATE};
 use crate::protocol::{error_response, sqlstate};
 use crate::proxy::{Proxy, Settings};
-use crate::registry::{CancelTarget, Conn, ConnState};
+use crate::registry::{signal, CancelTarget, Conn, ConnState};
 use crate::upstream::Upstream;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -64,6 +66,10 @@ impl CloseReason {
 
 pub struct RelayContext<'a> {
     pub conn: &'a Conn,
+    /// The client's counters (closed and would-close).
+    pub entry: &'a ClientEntry,
+    /// The policy at admission; recomputed on reload.
+    pub policy: Policy,
     pub settings: &'a Settings,
     pub proxy: &'a Proxy,
     pub upstream_addr: SocketAddr,
@@ -89,7 +95,9 @@ pub async fn run(
         tracker: Tracker::new(statement_cap(ctx.settings)),
         c2s: Scanner::default(),
         s2c: Scanner::default(),
-        policy: policy::effective(&ctx.settings.config, &ctx.conn.client).0,
+        policy: ctx.policy,
+        enforce: ctx.settings.config.enforce,
+        would_closed: false,
         published: ConnState::Startup,
         drain_deadline: None,
     };
@@ -114,6 +122,9 @@ struct Relay<'a, 'c> {
     c2s: Scanner,
     s2c: Scanner,
     policy: Policy,
+    enforce: bool,
+    /// Report-only: a timeout was already counted as would-close (once per connection).
+    would_closed: bool,
     published: ConnState,
     drain_deadline: Option<Instant>,
 }
@@ -121,7 +132,8 @@ struct Relay<'a, 'c> {
 impl Relay<'_, '_> {
     async fn run(&mut self, client: &mut TcpStream, server: &mut Upstream) -> CloseReason {
         let mut buf = vec![0u8; BUF_SIZE];
-        let mut cancelled = pin!(self.ctx.shutdown.cancelled());
+        let conn = self.ctx.conn;
+        let mut signalled = pin!(conn.signalled());
         let mut draining = self.ctx.shutdown.is_cancelled();
         if draining {
             self.drain_deadline = Some(Instant::now() + self.grace());
@@ -147,15 +159,26 @@ impl Relay<'_, '_> {
             server_first = !server_first;
             tokio::select! {
                 biased;
-                _ = &mut cancelled, if !draining => {
-                    draining = true;
-                    self.drain_deadline = Some(Instant::now() + self.grace());
+                _ = &mut signalled => {
+                    signalled.set(conn.signalled());
+                    let bits = conn.take_signals();
+                    if bits & signal::RELOAD != 0 {
+                        self.reload();
+                    }
+                    if !draining && (bits & signal::SHUTDOWN != 0 || self.ctx.shutdown.is_cancelled()) {
+                        draining = true;
+                        self.drain_deadline = Some(Instant::now() + self.grace());
+                    }
                     timer = self.next_timer();
                     sleep.as_mut().reset(far_future(timer));
                 }
                 _ = &mut sleep, if timer.is_some() => {
                     let Some((_, which)) = timer else { continue };
-                    return self.on_timer(client, server, which).await;
+                    if let Some(reason) = self.on_timer(client, server, which).await {
+                        return reason;
+                    }
+                    timer = self.next_timer();
+                    sleep.as_mut().reset(far_future(timer));
                 }
                 (side, read) = read_either(client, server, &mut buf, server_first) => {
                     let outcome = match (side, read) {
@@ -174,11 +197,19 @@ impl Relay<'_, '_> {
 
     fn grace(&self) -> Duration {
         self.ctx
-            .settings
+            .proxy
+            .settings()
             .config
             .shutdown_grace
             .0
             .unwrap_or_default()
+    }
+
+    /// New settings: the policy and enforcement of this connection follow them (its slot stays).
+    fn reload(&mut self) {
+        let settings = self.ctx.proxy.settings();
+        self.policy = policy::effective(&settings.config, &self.ctx.conn.client).0;
+        self.enforce = settings.config.enforce;
     }
 
     /// Stores a changed state in the registry; true if it changed.
@@ -204,16 +235,17 @@ impl Relay<'_, '_> {
             login_deadline: self.ctx.login_deadline,
             drain_deadline: self.drain_deadline,
             policy: &self.policy,
-            idle_timers_spent: false,
+            idle_timers_spent: self.would_closed,
         })
     }
 
+    /// Acts on a fired timer; `None` when the session goes on (report-only).
     async fn on_timer(
         &mut self,
         client: &mut TcpStream,
         server: &mut Upstream,
         which: Timer,
-    ) -> CloseReason {
+    ) -> Option<CloseReason> {
         let client_key = self.ctx.conn.client.display().to_string();
         let (reason, code, message) = match which {
             Timer::Login => (CloseReason::Error, sqlstate::PROTOCOL_VIOLATION, "pgwarden: startup timeout (client_login_timeout)".to_string()),
@@ -234,8 +266,31 @@ impl Relay<'_, '_> {
                 format!("pgwarden: terminating connection of client \"{client_key}\" due to max_connection_age"),
             ),
         };
-        self.close(client, server, reason, Some((code, message)))
-            .await
+        let policy_timer = matches!(
+            which,
+            Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge
+        );
+        if policy_timer && !self.enforce {
+            self.would_closed = true;
+            self.ctx.entry.counters.would_close[reason as usize].fetch_add(1, Relaxed);
+            let stats = &self.ctx.settings.config.stats;
+            let last = crate::redact::render(
+                &self.ctx.conn.last_statement(),
+                stats.statement_text,
+                stats.statement_max_length as usize,
+            );
+            tracing::warn!(
+                reason = reason.as_str(),
+                state = self.published.as_str(),
+                last_statement = last.as_deref().unwrap_or(""),
+                "report-only: would close connection: {message}"
+            );
+            return None;
+        }
+        Some(
+            self.close(client, server, reason, Some((code, message)))
+                .await,
+        )
     }
 
     /// Forwards client bytes; `Some` ends the session.
@@ -268,10 +323,8 @@ impl Relay<'_, '_> {
             self.ctx.conn.set_last_statement(text);
         }
         let conn = self.ctx.conn;
-        conn.queries
-            .store(self.tracker.queries, std::sync::atomic::Ordering::Relaxed);
-        conn.bytes_in
-            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        conn.queries.store(self.tracker.queries, Relaxed);
+        conn.bytes_in.fetch_add(chunk.len() as u64, Relaxed);
         if let Err(e) = write_flush(server, chunk).await {
             debug!(error = %e, "upstream write failed");
             return Some(self.server_gone(client).await);
@@ -308,7 +361,7 @@ impl Relay<'_, '_> {
         self.ctx
             .conn
             .bytes_out
-            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(chunk.len() as u64, Relaxed);
         if let Err(e) = client.write_all(chunk).await {
             debug!(error = %e, "client write failed");
             return Some(self.client_gone(server).await);

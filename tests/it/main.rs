@@ -5,7 +5,9 @@ mod support;
 
 mod config_cli;
 mod lifecycle;
+mod policy;
 mod relay;
+mod reload;
 mod startup;
 mod state;
 mod upstream;

@@ -1,0 +1,206 @@
+//! Statement text as stats show it: literals replaced by `?` (`redacted`), as sent (`full`), or nothing.
+//!
+//! Redaction is a small lexer, not a parser: string constants (`'…'` with `''` escapes, `E'…'` with
+//! backslash escapes, `$$…$$` and `$tag$…$tag$`) and numeric constants become `?`; identifiers (also
+//! quoted ones), keywords, parameters (`$1`) and comments stay. An unterminated literal (a statement cut at
+//! `statement_max_length`) is redacted to the end.
+
+use crate::config::StatementText;
+
+/// Renders `text` per `mode`, cut to `max_len` bytes (at a character boundary). `None` for `off`.
+pub fn render(text: &str, mode: StatementText, max_len: usize) -> Option<String> {
+    let out = match mode {
+        StatementText::Off => return None,
+        StatementText::Full => text.to_string(),
+        StatementText::Redacted => redact(text),
+    };
+    Some(truncate(out, max_len))
+}
+
+fn truncate(mut s: String, max_len: usize) -> String {
+    if s.len() > max_len {
+        let mut cut = max_len;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Replaces every literal in `sql` with `?`.
+pub fn redact(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    // Start of the current run of bytes copied unchanged.
+    let mut copy_from = 0;
+    let push_lit = |out: &mut String, from: usize, start: usize| {
+        out.push_str(&sql[from..start]);
+        out.push('?');
+    };
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident = i > 0 && is_ident(b[i - 1]);
+        if c == b'\'' || ((c == b'E' || c == b'e') && b.get(i + 1) == Some(&b'\'') && !prev_ident) {
+            let backslash = c != b'\'';
+            let start = i;
+            i += if backslash { 2 } else { 1 };
+            loop {
+                match b.get(i) {
+                    None => break,
+                    Some(b'\\') if backslash => i += 2,
+                    Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            push_lit(&mut out, copy_from, start);
+            copy_from = i.min(b.len());
+        } else if c == b'"' {
+            // Quoted identifier: copy as is.
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'$' && !prev_ident {
+            match dollar_tag(&b[i..]) {
+                Some(tag_len) => {
+                    let tag = &b[i..i + tag_len];
+                    let start = i;
+                    let body = i + tag_len;
+                    let end = b[body..]
+                        .windows(tag_len)
+                        .position(|w| w == tag)
+                        .map(|p| body + p + tag_len);
+                    i = end.unwrap_or(b.len());
+                    push_lit(&mut out, copy_from, start);
+                    copy_from = i;
+                }
+                None => {
+                    // `$1` parameter: keep.
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+            }
+        } else if c.is_ascii_digit() && !prev_ident
+            || (c == b'.' && !prev_ident && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                // Exponent sign: 1e-5.
+                if (b[i] == b'e' || b[i] == b'E') && matches!(b.get(i + 1), Some(b'-' | b'+')) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            push_lit(&mut out, copy_from, start);
+            copy_from = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&sql[copy_from.min(sql.len())..]);
+    out
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'$'
+}
+
+/// Length of a `$tag$` opening (`$$` is 2), or `None` when this `$` is not one.
+fn dollar_tag(b: &[u8]) -> Option<usize> {
+    let mut j = 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+        if j == 1 && b[j].is_ascii_digit() {
+            return None;
+        }
+        j += 1;
+    }
+    (b.get(j) == Some(&b'$')).then_some(j + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_literal_form() {
+        let cases = [
+            (
+                "select * from t where name = 'alice'",
+                "select * from t where name = ?",
+            ),
+            ("select 'it''s'", "select ?"),
+            ("select E'a\\'b' , e'x'", "select ? , ?"),
+            ("select $$body 'x' 1$$", "select ?"),
+            ("select $fn$ a $$ b $fn$ || 'z'", "select ? || ?"),
+            (
+                "select 42, 3.14, .5, 1e10, 2.5E-3 from t1",
+                "select ?, ?, ?, ?, ? from t1",
+            ),
+            ("select $1, $2::int", "select $1, $2::int"),
+            (
+                "select col2, \"Weird 'quoted' 7\" from t",
+                "select col2, \"Weird 'quoted' 7\" from t",
+            ),
+            (
+                "select 1 -- comment 'x' 2\n, 3",
+                "select ? -- comment 'x' 2\n, ?",
+            ),
+            (
+                "update accounts set balance = balance - 100 where id = 7",
+                "update accounts set balance = balance - ? where id = ?",
+            ),
+            (
+                "insert into t values ('a', 1), ('b', 2)",
+                "insert into t values (?, ?), (?, ?)",
+            ),
+            ("select 'unterminated", "select ?"),
+            ("select $$unterminated", "select ?"),
+            (
+                "select x from tbl_9 where café = 'é'",
+                "select x from tbl_9 where café = ?",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn modes_and_truncation() {
+        let q = "select 'secret'";
+        assert_eq!(
+            render(q, StatementText::Redacted, 100).as_deref(),
+            Some("select ?")
+        );
+        assert_eq!(render(q, StatementText::Full, 100).as_deref(), Some(q));
+        assert_eq!(render(q, StatementText::Off, 100), None);
+        assert_eq!(render(q, StatementText::Full, 6).as_deref(), Some("select"));
+        assert_eq!(
+            render("select 'é'", StatementText::Full, 9).as_deref(),
+            Some("select '")
+        );
+    }
+
+    #[test]
+    fn never_panics_on_prefixes() {
+        let q = "select E'\\\\', $a$x$a$, 'q''q', \"id\", 1.5e+3 -- c\n";
+        for cut in 0..=q.len() {
+            if q.is_char_boundary(cut) {
+                let _ = redact(&q[..cut]);
+            }
+        }
+    }
+}
