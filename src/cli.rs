@@ -38,6 +38,30 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Live per-client table from a running proxy's admin API.
+    Top {
+        /// The proxy's admin URL.
+        #[arg(long, env = "PGWARDEN_ADMIN", default_value = crate::report::DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the table once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// One-shot leak report: exit 0 when clean, 3 when leaks are suspected.
+    Leaks {
+        /// The proxy's admin URL.
+        #[arg(long, env = "PGWARDEN_ADMIN", default_value = crate::report::DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the `/leaks` JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An end-to-end run of the incident pgwarden exists for, against a throwaway PostgreSQL.
+    Demo {
+        /// Leave the database, the proxy and the services running to explore with `top` (Ctrl-C ends).
+        #[arg(long)]
+        keep_running: bool,
+    },
 }
 
 /// How a command failed; decides the exit code.
@@ -49,6 +73,9 @@ pub enum Failure {
     /// Anything else at run time: exit 1.
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
+    /// `leaks` found suspects: exit 3 (the report was printed).
+    #[error("leaks suspected")]
+    LeaksFound,
 }
 
 impl Failure {
@@ -56,6 +83,7 @@ impl Failure {
         match self {
             Failure::Config(_) => 64,
             Failure::Runtime(_) => 1,
+            Failure::LeaksFound => 3,
         }
     }
 }
@@ -74,6 +102,51 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Proxy(source) => run_proxy(source),
+        Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
+        Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
+        Command::Demo { keep_running } => crate::demo::run(keep_running),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?)
+}
+
+async fn top(admin: &str, once: bool) -> Result<(), Failure> {
+    loop {
+        let clients: crate::stats::ClientsResponse =
+            crate::report::get_json(admin, "/clients").await?;
+        let table = crate::report::clients_table(&clients);
+        if once {
+            print!("{table}");
+            return Ok(());
+        }
+        // Clear the screen and home the cursor, then the table.
+        print!("\x1b[2J\x1b[H{}  (every 2 s; Ctrl-C quits)\n{table}", admin);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
+    let report: crate::stats::LeaksResponse = crate::report::get_json(admin, "/leaks").await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
+        );
+    } else {
+        print!("{}", crate::report::leaks_report(&report));
+    }
+    if report.leaks.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::LeaksFound)
     }
 }
 
@@ -82,22 +155,47 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
     crate::logging::init(config.log_format);
     crate::lifecycle::raise_nofile_limit();
     let settings = Settings::new(config.clone())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let listener = TcpListener::bind((config.listen.host.as_str(), config.listen.port))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let admin_listener =
+            TcpListener::bind((config.admin_listen.host.as_str(), config.admin_listen.port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} (admin_listen): {e}",
+                        config.admin_listen
+                    )
+                })?;
         let pod = PodIdentity::from_lookup(|k| std::env::var(k).ok());
         let proxy = Proxy::new(settings, pod);
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
-        crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
-        crate::reload::spawn(proxy.clone(), source, reload_rx, crate::reload::POLL_INTERVAL);
-        info!(listen = %listener.local_addr().map_err(anyhow::Error::from)?, upstream = %config.upstream, "pgwarden proxy ready");
+        crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx)
+            .map_err(anyhow::Error::from)?;
+        crate::reload::spawn(
+            proxy.clone(),
+            source,
+            reload_rx,
+            crate::reload::POLL_INTERVAL,
+        );
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(crate::admin::serve(
+            proxy.clone(),
+            admin_listener,
+            admin_stop.clone(),
+        ));
+        info!(
+            listen = %listener.local_addr().map_err(anyhow::Error::from)?,
+            admin = %config.admin_listen,
+            upstream = %config.upstream,
+            "pgwarden proxy ready"
+        );
         proxy.serve(listener, shutdown).await;
+        // The admin server outlives the drain so /readyz reports it; it stops with the process.
+        admin_stop.cancel();
+        let _ = admin.await;
         Ok(())
     })
 }

@@ -36,7 +36,7 @@ impl Field {
 }
 
 /// The pod this pgwarden runs in (all `None` outside Kubernetes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodIdentity {
     pub pod: Option<String>,
     pub namespace: Option<String>,

@@ -7,10 +7,15 @@
 use crate::clients::Clients;
 use crate::config::{Config, ConfigError};
 use crate::identity::PodIdentity;
+use crate::leak::Detector;
+use crate::metrics::Metrics;
 use crate::registry::{signal, Registry};
 use crate::upstream::Dialer;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +51,13 @@ pub struct Proxy {
     clients: Arc<Clients>,
     settings: watch::Sender<Arc<Settings>>,
     pod: PodIdentity,
+    detector: Mutex<Detector>,
+    metrics: Metrics,
+    draining: AtomicBool,
 }
+
+/// Clients with no connection for this long are forgotten (and leave the metrics).
+pub const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(600);
 
 impl Proxy {
     pub fn new(settings: Settings, pod: PodIdentity) -> Arc<Proxy> {
@@ -54,7 +65,10 @@ impl Proxy {
             registry: Arc::default(),
             clients: Arc::default(),
             settings: watch::Sender::new(Arc::new(settings)),
+            metrics: Metrics::new(&pod),
             pod,
+            detector: Mutex::default(),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -64,6 +78,46 @@ impl Proxy {
 
     pub fn clients(&self) -> &Arc<Clients> {
         &self.clients
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn detector(&self) -> MutexGuard<'_, Detector> {
+        self.detector.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once shutdown began (`/readyz` fails).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// One round of housekeeping: leak detection and forgetting long-idle clients.
+    pub fn housekeeping(&self, now: Instant) {
+        self.clients.prune(now, FORGET_IDLE_CLIENTS);
+        let settings = self.settings();
+        let conns = self.registry.snapshot();
+        let clients = self.clients.entries();
+        self.detector().tick(
+            now,
+            &conns,
+            &clients,
+            &settings.config.leak,
+            &settings.config.stats,
+        );
+    }
+
+    /// How often housekeeping runs: often enough for the leak thresholds, at most once a second.
+    fn housekeeping_interval(&self) -> Duration {
+        let leak = &self.settings().config.leak;
+        let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0]
+            .into_iter()
+            .flatten()
+            .min();
+        shortest.map_or(Duration::from_secs(1), |t| {
+            (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        })
     }
 
     pub fn pod(&self) -> &PodIdentity {
@@ -89,6 +143,15 @@ impl Proxy {
     /// Accepts clients until `shutdown` is cancelled, then waits for every session to drain.
     pub async fn serve(self: &Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let sessions = TaskTracker::new();
+        let housekeeping = tokio::spawn({
+            let proxy = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(proxy.housekeeping_interval()).await;
+                    proxy.housekeeping(Instant::now());
+                }
+            }
+        });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -106,6 +169,7 @@ impl Proxy {
             }
         }
         drop(listener);
+        self.draining.store(true, Relaxed);
         self.registry.signal_all(signal::SHUTDOWN);
         sessions.close();
         let open = sessions.len();
@@ -113,6 +177,7 @@ impl Proxy {
             info!(sessions = open, "draining");
         }
         sessions.wait().await;
+        housekeeping.abort();
         info!("all sessions closed");
     }
 }

@@ -7,7 +7,7 @@
 use crate::identity::ClientId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::futures::Notified;
@@ -90,12 +90,33 @@ pub struct Conn {
     pub queries: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    listening: AtomicBool,
+    /// When and why the session ended (set once, just before its entry leaves the registry).
+    closed: OnceLock<(Instant, &'static str)>,
     signals: AtomicU8,
     /// Per connection, so waking one session never contends with another's relay.
     notify: Notify,
 }
 
 impl Conn {
+    /// The session ran LISTEN.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Relaxed);
+    }
+
+    pub fn listening(&self) -> bool {
+        self.listening.load(Relaxed)
+    }
+
+    /// Records how the session ended (the `reason` label of the closed counter).
+    pub fn mark_closed(&self, now: Instant, reason: &'static str) {
+        let _ = self.closed.set((now, reason));
+    }
+
+    pub fn closed(&self) -> Option<(Instant, &'static str)> {
+        self.closed.get().copied()
+    }
+
     /// Raises signal bits and wakes the session's relay (a wake is never lost: Notify keeps a permit).
     pub fn signal(&self, bits: u8) {
         self.signals.fetch_or(bits, Relaxed);
@@ -197,6 +218,8 @@ impl Registry {
             queries: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            closed: OnceLock::new(),
             signals: AtomicU8::new(0),
             notify: Notify::new(),
         });

@@ -50,6 +50,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Client,
+        CloseReason::Server,
+        CloseReason::Abandoned,
+        CloseReason::IdleTimeout,
+        CloseReason::IdleInTransactionTimeout,
+        CloseReason::MaxAge,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Client => "client",
@@ -321,6 +332,9 @@ impl Relay<'_, '_> {
         }
         if let Some(text) = self.tracker.take_statement() {
             self.ctx.conn.set_last_statement(text);
+        }
+        if self.tracker.listening && !self.ctx.conn.listening() {
+            self.ctx.conn.set_listening();
         }
         let conn = self.ctx.conn;
         conn.queries.store(self.tracker.queries, Relaxed);

@@ -119,8 +119,12 @@ pub async fn run(
             entry: proxy.clients().entry(&client_id),
             reason: CloseReason::Error,
         };
+        let dial_started = Instant::now();
         let upstream = tokio::select! {
-            dialed = settings.dialer.dial() => dialed,
+            dialed = settings.dialer.dial() => {
+                proxy.metrics().observe_connect(dial_started.elapsed(), dialed.is_ok());
+                dialed
+            }
             _ = shutdown.cancelled() => {
                 let refusal = Refusal::new(sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down");
                 let _ = client.write_all(&refusal.encode()).await;
@@ -168,6 +172,7 @@ pub async fn run(
         };
         let reason = relay::run(&ctx, &mut client, &mut upstream.stream, &inbuf[used..]).await;
         admitted.reason = reason;
+        conn.mark_closed(Instant::now(), reason.as_str());
         match reason {
             CloseReason::Client | CloseReason::Server | CloseReason::Abandoned => {
                 debug!(reason = reason.as_str(), "closed")

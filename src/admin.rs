@@ -1,0 +1,123 @@
+//! The admin HTTP server (hyper 1, HTTP/1.1), read-only. Endpoints:
+//!
+//! | path | content |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | liveness: 200 while the process serves |
+//! | `GET /readyz` | readiness: 200, or 503 while draining; never depends on the upstream's health |
+//! | `GET /clients` | `{"identity": {...}, "clients": [...]}` |
+//! | `GET /connections` | `{"connections": [...]}` |
+//! | `GET /leaks` | `{"leaks": [...]}`, worst first |
+//!
+//! Paths are matched in [`route`], the one place that knows them. Other methods get 405.
+
+use crate::proxy::Proxy;
+use crate::stats::Snapshot;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(route(&proxy, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+/// Answers one request.
+pub fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const PATHS: [&str; 6] = [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/clients",
+        "/connections",
+        "/leaks",
+    ];
+    let path = req.uri().path();
+    if !PATHS.contains(&path) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("not found; endpoints: {}\n", PATHS.join(" ")),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read-only: use GET\n".into(),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if proxy.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/metrics" => {
+            let body = proxy.metrics().render(
+                &Snapshot::take(proxy),
+                proxy.settings().config.max_tracked_clients as usize,
+            );
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/clients" => json(&Snapshot::take(proxy).clients_response(proxy.pod())),
+        "/connections" => json(&Snapshot::take(proxy).connections_response()),
+        _ => json(&Snapshot::take(proxy).leaks_response()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).expect("stats serialize");
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,211 @@
+//! The detector's decisions for the pool behaviours pgwarden meets, on simulated time.
+
+use super::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn th() -> Thresholds {
+    Thresholds {
+        idle: Some(T),
+        idle_in_transaction: Some(Duration::from_secs(5)),
+    }
+}
+
+fn idle(since: Instant) -> ConnView {
+    ConnView {
+        state: ConnState::Idle,
+        state_since: since,
+        listening: false,
+    }
+}
+
+fn secs(t0: Instant, s: u64) -> Instant {
+    t0 + Duration::from_secs(s)
+}
+
+#[test]
+fn idle_in_transaction_past_threshold() {
+    let t0 = Instant::now();
+    let h = ClientHistory::new(t0, 1);
+    for state in [
+        ConnState::IdleInTransaction,
+        ConnState::IdleInFailedTransaction,
+    ] {
+        let c = ConnView {
+            state,
+            state_since: t0,
+            listening: true,
+        };
+        assert_eq!(suspect_reason(&c, &h, secs(t0, 4), &th()), None);
+        assert_eq!(
+            suspect_reason(&c, &h, secs(t0, 5), &th()),
+            Some(LeakReason::IdleInTransaction),
+            "LISTEN does not excuse an open transaction"
+        );
+    }
+    let off = Thresholds {
+        idle: None,
+        idle_in_transaction: None,
+    };
+    let c = ConnView {
+        state: ConnState::IdleInTransaction,
+        state_since: t0,
+        listening: false,
+    };
+    assert_eq!(suspect_reason(&c, &h, secs(t0, 100), &off), None);
+}
+
+#[test]
+fn leak_one_per_second_after_warm_up_is_flagged_within_two_thresholds() {
+    // A warm pool of 2 since t0; from t=30 the app borrows a connection every second and never returns it.
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 2);
+    let leak_start = 30;
+    let mut flagged_at = None;
+    for s in leak_start..leak_start + 3 * T.as_secs() {
+        // The first two borrows take the pool's free connections; then each borrow opens a new one.
+        let open = 2 + (s - leak_start).saturating_sub(1) as u32;
+        h.record(secs(t0, s), open);
+        let first_leaked = idle(secs(t0, leak_start));
+        if flagged_at.is_none() && suspect_reason(&first_leaked, &h, secs(t0, s), &th()).is_some() {
+            flagged_at = Some(s - leak_start);
+        }
+    }
+    let after = flagged_at.expect("flagged");
+    assert!(after <= 2 * T.as_secs(), "flagged after {after}s");
+    assert_eq!(
+        suspect_reason(
+            &idle(secs(t0, leak_start)),
+            &h,
+            secs(t0, leak_start + 2 * T.as_secs()),
+            &th()
+        ),
+        Some(LeakReason::IdleWhileClientGrew)
+    );
+}
+
+#[test]
+fn warm_up_one_at_a_time_then_idle_is_not_flagged() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 1);
+    for i in 1..=5 {
+        h.record(t0 + Duration::from_millis(500 * i), 1 + i as u32);
+    }
+    let first = idle(t0);
+    for s in 0..10 * T.as_secs() {
+        assert_eq!(
+            suspect_reason(&first, &h, secs(t0, s), &th()),
+            None,
+            "at {s}s"
+        );
+    }
+}
+
+#[test]
+fn transient_growth_and_lifo_retirement_are_not_flagged() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 4);
+    let bottom = idle(secs(t0, 1));
+    for s in 1..10 * T.as_secs() {
+        // Every 3 s the oldest connection retires: open-then-close (5 for a moment) or close-then-open (3).
+        if s % 3 == 0 {
+            h.record(secs(t0, s), if s % 2 == 0 { 5 } else { 3 });
+        } else {
+            h.record(secs(t0, s), 4);
+        }
+        assert_eq!(
+            suspect_reason(&bottom, &h, secs(t0, s), &th()),
+            None,
+            "at {s}s"
+        );
+    }
+}
+
+#[test]
+fn growth_that_recedes_is_not_sustained() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 2);
+    let c = idle(secs(t0, 20));
+    h.record(secs(t0, 25), 5);
+    h.record(secs(t0, 32), 2);
+    for s in 20..60 {
+        assert_eq!(suspect_reason(&c, &h, secs(t0, s), &th()), None, "at {s}s");
+    }
+}
+
+#[test]
+fn at_cap_refusals_after_idle_flag_it() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 5);
+    let c = idle(secs(t0, 20));
+    h.last_at_cap = Some(secs(t0, 19));
+    assert_eq!(
+        suspect_reason(&c, &h, secs(t0, 40), &th()),
+        None,
+        "pressure before it went idle does not count"
+    );
+    h.last_at_cap = Some(secs(t0, 22));
+    assert_eq!(
+        suspect_reason(&c, &h, secs(t0, 29), &th()),
+        None,
+        "not idle for the threshold yet"
+    );
+    assert_eq!(
+        suspect_reason(&c, &h, secs(t0, 30), &th()),
+        Some(LeakReason::IdleWhileClientAtCap)
+    );
+}
+
+#[test]
+fn listen_and_active_connections_are_never_idle_suspects() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 1);
+    h.record(secs(t0, 30), 9);
+    h.last_at_cap = Some(secs(t0, 31));
+    let listener = ConnView {
+        state: ConnState::Idle,
+        state_since: secs(t0, 15),
+        listening: true,
+    };
+    assert_eq!(suspect_reason(&listener, &h, secs(t0, 100), &th()), None);
+    let active = ConnView {
+        state: ConnState::Active,
+        state_since: t0,
+        listening: false,
+    };
+    assert_eq!(suspect_reason(&active, &h, secs(t0, 100), &th()), None);
+}
+
+#[test]
+fn a_connection_used_every_seven_seconds_is_not_flagged() {
+    let t0 = Instant::now();
+    let h = ClientHistory::new(t0, 1);
+    let short = Thresholds {
+        idle: Some(Duration::from_secs(5)),
+        idle_in_transaction: None,
+    };
+    for s in 0..200u64 {
+        let since = secs(t0, s / 7 * 7);
+        assert_eq!(suspect_reason(&idle(since), &h, secs(t0, s), &short), None);
+    }
+}
+
+#[test]
+fn history_queries() {
+    let t0 = Instant::now();
+    let mut h = ClientHistory::new(t0, 1);
+    h.record(secs(t0, 1), 1);
+    h.record(secs(t0, 2), 3);
+    h.record(secs(t0, 4), 2);
+    assert_eq!(h.open_at(secs(t0, 0)), 1);
+    assert_eq!(h.open_at(secs(t0, 3)), 3);
+    assert_eq!(h.min_open(secs(t0, 2), secs(t0, 10)), 2);
+    assert_eq!(h.min_open(secs(t0, 2), secs(t0, 3)), 3);
+    h.prune(secs(t0, 3));
+    assert_eq!(h.open_at(secs(t0, 3)), 3);
+    assert_eq!(
+        h.open_at(t0),
+        3,
+        "before the kept history: the oldest known value"
+    );
+}

@@ -1,0 +1,270 @@
+//! `pgwarden top` and `pgwarden leaks`: read a running proxy's admin API and print tables.
+//!
+//! Owns: the tiny HTTP GET client for the admin URL and the pure table renderers (unit-tested).
+
+use crate::stats::{ClientsResponse, LeaksResponse};
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::fmt::Write as _;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
+
+/// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    admin: &str,
+    path: &str,
+) -> anyhow::Result<T> {
+    let authority = admin
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--admin must be an http:// URL, got {admin:?}"))?
+        .trim_end_matches('/');
+    let fetch = async {
+        let stream = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot reach the admin API at {admin}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", authority)
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{admin}{path} answered {status}");
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| anyhow!("{admin}{path} timed out"))?
+}
+
+fn opt_secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"))
+}
+
+/// The `top` table: leaking clients first, then by open connections.
+pub fn clients_table(r: &ClientsResponse) -> String {
+    let mut clients: Vec<_> = r.clients.iter().collect();
+    clients.sort_by(|a, b| {
+        b.suspect_connections
+            .cmp(&a.suspect_connections)
+            .then(b.open.cmp(&a.open))
+            .then(a.client.cmp(&b.client))
+    });
+    let mut out = String::new();
+    if let Some(pod) = &r.identity.pod {
+        let _ = writeln!(
+            out,
+            "pod {pod} ({})",
+            r.identity.namespace.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  {}",
+        "CLIENT",
+        "OPEN",
+        "CAP",
+        "ACTIVE",
+        "IDLE",
+        "INTX",
+        "WAIT",
+        "REFUSED",
+        "TIMEDOUT",
+        "SUSPECT",
+        "OLDEST_IDLE",
+        "OLD_INTX",
+        "LEAK"
+    );
+    for c in clients {
+        let cap = c.max_connections.map_or("-".to_string(), |n| n.to_string());
+        let leak = if c.leak_suspected {
+            c.leak_reasons.join(",")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  {}",
+            truncate(&c.client, 32),
+            c.open,
+            cap,
+            c.active,
+            c.idle,
+            c.idle_in_transaction,
+            c.waiting,
+            c.refused_total,
+            c.timed_out_total,
+            c.suspect_connections,
+            opt_secs(c.oldest_idle_seconds),
+            opt_secs(c.oldest_idle_in_transaction_seconds),
+            leak
+        );
+    }
+    out
+}
+
+/// The `leaks` report: each suspected client and the evidence of each suspect connection.
+pub fn leaks_report(r: &LeaksResponse) -> String {
+    if r.leaks.is_empty() {
+        return "no leaks suspected\n".to_string();
+    }
+    let mut out = String::new();
+    for l in &r.leaks {
+        let s = &l.stats;
+        let _ = writeln!(
+            out,
+            "LEAK SUSPECTED: client {} holds {} connection(s) ({} cap), {} suspect now, reasons: {}; refused {}, timed out {}",
+            s.client,
+            s.open,
+            s.max_connections.map_or("no".to_string(), |n| n.to_string()),
+            s.suspect_connections,
+            s.leak_reasons.join(", "),
+            s.refused_total,
+            s.timed_out_total
+        );
+        let _ = writeln!(
+            out,
+            "  {:>8} {:<24} {:<22} {:>8} {:>8}  {}",
+            "PID", "REASON", "STATE", "IDLE", "AGE", "LAST STATEMENT"
+        );
+        for c in &l.suspects {
+            let state = match (&c.closed_reason, c.closed_seconds_ago) {
+                (Some(why), Some(ago)) => format!("closed {why} {ago:.0}s ago"),
+                _ => c.state.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:>8} {:<24} {:<22} {:>7.0}s {:>7.0}s  {}",
+                c.backend_pid.map_or("-".to_string(), |p| p.to_string()),
+                c.leak_reason.as_deref().unwrap_or("-"),
+                truncate(&state, 22),
+                c.state_seconds,
+                c.age_seconds,
+                c.last_statement
+                    .as_deref()
+                    .unwrap_or("-")
+                    .replace('\n', " ")
+            );
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{ClientStats, ConnectionStats, LeakReport};
+
+    fn client(name: &str, open: u32, suspects: u32) -> ClientStats {
+        ClientStats {
+            client: name.into(),
+            application_name: Some(name.into()),
+            user: None,
+            database: None,
+            open,
+            active: 0,
+            idle: open,
+            idle_in_transaction: 0,
+            waiting: 0,
+            max_connections: Some(5),
+            opened_total: open as u64,
+            closed_total: 0,
+            refused_total: 3,
+            timed_out_total: 0,
+            abandoned_total: 0,
+            would_refuse_total: 0,
+            would_close_total: 0,
+            oldest_idle_seconds: Some(12.4),
+            oldest_idle_in_transaction_seconds: None,
+            leak_suspected: suspects > 0,
+            suspect_connections: suspects,
+            leak_reasons: if suspects > 0 {
+                vec!["idle_while_client_at_cap".into()]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    #[test]
+    fn top_sorts_leakers_first() {
+        let r = ClientsResponse {
+            identity: Default::default(),
+            clients: vec![
+                client("big-healthy", 9, 0),
+                client("leaky", 5, 4),
+                client("small", 1, 0),
+            ],
+        };
+        let table = clients_table(&r);
+        let rows: Vec<&str> = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(rows, ["leaky", "big-healthy", "small"]);
+        assert!(table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("idle_while_client_at_cap"));
+    }
+
+    #[test]
+    fn leaks_report_shows_evidence() {
+        assert_eq!(
+            leaks_report(&LeaksResponse { leaks: vec![] }),
+            "no leaks suspected\n"
+        );
+        let conn = ConnectionStats {
+            id: 7,
+            client: "leaky".into(),
+            peer: "127.0.0.1:5".into(),
+            backend_pid: Some(4242),
+            state: "idle".into(),
+            age_seconds: 60.0,
+            state_seconds: 55.0,
+            last_statement: Some("select * from images where id = ?".into()),
+            queries: 1,
+            bytes_in: 10,
+            bytes_out: 10,
+            leak_suspect: true,
+            leak_reason: Some("idle_while_client_at_cap".into()),
+            closed_seconds_ago: None,
+            closed_reason: None,
+        };
+        let mut closed = conn.clone();
+        closed.closed_seconds_ago = Some(3.0);
+        closed.closed_reason = Some("idle_in_transaction_timeout".into());
+        let r = LeaksResponse {
+            leaks: vec![LeakReport {
+                stats: client("leaky", 5, 1),
+                suspects: vec![conn, closed],
+            }],
+        };
+        let text = leaks_report(&r);
+        assert!(text.contains("LEAK SUSPECTED: client leaky"));
+        assert!(text.contains("4242") && text.contains("select * from images where id = ?"));
+        assert!(text.contains("closed idle_in_transact"));
+    }
+}

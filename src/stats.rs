@@ -1,0 +1,302 @@
+//! The stats views behind `/clients`, `/connections` and `/leaks` (and the metrics): built on request from
+//! the registry, the client table and the leak detector, with exactly SPEC's fields.
+//!
+//! The same types deserialize the JSON again for `pgwarden top` and `pgwarden leaks`.
+
+use crate::clients::{ClientEntry, RefuseReason};
+use crate::identity::{ClientId, Field, PodIdentity};
+use crate::leak::{Detector, LeakReason};
+use crate::proxy::Proxy;
+use crate::redact;
+use crate::registry::{Conn, ConnState};
+use crate::relay::CloseReason;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientStats {
+    pub client: String,
+    pub application_name: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub open: u32,
+    pub active: u32,
+    pub idle: u32,
+    pub idle_in_transaction: u32,
+    pub waiting: u32,
+    pub max_connections: Option<u32>,
+    pub opened_total: u64,
+    pub closed_total: u64,
+    pub refused_total: u64,
+    pub timed_out_total: u64,
+    pub abandoned_total: u64,
+    pub would_refuse_total: u64,
+    pub would_close_total: u64,
+    pub oldest_idle_seconds: Option<f64>,
+    pub oldest_idle_in_transaction_seconds: Option<f64>,
+    pub leak_suspected: bool,
+    pub suspect_connections: u32,
+    pub leak_reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionStats {
+    pub id: u64,
+    pub client: String,
+    pub peer: String,
+    pub backend_pid: Option<i32>,
+    pub state: String,
+    pub age_seconds: f64,
+    pub state_seconds: f64,
+    pub last_statement: Option<String>,
+    pub queries: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub leak_suspect: bool,
+    pub leak_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_seconds_ago: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientsResponse {
+    pub identity: PodIdentity,
+    pub clients: Vec<ClientStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionsResponse {
+    pub connections: Vec<ConnectionStats>,
+}
+
+/// A client with suspects: its stats and its suspect connections (live first, then reclaimed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeakReport {
+    #[serde(flatten)]
+    pub stats: ClientStats,
+    pub suspects: Vec<ConnectionStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaksResponse {
+    pub leaks: Vec<LeakReport>,
+}
+
+fn secs(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// Everything the views are built from, gathered once per request.
+pub struct Snapshot {
+    pub now: Instant,
+    pub conns: Vec<Arc<Conn>>,
+    pub clients: Vec<Arc<ClientEntry>>,
+    live: HashMap<u64, LeakReason>,
+    closed: Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>,
+    statement: (crate::config::StatementText, usize),
+}
+
+impl Snapshot {
+    pub fn take(proxy: &Proxy) -> Snapshot {
+        let now = Instant::now();
+        let settings = proxy.settings();
+        let detector = proxy.detector();
+        let (live, closed) = snapshot_detector(&detector);
+        drop(detector);
+        Snapshot {
+            now,
+            conns: proxy.registry().snapshot(),
+            clients: proxy.clients().entries(),
+            live,
+            closed,
+            statement: (
+                settings.config.stats.statement_text,
+                settings.config.stats.statement_max_length as usize,
+            ),
+        }
+    }
+
+    pub fn connection(&self, c: &Conn) -> ConnectionStats {
+        let reason = self.live.get(&c.id);
+        ConnectionStats {
+            id: c.id,
+            client: c.client.display().to_string(),
+            peer: c.peer.to_string(),
+            backend_pid: c.backend_pid(),
+            state: c.state().as_str().to_string(),
+            age_seconds: secs(self.now.saturating_duration_since(c.opened)),
+            state_seconds: secs(self.now.saturating_duration_since(c.state_since())),
+            last_statement: redact::render(&c.last_statement(), self.statement.0, self.statement.1),
+            queries: c.queries.load(Relaxed),
+            bytes_in: c.bytes_in.load(Relaxed),
+            bytes_out: c.bytes_out.load(Relaxed),
+            leak_suspect: reason.is_some(),
+            leak_reason: reason.map(|r| r.as_str().to_string()),
+            closed_seconds_ago: None,
+            closed_reason: None,
+        }
+    }
+
+    fn closed_connection(
+        &self,
+        c: &Conn,
+        reason: LeakReason,
+        closed_at: Instant,
+        closed_reason: &str,
+    ) -> ConnectionStats {
+        let mut s = self.connection(c);
+        // Frozen at close: the state it was reclaimed in, and how long it had been in it.
+        s.state_seconds = secs(closed_at.saturating_duration_since(c.state_since()));
+        s.age_seconds = secs(closed_at.saturating_duration_since(c.opened));
+        s.leak_suspect = true;
+        s.leak_reason = Some(reason.as_str().to_string());
+        s.closed_seconds_ago = Some(secs(self.now.saturating_duration_since(closed_at)));
+        s.closed_reason = Some(closed_reason.to_string());
+        s
+    }
+
+    pub fn client(&self, entry: &ClientEntry) -> ClientStats {
+        let key = entry.id.display();
+        let mine: Vec<&Arc<Conn>> = self
+            .conns
+            .iter()
+            .filter(|c| c.client.display() == key)
+            .collect();
+        let count =
+            |f: &dyn Fn(ConnState) -> bool| mine.iter().filter(|c| f(c.state())).count() as u32;
+        let oldest = |f: &dyn Fn(ConnState) -> bool| {
+            mine.iter()
+                .filter(|c| f(c.state()))
+                .map(|c| secs(self.now.saturating_duration_since(c.state_since())))
+                .reduce(f64::max)
+        };
+        let c = &entry.counters;
+        let closed = |r: CloseReason| c.closed[r as usize].load(Relaxed);
+        let suspects: Vec<LeakReason> = mine
+            .iter()
+            .filter_map(|conn| self.live.get(&conn.id).copied())
+            .collect();
+        let mut reasons: BTreeSet<LeakReason> = suspects.iter().copied().collect();
+        reasons.extend(
+            self.closed
+                .iter()
+                .filter(|s| s.0.client.display() == key)
+                .map(|s| s.1),
+        );
+        ClientStats {
+            client: key.to_string(),
+            application_name: entry.id.get(Field::ApplicationName).map(str::to_string),
+            user: entry.id.get(Field::User).map(str::to_string),
+            database: entry.id.get(Field::Database).map(str::to_string),
+            open: c.open.load(Relaxed),
+            active: count(&|s| s == ConnState::Active),
+            idle: count(&|s| s == ConnState::Idle),
+            idle_in_transaction: count(&|s: ConnState| s.in_transaction()),
+            waiting: c.waiting.load(Relaxed),
+            max_connections: *entry
+                .max_connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            opened_total: c.opened.load(Relaxed),
+            closed_total: c.closed.iter().map(|v| v.load(Relaxed)).sum(),
+            refused_total: RefuseReason::ALL.iter().map(|r| c.refused(*r)).sum(),
+            timed_out_total: closed(CloseReason::IdleTimeout)
+                + closed(CloseReason::IdleInTransactionTimeout),
+            abandoned_total: closed(CloseReason::Abandoned),
+            would_refuse_total: RefuseReason::ALL.iter().map(|r| c.would_refuse(*r)).sum(),
+            would_close_total: c.would_close.iter().map(|v| v.load(Relaxed)).sum(),
+            oldest_idle_seconds: oldest(&|s| s == ConnState::Idle),
+            oldest_idle_in_transaction_seconds: oldest(&|s: ConnState| s.in_transaction()),
+            leak_suspected: !suspects.is_empty(),
+            suspect_connections: suspects.len() as u32,
+            leak_reasons: reasons
+                .into_iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+        }
+    }
+
+    /// `/clients`: every known client, most connections first.
+    pub fn clients_response(&self, identity: &PodIdentity) -> ClientsResponse {
+        let mut clients: Vec<ClientStats> = self.clients.iter().map(|e| self.client(e)).collect();
+        clients.sort_by(|a, b| b.open.cmp(&a.open).then_with(|| a.client.cmp(&b.client)));
+        ClientsResponse {
+            identity: identity.clone(),
+            clients,
+        }
+    }
+
+    pub fn connections_response(&self) -> ConnectionsResponse {
+        ConnectionsResponse {
+            connections: self.conns.iter().map(|c| self.connection(c)).collect(),
+        }
+    }
+
+    /// `/leaks`: clients with live or recently reclaimed suspects, worst first.
+    pub fn leaks_response(&self) -> LeaksResponse {
+        let mut by_client: HashMap<&str, Vec<ConnectionStats>> = HashMap::new();
+        for c in &self.conns {
+            if self.live.contains_key(&c.id) {
+                by_client
+                    .entry(c.client.display())
+                    .or_default()
+                    .push(self.connection(c));
+            }
+        }
+        for (c, reason, at, why) in &self.closed {
+            by_client
+                .entry(c.client.display())
+                .or_default()
+                .push(self.closed_connection(c, *reason, *at, why));
+        }
+        let mut leaks: Vec<LeakReport> = self
+            .clients
+            .iter()
+            .filter_map(|e| {
+                let mut suspects = by_client.remove(e.id.display())?;
+                suspects.sort_by(|a, b| {
+                    a.closed_seconds_ago
+                        .is_some()
+                        .cmp(&b.closed_seconds_ago.is_some())
+                        .then(b.state_seconds.total_cmp(&a.state_seconds))
+                });
+                Some(LeakReport {
+                    stats: self.client(e),
+                    suspects,
+                })
+            })
+            .collect();
+        leaks.sort_by(|a, b| {
+            b.stats
+                .suspect_connections
+                .cmp(&a.stats.suspect_connections)
+                .then(b.suspects.len().cmp(&a.suspects.len()))
+                .then(b.stats.open.cmp(&a.stats.open))
+        });
+        LeaksResponse { leaks }
+    }
+
+    /// Live suspect count per client key.
+    pub fn suspects_of(&self, client: &ClientId) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.client.display() == client.display() && self.live.contains_key(&c.id))
+            .count()
+    }
+}
+
+type ClosedList = Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>;
+
+fn snapshot_detector(d: &Detector) -> (HashMap<u64, LeakReason>, ClosedList) {
+    let live = d.live().map(|s| (s.conn.id, s.reason)).collect();
+    let closed = d
+        .closed()
+        .map(|c| (c.conn.clone(), c.reason, c.closed_at, c.closed_reason))
+        .collect();
+    (live, closed)
+}
