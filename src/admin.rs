@@ -46,9 +46,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationT
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(route(&proxy, &req)) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 debug!(%peer, error = %e, "admin connection error");
             }
@@ -58,28 +57,14 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationT
 
 /// Answers one request.
 pub fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    const PATHS: [&str; 6] = [
-        "/metrics",
-        "/healthz",
-        "/readyz",
-        "/clients",
-        "/connections",
-        "/leaks",
-    ];
+    const PATHS: [&str; 6] = ["/metrics", "/healthz", "/readyz", "/clients", "/connections", "/leaks"];
     let path = req.uri().path();
     if !PATHS.contains(&path) {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("not found; endpoints: {}\n", PATHS.join(" ")),
-        );
+        return text(StatusCode::NOT_FOUND, format!("not found; endpoints: {}\n", PATHS.join(" ")));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "read-only: use GET\n".into(),
-        );
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "read-only: use GET\n".into());
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     match path {
@@ -87,15 +72,10 @@ pub fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" if proxy.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/metrics" => {
-            let body = proxy.metrics().render(
-                &Snapshot::take(proxy),
-                proxy.settings().config.max_tracked_clients as usize,
-            );
+            let body =
+                proxy.metrics().render(&Snapshot::take(proxy), proxy.settings().config.max_tracked_clients as usize);
             let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
         "/clients" => json(&Snapshot::take(proxy).clients_response(proxy.pod())),
@@ -107,17 +87,13 @@ pub fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).expect("stats serialize");
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

@@ -91,11 +91,7 @@ impl Failure {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig { file, overrides } => {
-            let source = ConfigSource {
-                config: Some(file),
-                config_yaml: None,
-                overrides,
-            };
+            let source = ConfigSource { config: Some(file), config_yaml: None, overrides };
             let config = source.load()?;
             Settings::new(config.clone())?;
             print!("{}", config.to_yaml());
@@ -109,16 +105,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from)?)
 }
 
 async fn top(admin: &str, once: bool) -> Result<(), Failure> {
     loop {
-        let clients: crate::stats::ClientsResponse =
-            crate::report::get_json(admin, "/clients").await?;
+        let clients: crate::stats::ClientsResponse = crate::report::get_json(admin, "/clients").await?;
         let table = crate::report::clients_table(&clients);
         if once {
             print!("{table}");
@@ -136,10 +128,7 @@ async fn top(admin: &str, once: bool) -> Result<(), Failure> {
 async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
     let report: crate::stats::LeaksResponse = crate::report::get_json(admin, "/leaks").await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        );
+        println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
     } else {
         print!("{}", crate::report::leaks_report(&report));
     }
@@ -159,43 +148,22 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
         let listener = TcpListener::bind((config.listen.host.as_str(), config.listen.port))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let admin_listener =
-            TcpListener::bind((config.admin_listen.host.as_str(), config.admin_listen.port))
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen on {} (admin_listen): {e}",
-                        config.admin_listen
-                    )
-                })?;
+        let admin_listener = TcpListener::bind((config.admin_listen.host.as_str(), config.admin_listen.port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin_listen): {e}", config.admin_listen))?;
         let pod = PodIdentity::from_lookup(|k| std::env::var(k).ok());
         let proxy = Proxy::new(settings, pod);
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
-        crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx)
-            .map_err(anyhow::Error::from)?;
-        crate::reload::spawn(
-            proxy.clone(),
-            source,
-            reload_rx,
-            crate::reload::POLL_INTERVAL,
-        );
-        let admin_stop = CancellationToken::new();
-        let admin = tokio::spawn(crate::admin::serve(
-            proxy.clone(),
-            admin_listener,
-            admin_stop.clone(),
-        ));
+        crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
+        crate::reload::spawn(proxy.clone(), source, reload_rx, crate::reload::POLL_INTERVAL);
         info!(
             listen = %listener.local_addr().map_err(anyhow::Error::from)?,
             admin = %config.admin_listen,
             upstream = %config.upstream,
             "pgwarden proxy ready"
         );
-        proxy.serve(listener, shutdown).await;
-        // The admin server outlives the drain so /readyz reports it; it stops with the process.
-        admin_stop.cancel();
-        let _ = admin.await;
+        proxy.run(listener, admin_listener, shutdown).await;
         Ok(())
     })
 }

@@ -23,11 +23,7 @@ pub enum RefuseReason {
 }
 
 impl RefuseReason {
-    pub const ALL: [RefuseReason; 3] = [
-        RefuseReason::ClientLimit,
-        RefuseReason::TotalLimit,
-        RefuseReason::WaitTimeout,
-    ];
+    pub const ALL: [RefuseReason; 3] = [RefuseReason::ClientLimit, RefuseReason::TotalLimit, RefuseReason::WaitTimeout];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -152,13 +148,8 @@ impl Clients {
         t.total_cap = caps.total.0;
         let total_full = caps.total.0.is_some_and(|cap| t.total_open >= cap);
         let slots = t.slots(client);
-        *slots
-            .entry
-            .max_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = caps.client.0;
-        let client_full =
-            caps.client.0.is_some_and(|cap| slots.open >= cap) || !slots.waiters.is_empty();
+        *slots.entry.max_connections.lock().unwrap_or_else(|e| e.into_inner()) = caps.client.0;
+        let client_full = caps.client.0.is_some_and(|cap| slots.open >= cap) || !slots.waiters.is_empty();
         let full = if client_full {
             Some(RefuseReason::ClientLimit)
         } else if total_full {
@@ -167,35 +158,20 @@ impl Clients {
             None
         };
         match full {
-            None => Admission::Granted {
-                slot: self.take(&mut t, client),
-                would_refuse: None,
-            },
+            None => Admission::Granted { slot: self.take(&mut t, client), would_refuse: None },
             Some(reason) if !caps.enforce => {
                 t.slots(client).entry.counters.would_refuse[reason as usize].fetch_add(1, Relaxed);
-                Admission::Granted {
-                    slot: self.take(&mut t, client),
-                    would_refuse: Some(reason),
-                }
+                Admission::Granted { slot: self.take(&mut t, client), would_refuse: Some(reason) }
             }
             Some(_) if caps.wait => {
                 let seq = t.next_seq;
                 t.next_seq += 1;
                 let (grant, rx) = oneshot::channel();
                 let slots = t.slots(client);
-                slots.waiters.push_back(Waiter {
-                    seq,
-                    cap: caps.client.0,
-                    grant,
-                });
+                slots.waiters.push_back(Waiter { seq, cap: caps.client.0, grant });
                 slots.empty_since = None;
                 slots.entry.counters.waiting.fetch_add(1, Relaxed);
-                Admission::Queued(WaitTicket {
-                    clients: self.clone(),
-                    client: client.clone(),
-                    seq,
-                    rx: Some(rx),
-                })
+                Admission::Queued(WaitTicket { clients: self.clone(), client: client.clone(), seq, rx: Some(rx) })
             }
             Some(reason) => {
                 t.slots(client).entry.counters.refused[reason as usize].fetch_add(1, Relaxed);
@@ -211,11 +187,7 @@ impl Clients {
 
     /// Every client entry (for stats), in no particular order.
     pub fn entries(&self) -> Vec<Arc<ClientEntry>> {
-        self.lock()
-            .clients
-            .values()
-            .map(|s| s.entry.clone())
-            .collect()
+        self.lock().clients.values().map(|s| s.entry.clone()).collect()
     }
 
     pub fn total_open(&self) -> u32 {
@@ -227,9 +199,7 @@ impl Clients {
         let mut t = self.lock();
         let mut gone = Vec::new();
         t.clients.retain(|_, s| {
-            let keep = s
-                .empty_since
-                .is_none_or(|since| now.duration_since(since) < idle_for);
+            let keep = s.empty_since.is_none_or(|since| now.duration_since(since) < idle_for);
             if !keep {
                 gone.push(s.entry.clone());
             }
@@ -245,10 +215,7 @@ impl Clients {
         slots.empty_since = None;
         slots.entry.counters.open.fetch_add(1, Relaxed);
         slots.entry.counters.opened.fetch_add(1, Relaxed);
-        Slot {
-            clients: Some(self.clone()),
-            client: client.clone(),
-        }
+        Slot { clients: Some(self.clone()), client: client.clone() }
     }
 
     fn release(self: &Arc<Self>, client: &Arc<ClientId>) {
@@ -275,9 +242,7 @@ impl Clients {
                 .iter()
                 .filter_map(|(key, s)| {
                     let w = s.waiters.front()?;
-                    w.cap
-                        .is_none_or(|cap| s.open < cap)
-                        .then_some((w.seq, key.clone()))
+                    w.cap.is_none_or(|cap| s.open < cap).then_some((w.seq, key.clone()))
                 })
                 .min();
             let Some((_, key)) = next else { return };
@@ -304,19 +269,17 @@ impl Clients {
 
 impl Table {
     fn slots(&mut self, client: &Arc<ClientId>) -> &mut ClientSlots {
-        self.clients
-            .entry(client.display().to_string())
-            .or_insert_with(|| ClientSlots {
-                entry: Arc::new(ClientEntry {
-                    id: client.clone(),
-                    counters: ClientCounters::default(),
-                    max_connections: Mutex::new(None),
-                    refusal_log: Mutex::new((None, 0)),
-                }),
-                open: 0,
-                waiters: VecDeque::new(),
-                empty_since: Some(Instant::now()),
-            })
+        self.clients.entry(client.display().to_string()).or_insert_with(|| ClientSlots {
+            entry: Arc::new(ClientEntry {
+                id: client.clone(),
+                counters: ClientCounters::default(),
+                max_connections: Mutex::new(None),
+                refusal_log: Mutex::new((None, 0)),
+            }),
+            open: 0,
+            waiters: VecDeque::new(),
+            empty_since: Some(Instant::now()),
+        })
     }
 }
 
@@ -361,9 +324,7 @@ impl WaitTicket {
     /// Cancel-safe: a slot granted but not yet received is dropped with the ticket and so given back.
     pub async fn granted(&mut self) -> Slot {
         let rx = self.rx.as_mut().expect("ticket not yet used");
-        let slot = rx
-            .await
-            .expect("the table never drops a waiter's sender without a grant");
+        let slot = rx.await.expect("the table never drops a waiter's sender without a grant");
         self.rx = None;
         slot
     }

@@ -7,20 +7,12 @@ fn client(name: &str) -> Arc<ClientId> {
 }
 
 fn caps(client: Option<u32>, total: Option<u32>, wait: bool, enforce: bool) -> Caps {
-    Caps {
-        client: Limit(client),
-        total: Limit(total),
-        wait,
-        enforce,
-    }
+    Caps { client: Limit(client), total: Limit(total), wait, enforce }
 }
 
 fn granted(a: Admission) -> Slot {
     match a {
-        Admission::Granted {
-            slot,
-            would_refuse: None,
-        } => slot,
+        Admission::Granted { slot, would_refuse: None } => slot,
         _ => panic!("expected a plain grant"),
     }
 }
@@ -32,10 +24,7 @@ fn cap_refuses_then_frees() {
     let c = caps(Some(2), None, false, true);
     let s1 = granted(clients.admit(&a, c));
     let _s2 = granted(clients.admit(&a, c));
-    assert!(matches!(
-        clients.admit(&a, c),
-        Admission::Refused(RefuseReason::ClientLimit)
-    ));
+    assert!(matches!(clients.admit(&a, c), Admission::Refused(RefuseReason::ClientLimit)));
     let other = granted(clients.admit(&client("b"), c));
     drop(s1);
     let _s3 = granted(clients.admit(&a, c));
@@ -53,10 +42,7 @@ fn total_cap_counts_every_client() {
     let c = caps(None, Some(2), false, true);
     let _a = granted(clients.admit(&client("a"), c));
     let _b = granted(clients.admit(&client("b"), c));
-    assert!(matches!(
-        clients.admit(&client("c"), c),
-        Admission::Refused(RefuseReason::TotalLimit)
-    ));
+    assert!(matches!(clients.admit(&client("c"), c), Admission::Refused(RefuseReason::TotalLimit)));
 }
 
 #[test]
@@ -65,18 +51,12 @@ fn waiters_are_served_fifo_on_release() {
     let a = client("a");
     let c = caps(Some(1), None, true, true);
     let held = granted(clients.admit(&a, c));
-    let Admission::Queued(mut first) = clients.admit(&a, c) else {
-        panic!()
-    };
-    let Admission::Queued(mut second) = clients.admit(&a, c) else {
-        panic!()
-    };
+    let Admission::Queued(mut first) = clients.admit(&a, c) else { panic!() };
+    let Admission::Queued(mut second) = clients.admit(&a, c) else { panic!() };
     assert_eq!(clients.entry(&a).counters.waiting.load(Relaxed), 2);
     assert!(first.try_granted().is_none());
     drop(held);
-    let slot = first
-        .try_granted()
-        .expect("first waiter gets the freed slot at once");
+    let slot = first.try_granted().expect("first waiter gets the freed slot at once");
     assert!(second.try_granted().is_none());
     drop(first);
     assert_eq!(clients.entry(&a).counters.open.load(Relaxed), 1);
@@ -93,18 +73,10 @@ fn a_waiter_that_leaves_frees_nothing_and_loses_nothing() {
     let a = client("a");
     let c = caps(Some(1), None, true, true);
     let held = granted(clients.admit(&a, c));
-    let Admission::Queued(gone) = clients.admit(&a, c) else {
-        panic!()
-    };
-    let Admission::Queued(mut stays) = clients.admit(&a, c) else {
-        panic!()
-    };
+    let Admission::Queued(gone) = clients.admit(&a, c) else { panic!() };
+    let Admission::Queued(mut stays) = clients.admit(&a, c) else { panic!() };
     drop(gone);
-    assert_eq!(
-        clients.entry(&a).counters.open.load(Relaxed),
-        1,
-        "leaving the queue frees nothing"
-    );
+    assert_eq!(clients.entry(&a).counters.open.load(Relaxed), 1, "leaving the queue frees nothing");
     drop(held);
     let slot = stays.try_granted();
     assert!(slot.is_some(), "the slot skips the waiter who left");
@@ -117,9 +89,7 @@ fn granted_but_never_received_slot_is_given_back() {
     let a = client("a");
     let c = caps(Some(1), None, true, true);
     let held = granted(clients.admit(&a, c));
-    let Admission::Queued(ticket) = clients.admit(&a, c) else {
-        panic!()
-    };
+    let Admission::Queued(ticket) = clients.admit(&a, c) else { panic!() };
     drop(held); // grant sent into the ticket's channel
     drop(ticket); // never received
     assert_eq!(clients.total_open(), 0);
@@ -131,12 +101,8 @@ fn total_cap_waiters_of_other_clients_are_served_oldest_first() {
     let clients = Arc::new(Clients::default());
     let c = caps(None, Some(1), true, true);
     let held = granted(clients.admit(&client("a"), c));
-    let Admission::Queued(mut b) = clients.admit(&client("b"), c) else {
-        panic!()
-    };
-    let Admission::Queued(mut c2) = clients.admit(&client("c"), c) else {
-        panic!()
-    };
+    let Admission::Queued(mut b) = clients.admit(&client("b"), c) else { panic!() };
+    let Admission::Queued(mut c2) = clients.admit(&client("c"), c) else { panic!() };
     drop(held);
     let slot = b.try_granted();
     assert!(slot.is_some());
@@ -151,11 +117,7 @@ fn report_only_grants_and_counts_would_refuse() {
     let a = client("a");
     let c = caps(Some(1), None, false, false);
     let _s1 = granted(clients.admit(&a, c));
-    let Admission::Granted {
-        slot: _s2,
-        would_refuse: Some(RefuseReason::ClientLimit),
-    } = clients.admit(&a, c)
-    else {
+    let Admission::Granted { slot: _s2, would_refuse: Some(RefuseReason::ClientLimit) } = clients.admit(&a, c) else {
         panic!()
     };
     let e = clients.entry(&a);
@@ -173,10 +135,7 @@ fn refusal_logs_are_rate_limited() {
     assert_eq!(e.refusal_log_due(t0, every), Some(0));
     assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(1), every), None);
     assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(2), every), None);
-    assert_eq!(
-        e.refusal_log_due(t0 + Duration::from_secs(11), every),
-        Some(2)
-    );
+    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(11), every), Some(2));
 }
 
 #[test]
@@ -184,10 +143,7 @@ fn idle_clients_are_pruned() {
     let clients = Arc::new(Clients::default());
     let slot = granted(clients.admit(&client("a"), caps(None, None, false, true)));
     let later = Instant::now() + Duration::from_secs(601);
-    assert!(
-        clients.prune(later, Duration::from_secs(600)).is_empty(),
-        "a client holding a slot stays"
-    );
+    assert!(clients.prune(later, Duration::from_secs(600)).is_empty(), "a client holding a slot stays");
     drop(slot);
     let later = Instant::now() + Duration::from_secs(601);
     assert_eq!(clients.prune(later, Duration::from_secs(600)).len(), 1);

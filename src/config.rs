@@ -126,10 +126,7 @@ fn secs(n: u64) -> Timeout {
 }
 
 fn addr(host: &str, port: u16) -> HostPort {
-    HostPort {
-        host: host.into(),
-        port,
-    }
+    HostPort { host: host.into(), port }
 }
 
 impl Default for Config {
@@ -158,10 +155,7 @@ impl Default for Config {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats {
-            statement_text: StatementText::Redacted,
-            statement_max_length: 1024,
-        }
+        Stats { statement_text: StatementText::Redacted, statement_max_length: 1024 }
     }
 }
 
@@ -180,11 +174,7 @@ impl Default for Policy {
 
 impl Default for Leak {
     fn default() -> Self {
-        Leak {
-            idle_threshold: secs(300),
-            idle_in_transaction_threshold: secs(30),
-            keep_closed_suspects: secs(900),
-        }
+        Leak { idle_threshold: secs(300), idle_in_transaction_threshold: secs(30), keep_closed_suspects: secs(900) }
     }
 }
 
@@ -192,20 +182,14 @@ impl Default for Leak {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
 
 impl ConfigError {
     pub fn invalid(origin: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            origin: origin.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { origin: origin.into(), message: message.into() }
     }
 }
 
@@ -239,27 +223,22 @@ impl Config {
                 ConfigError::invalid(format!("{origin}: config key `{path}`"), inner)
             }
         })?;
-        config.validate().map_err(|(key, msg)| {
-            ConfigError::invalid(format!("{origin}: config key `{key}`"), msg)
-        })?;
+        config.validate().map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: config key `{key}`"), msg))?;
         Ok(config)
     }
 
     pub fn read_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_yaml(&text, &path.display().to_string())
     }
 
     /// Checks what the types alone cannot; returns the key and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, msg: &str| Err((key.to_string(), msg.to_string()));
-        for (key, value) in [
-            ("upstream_connect_timeout", self.upstream_connect_timeout),
-            ("shutdown_grace", self.shutdown_grace),
-        ] {
+        for (key, value) in
+            [("upstream_connect_timeout", self.upstream_connect_timeout), ("shutdown_grace", self.shutdown_grace)]
+        {
             if value.0.is_none() {
                 return fail(key, "must be a duration, not off");
             }
@@ -282,15 +261,15 @@ impl Config {
             return fail("max_tracked_clients", "must be at least 1");
         }
         if self.stats.statement_max_length == 0 || self.stats.statement_max_length > 1 << 20 {
-            return fail(
-                "stats.statement_max_length",
-                "must be between 1 and 1048576",
-            );
+            return fail("stats.statement_max_length", "must be between 1 and 1048576");
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}]{}{k}", if k.is_empty() { "" } else { "." });
             if rule.matches.is_empty() {
-                return Err((key("match"), "must name at least one field (a rule without one would match every client; use defaults)".into()));
+                return Err((
+                    key("match"),
+                    "must name at least one field (a rule without one would match every client; use defaults)".into(),
+                ));
             }
             for (field, glob) in &rule.matches {
                 if !self.client_key.contains(field) {
@@ -304,10 +283,7 @@ impl Config {
                     ));
                 }
                 if glob.len() > 256 {
-                    return Err((
-                        key(&format!("match.{}", field.name())),
-                        "glob longer than 256 characters".into(),
-                    ));
+                    return Err((key(&format!("match.{}", field.name())), "glob longer than 256 characters".into()));
                 }
             }
         }

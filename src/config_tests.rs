@@ -49,10 +49,7 @@ rules:
         idle_in_transaction_timeout: Some(Timeout(Some(Duration::from_secs(30)))),
         max_connection_age: None,
     });
-    assert_eq!(
-        c, expected,
-        "the SPEC example is the defaults plus one rule"
-    );
+    assert_eq!(c, expected, "the SPEC example is the defaults plus one rule");
 }
 
 #[test]
@@ -71,23 +68,14 @@ fn errors_name_the_key() {
     let cases = [
         ("listen: nowhere", "`listen`"),
         ("defaults:\n  idle_timeout: 5x", "`defaults.idle_timeout`"),
-        (
-            "defaults:\n  max_connections: lots",
-            "`defaults.max_connections`",
-        ),
+        ("defaults:\n  max_connections: lots", "`defaults.max_connections`"),
         ("upstream_tls: maybe", "`upstream_tls`"),
         ("stats:\n  statement_text: some", "`stats.statement_text`"),
         ("client_key: [application_name, shoe_size]", "`client_key"),
         ("shutdown_grace: off", "`shutdown_grace`"),
         ("max_tracked_clients: 0", "`max_tracked_clients`"),
-        (
-            "rules:\n  - match: { database: 'x' }",
-            "`rules[0].match.database`",
-        ),
-        (
-            "rules:\n  - name: a\n    match: { user: 'x' }\n    idle_timeout: soon",
-            "rules[0].idle_timeout",
-        ),
+        ("rules:\n  - match: { database: 'x' }", "`rules[0].match.database`"),
+        ("rules:\n  - name: a\n    match: { user: 'x' }\n    idle_timeout: soon", "rules[0].idle_timeout"),
         ("rules:\n  - name: a", "`rules[0].match`"),
         ("upstream_connect_timeout: 0", "`upstream_connect_timeout`"),
     ];
@@ -104,10 +92,7 @@ fn unknown_keys_are_errors() {
         ("lisen: 1.2.3.4:5", "lisen"),
         ("defaults:\n  idle_timout: 5s", "idle_timout"),
         ("leak:\n  threshold: 5s", "threshold"),
-        (
-            "rules:\n  - match: { user: a }\n    max_conns: 3",
-            "max_conns",
-        ),
+        ("rules:\n  - match: { user: a }\n    max_conns: 3", "max_conns"),
     ] {
         let e = err(yaml);
         assert!(e.contains(word), "{yaml:?} -> {e}");
@@ -133,20 +118,11 @@ fn overrides_apply_and_name_the_flag() {
         ..Default::default()
     };
     o.apply(&mut c).unwrap();
-    assert_eq!(
-        c.defaults.idle_timeout,
-        Timeout(Some(Duration::from_secs(2)))
-    );
+    assert_eq!(c.defaults.idle_timeout, Timeout(Some(Duration::from_secs(2))));
     assert_eq!(c.defaults.max_connections, Limit(Some(3)));
     assert_eq!(c.defaults.on_limit, OnLimit::Wait);
     assert!(!c.enforce);
-    let bad = overrides::Overrides {
-        on_limit: Some("queue".into()),
-        ..Default::default()
-    };
+    let bad = overrides::Overrides { on_limit: Some("queue".into()), ..Default::default() };
     let e = bad.apply(&mut c).unwrap_err().to_string();
-    assert!(
-        e.contains("--on-limit") && e.contains("PGWARDEN_ON_LIMIT") && e.contains("queue"),
-        "{e}"
-    );
+    assert!(e.contains("--on-limit") && e.contains("PGWARDEN_ON_LIMIT") && e.contains("queue"), "{e}");
 }

@@ -60,10 +60,7 @@ impl Drop for PgGuard {
 }
 
 pub fn run(keep_running: bool) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from)?;
     runtime.block_on(async {
         tokio::select! {
             r = demo(keep_running) => r.map_err(Failure::from),
@@ -78,28 +75,17 @@ pub fn run(keep_running: bool) -> Result<(), Failure> {
 async fn demo(keep_running: bool) -> anyhow::Result<()> {
     println!("pgwarden demo: a service leaks connections; pgwarden contains it, reclaims slots and names it.\n");
     let pg = tokio::task::spawn_blocking(|| -> anyhow::Result<PgGuard> {
-        let pg = PgGuard(TempPostgres::init(
-            "pgwarden-demo-",
-            "max_connections = 100\nshared_buffers = 32MB\n",
-        )?);
+        let pg = PgGuard(TempPostgres::init("pgwarden-demo-", "max_connections = 100\nshared_buffers = 32MB\n")?);
         pg.0.spawn_watchdog(std::process::id())?;
         pg.0.start()?;
         pg.0.psql(SETUP_SQL)?;
         Ok(pg)
     })
     .await??;
-    println!(
-        "PostgreSQL {} started on 127.0.0.1:{} (data in {})",
-        version(&pg.0),
-        pg.0.port,
-        pg.0.dir.display()
-    );
+    println!("PostgreSQL {} started on 127.0.0.1:{} (data in {})", version(&pg.0), pg.0.port, pg.0.dir.display());
 
     let mut config = Config::from_yaml(POLICY, "demo policy").context("demo policy")?;
-    config.upstream = crate::config::HostPort {
-        host: "127.0.0.1".into(),
-        port: pg.0.port,
-    };
+    config.upstream = crate::config::HostPort { host: "127.0.0.1".into(), port: pg.0.port };
     let proxy = Proxy::new(Settings::new(config)?, PodIdentity::default());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -107,60 +93,35 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let proxy_task = tokio::spawn({
         let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        async move { proxy.serve(listener, shutdown).await }
+        async move { proxy.run(listener, admin_listener, shutdown).await }
     });
-    let admin_task = tokio::spawn(crate::admin::serve(
-        proxy.clone(),
-        admin_listener,
-        shutdown.clone(),
-    ));
     println!("pgwarden proxy on {addr}, admin API on http://{admin}\n\nDemo policy:\n{POLICY}");
 
     let stop = CancellationToken::new();
     let tallies: [Arc<Tally>; 3] = Default::default();
     let services = [
-        tokio::spawn(services::checkout_api(
-            addr,
-            stop.clone(),
-            tallies[0].clone(),
-        )),
-        tokio::spawn(services::image_processor(
-            addr,
-            stop.clone(),
-            tallies[1].clone(),
-        )),
-        tokio::spawn(services::report_cron(
-            addr,
-            stop.clone(),
-            tallies[2].clone(),
-        )),
+        tokio::spawn(services::checkout_api(addr, stop.clone(), tallies[0].clone())),
+        tokio::spawn(services::image_processor(addr, stop.clone(), tallies[1].clone())),
+        tokio::spawn(services::report_cron(addr, stop.clone(), tallies[2].clone())),
     ];
     println!("Running checkout-api (healthy pool), image-processor (leaks a connection every 400 ms) and report-cron");
-    println!(
-        "(leaves a transaction open) through pgwarden for {} s...\n",
-        RUN_FOR.as_secs()
-    );
+    println!("(leaves a transaction open) through pgwarden for {} s...\n", RUN_FOR.as_secs());
     let started = Instant::now();
     while started.elapsed() < RUN_FOR {
         tokio::time::sleep(TABLE_EVERY.min(RUN_FOR.saturating_sub(started.elapsed()))).await;
         let snap = Snapshot::take(&proxy);
         println!("t={:>2}s", started.elapsed().as_secs());
-        print!(
-            "{}",
-            crate::report::clients_table(&snap.clients_response(proxy.pod()))
-        );
+        print!("{}", crate::report::clients_table(&snap.clients_response(proxy.pod())));
         println!();
     }
     let verdict = verdict(&proxy, &pg.0, &tallies);
-    println!(
-        "{}",
-        verdict
-            .as_ref()
-            .map_or_else(|e| format!("{e:#}"), |v| v.clone())
-    );
+    println!("{}", verdict.as_ref().map_or_else(|e| format!("{e:#}"), |v| v.clone()));
     if keep_running {
         println!("\n--keep-running: explore with `pgwarden top --admin http://{admin}` or `pgwarden leaks --admin http://{admin}`;");
-        println!("psql \"host=127.0.0.1 port={} user=app dbname=postgres\" goes through the proxy. Ctrl-C stops everything.", addr.port());
+        println!(
+            "psql \"host=127.0.0.1 port={} user=app dbname=postgres\" goes through the proxy. Ctrl-C stops everything.",
+            addr.port()
+        );
         std::future::pending::<()>().await;
     }
     stop.cancel();
@@ -169,13 +130,9 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = proxy_task.await;
-    let _ = admin_task.await;
     let dir = pg.0.dir.clone();
     tokio::task::spawn_blocking(move || drop(pg)).await?;
-    println!(
-        "\nStopped PostgreSQL and the proxy; removed {}.",
-        dir.display()
-    );
+    println!("\nStopped PostgreSQL and the proxy; removed {}.", dir.display());
     verdict.map(|_| ())
 }
 
@@ -190,15 +147,9 @@ fn verdict(proxy: &Proxy, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyho
     let snap = Snapshot::take(proxy);
     let leaks = snap.leaks_response();
     let clients = snap.clients_response(proxy.pod());
-    let find = |name: &str| {
-        leaks
-            .leaks
-            .iter()
-            .find(|l| l.stats.application_name.as_deref() == Some(name))
-    };
+    let find = |name: &str| leaks.leaks.iter().find(|l| l.stats.application_name.as_deref() == Some(name));
     let mut out = String::from("VERDICT\n");
-    let image =
-        find("image-processor").ok_or_else(|| anyhow!("the demo did not flag image-processor"))?;
+    let image = find("image-processor").ok_or_else(|| anyhow!("the demo did not flag image-processor"))?;
     let s = &image.stats;
     let _ = writeln!(
         out,
@@ -228,24 +179,21 @@ fn verdict(proxy: &Proxy, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyho
     let checkout = &tallies[0];
     let (ok, attempts) = (checkout.ok.load(Relaxed), checkout.attempts.load(Relaxed));
     let rate = 100.0 * ok as f64 / attempts.max(1) as f64;
-    let _ = writeln!(out, "* checkout-api kept being served meanwhile: {ok} of {attempts} queries succeeded ({rate:.1}%), never flagged.");
-    if clients
-        .clients
-        .iter()
-        .any(|c| c.application_name.as_deref() == Some("checkout-api") && c.leak_suspected)
+    let _ = writeln!(
+        out,
+        "* checkout-api kept being served meanwhile: {ok} of {attempts} queries succeeded ({rate:.1}%), never flagged."
+    );
+    if clients.clients.iter().any(|c| c.application_name.as_deref() == Some("checkout-api") && c.leak_suspected)
         || rate < 99.0
     {
         anyhow::bail!("{out}\nthe healthy service was flagged or failed");
     }
-    let cron =
-        find("report-cron").ok_or_else(|| anyhow!("{out}\nthe demo did not flag report-cron"))?;
+    let cron = find("report-cron").ok_or_else(|| anyhow!("{out}\nthe demo did not flag report-cron"))?;
     let closed = cron.suspects.iter().find(|c| c.closed_reason.is_some());
     let Some(c) = closed else {
         anyhow::bail!("{out}\nreport-cron's transaction was not reclaimed");
     };
-    let status = pg
-        .psql("SELECT status FROM reports WHERE id = 42")
-        .unwrap_or_default();
+    let status = pg.psql("SELECT status FROM reports WHERE id = 42").unwrap_or_default();
     let _ = writeln!(
         out,
         "* LEAK: client {} left a transaction open: flagged idle_in_transaction; after {:.0}s idle in transaction\n  \

@@ -72,27 +72,16 @@ pub struct ClientId {
 
 impl ClientId {
     pub fn new(values: Vec<(Field, String)>) -> Self {
-        let display = values
-            .iter()
-            .map(|(_, v)| if v.is_empty() { "-" } else { v.as_str() })
-            .collect::<Vec<_>>()
-            .join("/");
+        let display =
+            values.iter().map(|(_, v)| if v.is_empty() { "-" } else { v.as_str() }).collect::<Vec<_>>().join("/");
         ClientId { values, display }
     }
 
     /// Builds the client of a connection from its startup parameters, the pod and the peer address.
-    pub fn from_startup(
-        key: &[Field],
-        params: &StartupParams,
-        pod: &PodIdentity,
-        peer: IpAddr,
-    ) -> Self {
+    pub fn from_startup(key: &[Field], params: &StartupParams, pod: &PodIdentity, peer: IpAddr) -> Self {
         let value = |f: Field| -> String {
             match f {
-                Field::ApplicationName => params
-                    .get("application_name")
-                    .unwrap_or_default()
-                    .to_string(),
+                Field::ApplicationName => params.get("application_name").unwrap_or_default().to_string(),
                 Field::User => params.get("user").unwrap_or_default().to_string(),
                 Field::Database => params.get("database").unwrap_or_default().to_string(),
                 Field::Pod => pod.pod.clone().unwrap_or_default(),
@@ -111,10 +100,7 @@ impl ClientId {
 
     /// The value of `field`, or `None` when the field is not part of the key.
     pub fn get(&self, field: Field) -> Option<&str> {
-        self.values
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, v)| v.as_str())
+        self.values.iter().find(|(f, _)| *f == field).map(|(_, v)| v.as_str())
     }
 }
 
@@ -130,14 +116,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn params(p: &[(&str, &str)]) -> StartupParams {
-        StartupParams {
-            major: 3,
-            minor: 0,
-            params: p
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        StartupParams { major: 3, minor: 0, params: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
     #[test]
@@ -145,44 +124,25 @@ mod tests {
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let key = [Field::ApplicationName, Field::User];
         let pod = PodIdentity::default();
-        let c = ClientId::from_startup(
-            &key,
-            &params(&[("user", "alice"), ("application_name", "api")]),
-            &pod,
-            peer,
-        );
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "api")]), &pod, peer);
         assert_eq!(c.display(), "api/alice");
         let c = ClientId::from_startup(&key, &params(&[("user", "alice")]), &pod, peer);
         assert_eq!(c.display(), "-/alice");
         assert_eq!(c.get(Field::ApplicationName), Some(""));
         assert_eq!(c.get(Field::Database), None);
-        let c = ClientId::from_startup(
-            &key,
-            &params(&[("user", "alice"), ("application_name", "")]),
-            &pod,
-            peer,
-        );
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "")]), &pod, peer);
         assert_eq!(c.display(), "-/alice");
     }
 
     #[test]
     fn kubernetes_fields_and_peer() {
-        let env: std::collections::HashMap<&str, &str> = [
-            ("PGWARDEN_POD_NAME", "api-7d9f-x"),
-            ("PGWARDEN_POD_NAMESPACE", "shop"),
-            ("PGWARDEN_WORKLOAD", ""),
-        ]
-        .into();
+        let env: std::collections::HashMap<&str, &str> =
+            [("PGWARDEN_POD_NAME", "api-7d9f-x"), ("PGWARDEN_POD_NAMESPACE", "shop"), ("PGWARDEN_WORKLOAD", "")].into();
         let pod = PodIdentity::from_lookup(|k| env.get(k).map(|v| v.to_string()));
         assert!(pod.in_kubernetes());
         assert_eq!(pod.workload, None);
         let key = [Field::Namespace, Field::Pod, Field::Workload, Field::PeerIp];
-        let c = ClientId::from_startup(
-            &key,
-            &params(&[]),
-            &pod,
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-        );
+        let c = ClientId::from_startup(&key, &params(&[]), &pod, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
         assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
     }
 }

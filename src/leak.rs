@@ -65,11 +65,7 @@ pub struct ClientHistory {
 
 impl ClientHistory {
     pub fn new(first_seen: Instant, open: u32) -> Self {
-        ClientHistory {
-            first_seen,
-            changes: VecDeque::from([(first_seen, open)]),
-            last_at_cap: None,
-        }
+        ClientHistory { first_seen, changes: VecDeque::from([(first_seen, open)]), last_at_cap: None }
     }
 
     /// Records the open count seen at `now`.
@@ -88,38 +84,21 @@ impl ClientHistory {
 
     /// The open count at `t` (the oldest known value for a time before the history).
     pub fn open_at(&self, t: Instant) -> u32 {
-        self.changes
-            .iter()
-            .take_while(|(since, _)| *since <= t)
-            .last()
-            .or(self.changes.front())
-            .map_or(0, |c| c.1)
+        self.changes.iter().take_while(|(since, _)| *since <= t).last().or(self.changes.front()).map_or(0, |c| c.1)
     }
 
     /// The smallest open count during `[from, to]`.
     pub fn min_open(&self, from: Instant, to: Instant) -> u32 {
         let at_start = self.open_at(from);
-        self.changes
-            .iter()
-            .filter(|(since, _)| *since > from && *since <= to)
-            .map(|c| c.1)
-            .fold(at_start, u32::min)
+        self.changes.iter().filter(|(since, _)| *since > from && *since <= to).map(|c| c.1).fold(at_start, u32::min)
     }
 }
 
 /// Whether one connection is a suspect, and why. Pure.
-pub fn suspect_reason(
-    c: &ConnView,
-    h: &ClientHistory,
-    now: Instant,
-    th: &Thresholds,
-) -> Option<LeakReason> {
+pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresholds) -> Option<LeakReason> {
     let idle_for = now.saturating_duration_since(c.state_since);
     if c.state.in_transaction() {
-        return th
-            .idle_in_transaction
-            .filter(|t| idle_for >= *t)
-            .map(|_| LeakReason::IdleInTransaction);
+        return th.idle_in_transaction.filter(|t| idle_for >= *t).map(|_| LeakReason::IdleInTransaction);
     }
     if c.state != ConnState::Idle || c.listening {
         return None;
@@ -137,8 +116,7 @@ pub fn suspect_reason(
     if window_start < baseline_at {
         return None;
     }
-    (h.min_open(window_start, now) > h.open_at(baseline_at))
-        .then_some(LeakReason::IdleWhileClientGrew)
+    (h.min_open(window_start, now) > h.open_at(baseline_at)).then_some(LeakReason::IdleWhileClientGrew)
 }
 
 #[cfg(test)]

@@ -5,18 +5,11 @@ use super::*;
 const T: Duration = Duration::from_secs(10);
 
 fn th() -> Thresholds {
-    Thresholds {
-        idle: Some(T),
-        idle_in_transaction: Some(Duration::from_secs(5)),
-    }
+    Thresholds { idle: Some(T), idle_in_transaction: Some(Duration::from_secs(5)) }
 }
 
 fn idle(since: Instant) -> ConnView {
-    ConnView {
-        state: ConnState::Idle,
-        state_since: since,
-        listening: false,
-    }
+    ConnView { state: ConnState::Idle, state_since: since, listening: false }
 }
 
 fn secs(t0: Instant, s: u64) -> Instant {
@@ -27,15 +20,8 @@ fn secs(t0: Instant, s: u64) -> Instant {
 fn idle_in_transaction_past_threshold() {
     let t0 = Instant::now();
     let h = ClientHistory::new(t0, 1);
-    for state in [
-        ConnState::IdleInTransaction,
-        ConnState::IdleInFailedTransaction,
-    ] {
-        let c = ConnView {
-            state,
-            state_since: t0,
-            listening: true,
-        };
+    for state in [ConnState::IdleInTransaction, ConnState::IdleInFailedTransaction] {
+        let c = ConnView { state, state_since: t0, listening: true };
         assert_eq!(suspect_reason(&c, &h, secs(t0, 4), &th()), None);
         assert_eq!(
             suspect_reason(&c, &h, secs(t0, 5), &th()),
@@ -43,15 +29,8 @@ fn idle_in_transaction_past_threshold() {
             "LISTEN does not excuse an open transaction"
         );
     }
-    let off = Thresholds {
-        idle: None,
-        idle_in_transaction: None,
-    };
-    let c = ConnView {
-        state: ConnState::IdleInTransaction,
-        state_since: t0,
-        listening: false,
-    };
+    let off = Thresholds { idle: None, idle_in_transaction: None };
+    let c = ConnView { state: ConnState::IdleInTransaction, state_since: t0, listening: false };
     assert_eq!(suspect_reason(&c, &h, secs(t0, 100), &off), None);
 }
 
@@ -74,12 +53,7 @@ fn leak_one_per_second_after_warm_up_is_flagged_within_two_thresholds() {
     let after = flagged_at.expect("flagged");
     assert!(after <= 2 * T.as_secs(), "flagged after {after}s");
     assert_eq!(
-        suspect_reason(
-            &idle(secs(t0, leak_start)),
-            &h,
-            secs(t0, leak_start + 2 * T.as_secs()),
-            &th()
-        ),
+        suspect_reason(&idle(secs(t0, leak_start)), &h, secs(t0, leak_start + 2 * T.as_secs()), &th()),
         Some(LeakReason::IdleWhileClientGrew)
     );
 }
@@ -93,11 +67,7 @@ fn warm_up_one_at_a_time_then_idle_is_not_flagged() {
     }
     let first = idle(t0);
     for s in 0..10 * T.as_secs() {
-        assert_eq!(
-            suspect_reason(&first, &h, secs(t0, s), &th()),
-            None,
-            "at {s}s"
-        );
+        assert_eq!(suspect_reason(&first, &h, secs(t0, s), &th()), None, "at {s}s");
     }
 }
 
@@ -113,11 +83,7 @@ fn transient_growth_and_lifo_retirement_are_not_flagged() {
         } else {
             h.record(secs(t0, s), 4);
         }
-        assert_eq!(
-            suspect_reason(&bottom, &h, secs(t0, s), &th()),
-            None,
-            "at {s}s"
-        );
+        assert_eq!(suspect_reason(&bottom, &h, secs(t0, s), &th()), None, "at {s}s");
     }
 }
 
@@ -139,21 +105,10 @@ fn at_cap_refusals_after_idle_flag_it() {
     let mut h = ClientHistory::new(t0, 5);
     let c = idle(secs(t0, 20));
     h.last_at_cap = Some(secs(t0, 19));
-    assert_eq!(
-        suspect_reason(&c, &h, secs(t0, 40), &th()),
-        None,
-        "pressure before it went idle does not count"
-    );
+    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), None, "pressure before it went idle does not count");
     h.last_at_cap = Some(secs(t0, 22));
-    assert_eq!(
-        suspect_reason(&c, &h, secs(t0, 29), &th()),
-        None,
-        "not idle for the threshold yet"
-    );
-    assert_eq!(
-        suspect_reason(&c, &h, secs(t0, 30), &th()),
-        Some(LeakReason::IdleWhileClientAtCap)
-    );
+    assert_eq!(suspect_reason(&c, &h, secs(t0, 29), &th()), None, "not idle for the threshold yet");
+    assert_eq!(suspect_reason(&c, &h, secs(t0, 30), &th()), Some(LeakReason::IdleWhileClientAtCap));
 }
 
 #[test]
@@ -162,17 +117,9 @@ fn listen_and_active_connections_are_never_idle_suspects() {
     let mut h = ClientHistory::new(t0, 1);
     h.record(secs(t0, 30), 9);
     h.last_at_cap = Some(secs(t0, 31));
-    let listener = ConnView {
-        state: ConnState::Idle,
-        state_since: secs(t0, 15),
-        listening: true,
-    };
+    let listener = ConnView { state: ConnState::Idle, state_since: secs(t0, 15), listening: true };
     assert_eq!(suspect_reason(&listener, &h, secs(t0, 100), &th()), None);
-    let active = ConnView {
-        state: ConnState::Active,
-        state_since: t0,
-        listening: false,
-    };
+    let active = ConnView { state: ConnState::Active, state_since: t0, listening: false };
     assert_eq!(suspect_reason(&active, &h, secs(t0, 100), &th()), None);
 }
 
@@ -180,10 +127,7 @@ fn listen_and_active_connections_are_never_idle_suspects() {
 fn a_connection_used_every_seven_seconds_is_not_flagged() {
     let t0 = Instant::now();
     let h = ClientHistory::new(t0, 1);
-    let short = Thresholds {
-        idle: Some(Duration::from_secs(5)),
-        idle_in_transaction: None,
-    };
+    let short = Thresholds { idle: Some(Duration::from_secs(5)), idle_in_transaction: None };
     for s in 0..200u64 {
         let since = secs(t0, s / 7 * 7);
         assert_eq!(suspect_reason(&idle(since), &h, secs(t0, s), &short), None);
@@ -203,9 +147,5 @@ fn history_queries() {
     assert_eq!(h.min_open(secs(t0, 2), secs(t0, 3)), 3);
     h.prune(secs(t0, 3));
     assert_eq!(h.open_at(secs(t0, 3)), 3);
-    assert_eq!(
-        h.open_at(t0),
-        3,
-        "before the kept history: the oldest known value"
-    );
+    assert_eq!(h.open_at(t0), 3, "before the kept history: the oldest known value");
 }

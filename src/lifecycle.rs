@@ -9,10 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Cancels `shutdown` on SIGTERM or SIGINT; sends on `reload` for every SIGHUP.
-pub fn spawn_signal_handlers(
-    shutdown: CancellationToken,
-    reload: mpsc::Sender<()>,
-) -> std::io::Result<()> {
+pub fn spawn_signal_handlers(shutdown: CancellationToken, reload: mpsc::Sender<()>) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -32,10 +29,7 @@ pub fn spawn_signal_handlers(
 pub fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
@@ -43,11 +37,7 @@ pub fn raise_nofile_limit() {
             let before = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                warn!(
-                    soft = before,
-                    hard = lim.rlim_max,
-                    "could not raise the open-file limit"
-                );
+                warn!(soft = before, hard = lim.rlim_max, "could not raise the open-file limit");
             }
         }
     }

@@ -11,8 +11,7 @@ use crate::identity::PodIdentity;
 use crate::relay::CloseReason;
 use crate::stats::{ClientStats, Snapshot};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,9 +44,7 @@ fn opts(name: &str, help: &str) -> Opts {
 macro_rules! register {
     ($registry:expr, $metric:expr) => {{
         let m = $metric.expect("valid metric");
-        $registry
-            .register(Box::new(m.clone()))
-            .expect("unique metric");
+        $registry.register(Box::new(m.clone())).expect("unique metric");
         m
     }};
 }
@@ -57,119 +54,73 @@ impl Metrics {
         let r = Registry::new();
         let client = &["client"];
         let client_reason = &["client", "reason"];
-        let build = register!(
-            r,
-            IntGaugeVec::new(opts("build_info", "pgwarden build (value 1)"), &["version"])
-        );
+        let build = register!(r, IntGaugeVec::new(opts("build_info", "pgwarden build (value 1)"), &["version"]));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         if pod.in_kubernetes() {
             let info = register!(
                 r,
-                IntGaugeVec::new(
-                    opts("info", "the pod pgwarden runs in (value 1)"),
-                    &["pod", "namespace", "workload"]
-                )
+                IntGaugeVec::new(opts("info", "the pod pgwarden runs in (value 1)"), &["pod", "namespace", "workload"])
             );
             let v = |s: &Option<String>| s.clone().unwrap_or_default();
-            info.with_label_values(&[v(&pod.pod), v(&pod.namespace), v(&pod.workload)])
-                .set(1);
+            info.with_label_values(&[v(&pod.pod), v(&pod.namespace), v(&pod.workload)]).set(1);
         }
         Metrics {
             connections: register!(
                 r,
-                IntGaugeVec::new(
-                    opts("client_connections", "connections by client and state"),
-                    &["client", "state"]
-                )
+                IntGaugeVec::new(opts("client_connections", "connections by client and state"), &["client", "state"])
             ),
             max_connections: register!(
                 r,
-                IntGaugeVec::new(
-                    opts(
-                        "client_max_connections",
-                        "per-client cap (absent when unlimited)"
-                    ),
-                    client
-                )
+                IntGaugeVec::new(opts("client_max_connections", "per-client cap (absent when unlimited)"), client)
             ),
             opened: register!(
                 r,
-                IntCounterVec::new(
-                    opts("client_connections_opened_total", "connections admitted"),
-                    client
-                )
+                IntCounterVec::new(opts("client_connections_opened_total", "connections admitted"), client)
             ),
             refused: register!(
                 r,
-                IntCounterVec::new(
-                    opts("client_connections_refused_total", "connections refused"),
-                    client_reason
-                )
+                IntCounterVec::new(opts("client_connections_refused_total", "connections refused"), client_reason)
             ),
             closed: register!(
                 r,
-                IntCounterVec::new(
-                    opts("client_connections_closed_total", "connections closed"),
-                    client_reason
-                )
+                IntCounterVec::new(opts("client_connections_closed_total", "connections closed"), client_reason)
             ),
             would_refuse: register!(
                 r,
                 IntCounterVec::new(
-                    opts(
-                        "client_would_refuse_total",
-                        "report-only: connections that would have been refused"
-                    ),
+                    opts("client_would_refuse_total", "report-only: connections that would have been refused"),
                     client_reason
                 )
             ),
             would_close: register!(
                 r,
                 IntCounterVec::new(
-                    opts(
-                        "client_would_close_total",
-                        "report-only: connections that would have been closed"
-                    ),
+                    opts("client_would_close_total", "report-only: connections that would have been closed"),
                     client_reason
                 )
             ),
             leak_suspects: register!(
                 r,
-                IntGaugeVec::new(
-                    opts("client_leak_suspects", "connections suspected leaked"),
-                    client
-                )
+                IntGaugeVec::new(opts("client_leak_suspects", "connections suspected leaked"), client)
             ),
             oldest_iit: register!(
                 r,
                 GaugeVec::new(
-                    opts(
-                        "client_oldest_idle_in_transaction_seconds",
-                        "longest idle-in-transaction time"
-                    ),
+                    opts("client_oldest_idle_in_transaction_seconds", "longest idle-in-transaction time"),
                     client
                 )
             ),
             upstream_connect_duration: register!(
                 r,
                 Histogram::with_opts(
-                    HistogramOpts::new(
-                        "upstream_connect_duration_seconds",
-                        "resolve + connect + TLS to the upstream"
-                    )
-                    .namespace("pgwarden")
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0
-                    ])
+                    HistogramOpts::new("upstream_connect_duration_seconds", "resolve + connect + TLS to the upstream")
+                        .namespace("pgwarden")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
                 )
             ),
             upstream_connect_errors: register!(
                 r,
-                IntCounter::with_opts(opts(
-                    "upstream_connect_errors_total",
-                    "failed upstream dials"
-                ))
+                IntCounter::with_opts(opts("upstream_connect_errors_total", "failed upstream dials"))
             ),
             registry: r,
             tracked: Mutex::new(HashSet::new()),
@@ -186,11 +137,8 @@ impl Metrics {
     /// Rebuilds the per-client series from `snap` and encodes everything in the text format.
     pub fn render(&self, snap: &Snapshot, max_tracked: usize) -> String {
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        let stats: Vec<(ClientStats, &crate::clients::ClientEntry)> = snap
-            .clients
-            .iter()
-            .map(|e| (snap.client(e), e.as_ref()))
-            .collect();
+        let stats: Vec<(ClientStats, &crate::clients::ClientEntry)> =
+            snap.clients.iter().map(|e| (snap.client(e), e.as_ref())).collect();
         // Forget labels of clients that are gone; keep the others stable.
         let known: HashSet<&str> = stats.iter().map(|(s, _)| s.client.as_str()).collect();
         tracked.retain(|c| known.contains(c.as_str()));
@@ -198,8 +146,7 @@ impl Metrics {
         sorted.sort_by_key(|(s, _)| std::cmp::Reverse(s.opened_total));
         let mut label: HashMap<&str, String> = HashMap::new();
         for (s, _) in &sorted {
-            let own =
-                tracked.contains(&s.client) || s.leak_suspected || tracked.len() < max_tracked;
+            let own = tracked.contains(&s.client) || s.leak_suspected || tracked.len() < max_tracked;
             if own && s.client != OTHER {
                 tracked.insert(s.client.clone());
                 label.insert(&s.client, s.client.clone());
@@ -207,20 +154,10 @@ impl Metrics {
                 label.insert(&s.client, OTHER.to_string());
             }
         }
-        for v in [
-            &self.connections,
-            &self.max_connections,
-            &self.leak_suspects,
-        ] {
+        for v in [&self.connections, &self.max_connections, &self.leak_suspects] {
             v.reset();
         }
-        for v in [
-            &self.opened,
-            &self.refused,
-            &self.closed,
-            &self.would_refuse,
-            &self.would_close,
-        ] {
+        for v in [&self.opened, &self.refused, &self.closed, &self.would_refuse, &self.would_close] {
             v.reset();
         }
         self.oldest_iit.reset();
@@ -233,9 +170,7 @@ impl Metrics {
                 ("idle_in_transaction", s.idle_in_transaction),
                 ("waiting", s.waiting),
             ] {
-                self.connections
-                    .with_label_values(&[l, state])
-                    .add(n as i64);
+                self.connections.with_label_values(&[l, state]).add(n as i64);
             }
             if l != OTHER {
                 if let Some(cap) = s.max_connections {
@@ -248,31 +183,17 @@ impl Metrics {
                 add(&self.would_refuse, l, r.as_str(), c.would_refuse(r));
             }
             for r in CloseReason::ALL {
-                add(
-                    &self.closed,
-                    l,
-                    r.as_str(),
-                    c.closed[r as usize].load(Relaxed),
-                );
-                add(
-                    &self.would_close,
-                    l,
-                    r.as_str(),
-                    c.would_close[r as usize].load(Relaxed),
-                );
+                add(&self.closed, l, r.as_str(), c.closed[r as usize].load(Relaxed));
+                add(&self.would_close, l, r.as_str(), c.would_close[r as usize].load(Relaxed));
             }
-            self.leak_suspects
-                .with_label_values(&[l])
-                .add(s.suspect_connections as i64);
+            self.leak_suspects.with_label_values(&[l]).add(s.suspect_connections as i64);
             if let Some(secs) = s.oldest_idle_in_transaction_seconds {
                 let g = self.oldest_iit.with_label_values(&[l]);
                 g.set(g.get().max(secs));
             }
         }
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
         String::from_utf8(out).expect("utf-8")
     }
 }

@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 /// Returns the policy and the name of the rule (`None` for defaults; `rules[i]` for an unnamed rule).
 pub fn effective(config: &Config, client: &ClientId) -> (Policy, Option<String>) {
     let mut policy = config.defaults;
-    let Some((i, rule)) = config
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| matches(r, client))
-    else {
+    let Some((i, rule)) = config.rules.iter().enumerate().find(|(_, r)| matches(r, client)) else {
         return (policy, None);
     };
     if let Some(v) = rule.max_connections {
@@ -37,20 +32,12 @@ pub fn effective(config: &Config, client: &ClientId) -> (Policy, Option<String>)
     if let Some(v) = rule.max_connection_age {
         policy.max_connection_age = v;
     }
-    (
-        policy,
-        Some(rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
-    )
+    (policy, Some(rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"))))
 }
 
 /// Every glob of the rule matches; a field missing from the client matches as the empty string.
 pub fn matches(rule: &Rule, client: &ClientId) -> bool {
-    rule.matches.iter().all(|(field, pattern)| {
-        glob(
-            pattern.as_bytes(),
-            client.get(*field).unwrap_or("").as_bytes(),
-        )
-    })
+    rule.matches.iter().all(|(field, pattern)| glob(pattern.as_bytes(), client.get(*field).unwrap_or("").as_bytes()))
 }
 
 /// Glob with `*` (any run, also empty) and `?` (one byte); everything else matches itself.
@@ -127,9 +114,7 @@ pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
                 candidates.push(((i.opened + age).max(i.state_since), Timer::MaxAge));
             }
         }
-        ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction
-            if !i.idle_timers_spent =>
-        {
+        ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction if !i.idle_timers_spent => {
             if let Some(at) = after(i.policy.idle_in_transaction_timeout.0) {
                 candidates.push((at, Timer::IdleInTransaction));
             }

@@ -16,23 +16,14 @@ fn globs() {
     for (p, t) in yes {
         assert!(glob(p.as_bytes(), t.as_bytes()), "{p} ~ {t}");
     }
-    let no = [
-        ("image-*", "images"),
-        ("a?c", "ac"),
-        ("", "x"),
-        ("*-api", "checkout-apis"),
-        ("a*b*c", "aXbY"),
-    ];
+    let no = [("image-*", "images"), ("a?c", "ac"), ("", "x"), ("*-api", "checkout-apis"), ("a*b*c", "aXbY")];
     for (p, t) in no {
         assert!(!glob(p.as_bytes(), t.as_bytes()), "{p} !~ {t}");
     }
 }
 
 fn client(app: &str, user: &str) -> ClientId {
-    ClientId::new(vec![
-        (Field::ApplicationName, app.into()),
-        (Field::User, user.into()),
-    ])
+    ClientId::new(vec![(Field::ApplicationName, app.into()), (Field::User, user.into())])
 }
 
 fn config(yaml: &str) -> Config {
@@ -103,33 +94,14 @@ fn timers_by_state() {
         ..Policy::default()
     };
     let since = t0 + s(100);
-    assert_eq!(
-        next_timer(&input(ConnState::Active, &policy, since, t0)),
-        None,
-        "a running query is never idle"
-    );
-    assert_eq!(
-        next_timer(&input(ConnState::Waiting, &policy, since, t0)),
-        None
-    );
+    assert_eq!(next_timer(&input(ConnState::Active, &policy, since, t0)), None, "a running query is never idle");
+    assert_eq!(next_timer(&input(ConnState::Waiting, &policy, since, t0)), None);
     // Idle, older than max age: closes at once (its idle point), before the idle timeout.
-    assert_eq!(
-        next_timer(&input(ConnState::Idle, &policy, since, t0)),
-        Some((since, Timer::MaxAge))
-    );
+    assert_eq!(next_timer(&input(ConnState::Idle, &policy, since, t0)), Some((since, Timer::MaxAge)));
     // Young connection: the idle timeout comes first.
-    assert_eq!(
-        next_timer(&input(ConnState::Idle, &policy, since, t0 + s(95))),
-        Some((since + s(10), Timer::Idle))
-    );
-    for st in [
-        ConnState::IdleInTransaction,
-        ConnState::IdleInFailedTransaction,
-    ] {
-        assert_eq!(
-            next_timer(&input(st, &policy, since, t0)),
-            Some((since + s(3), Timer::IdleInTransaction))
-        );
+    assert_eq!(next_timer(&input(ConnState::Idle, &policy, since, t0 + s(95))), Some((since + s(10), Timer::Idle)));
+    for st in [ConnState::IdleInTransaction, ConnState::IdleInFailedTransaction] {
+        assert_eq!(next_timer(&input(st, &policy, since, t0)), Some((since + s(3), Timer::IdleInTransaction)));
     }
     let mut spent = input(ConnState::Idle, &policy, since, t0);
     spent.idle_timers_spent = true;
@@ -143,18 +115,9 @@ fn login_and_drain_timers() {
     let mut i = input(ConnState::Startup, &policy, t0, t0);
     assert_eq!(next_timer(&i), None);
     i.login_deadline = Some(t0 + Duration::from_secs(15));
-    assert_eq!(
-        next_timer(&i),
-        Some((t0 + Duration::from_secs(15), Timer::Login))
-    );
+    assert_eq!(next_timer(&i), Some((t0 + Duration::from_secs(15), Timer::Login)));
     i.drain_deadline = Some(t0 + Duration::from_secs(1));
-    assert_eq!(
-        next_timer(&i),
-        Some((t0 + Duration::from_secs(1), Timer::DrainGrace))
-    );
+    assert_eq!(next_timer(&i), Some((t0 + Duration::from_secs(1), Timer::DrainGrace)));
     i.state = ConnState::Active;
-    assert_eq!(
-        next_timer(&i),
-        Some((t0 + Duration::from_secs(1), Timer::DrainGrace))
-    );
+    assert_eq!(next_timer(&i), Some((t0 + Duration::from_secs(1), Timer::DrainGrace)));
 }

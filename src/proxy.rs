@@ -34,15 +34,9 @@ impl Settings {
             target: config.upstream.clone(),
             mode: config.upstream_tls,
             tls: crate::tls::client_config(&config)?,
-            timeout: config
-                .upstream_connect_timeout
-                .0
-                .unwrap_or(Duration::from_secs(5)),
+            timeout: config.upstream_connect_timeout.0.unwrap_or(Duration::from_secs(5)),
         };
-        Ok(Settings {
-            config: Arc::new(config),
-            dialer,
-        })
+        Ok(Settings { config: Arc::new(config), dialer })
     }
 }
 
@@ -99,25 +93,14 @@ impl Proxy {
         let settings = self.settings();
         let conns = self.registry.snapshot();
         let clients = self.clients.entries();
-        self.detector().tick(
-            now,
-            &conns,
-            &clients,
-            &settings.config.leak,
-            &settings.config.stats,
-        );
+        self.detector().tick(now, &conns, &clients, &settings.config.leak, &settings.config.stats);
     }
 
     /// How often housekeeping runs: often enough for the leak thresholds, at most once a second.
     fn housekeeping_interval(&self) -> Duration {
         let leak = &self.settings().config.leak;
-        let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0]
-            .into_iter()
-            .flatten()
-            .min();
-        shortest.map_or(Duration::from_secs(1), |t| {
-            (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
-        })
+        let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0].into_iter().flatten().min();
+        shortest.map_or(Duration::from_secs(1), |t| (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)))
     }
 
     pub fn pod(&self) -> &PodIdentity {
@@ -138,6 +121,16 @@ impl Proxy {
 
     pub fn watch_settings(&self) -> watch::Receiver<Arc<Settings>> {
         self.settings.subscribe()
+    }
+
+    /// Serves clients and the admin API until `shutdown`; the admin API outlives the drain (so `/readyz`
+    /// reports it) and stops once every session is closed.
+    pub async fn run(self: &Arc<Self>, listener: TcpListener, admin: TcpListener, shutdown: CancellationToken) {
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(crate::admin::serve(self.clone(), admin, admin_stop.clone()));
+        self.serve(listener, shutdown).await;
+        admin_stop.cancel();
+        let _ = admin_task.await;
     }
 
     /// Accepts clients until `shutdown` is cancelled, then waits for every session to drain.

@@ -77,10 +77,7 @@ pub fn redact(sql: &str) -> String {
                     let tag = &b[i..i + tag_len];
                     let start = i;
                     let body = i + tag_len;
-                    let end = b[body..]
-                        .windows(tag_len)
-                        .position(|w| w == tag)
-                        .map(|p| body + p + tag_len);
+                    let end = b[body..].windows(tag_len).position(|w| w == tag).map(|p| body + p + tag_len);
                     i = end.unwrap_or(b.len());
                     push_lit(&mut out, copy_from, start);
                     copy_from = i;
@@ -137,41 +134,23 @@ mod tests {
     #[test]
     fn each_literal_form() {
         let cases = [
-            (
-                "select * from t where name = 'alice'",
-                "select * from t where name = ?",
-            ),
+            ("select * from t where name = 'alice'", "select * from t where name = ?"),
             ("select 'it''s'", "select ?"),
             ("select E'a\\'b' , e'x'", "select ? , ?"),
             ("select $$body 'x' 1$$", "select ?"),
             ("select $fn$ a $$ b $fn$ || 'z'", "select ? || ?"),
-            (
-                "select 42, 3.14, .5, 1e10, 2.5E-3 from t1",
-                "select ?, ?, ?, ?, ? from t1",
-            ),
+            ("select 42, 3.14, .5, 1e10, 2.5E-3 from t1", "select ?, ?, ?, ?, ? from t1"),
             ("select $1, $2::int", "select $1, $2::int"),
-            (
-                "select col2, \"Weird 'quoted' 7\" from t",
-                "select col2, \"Weird 'quoted' 7\" from t",
-            ),
-            (
-                "select 1 -- comment 'x' 2\n, 3",
-                "select ? -- comment 'x' 2\n, ?",
-            ),
+            ("select col2, \"Weird 'quoted' 7\" from t", "select col2, \"Weird 'quoted' 7\" from t"),
+            ("select 1 -- comment 'x' 2\n, 3", "select ? -- comment 'x' 2\n, ?"),
             (
                 "update accounts set balance = balance - 100 where id = 7",
                 "update accounts set balance = balance - ? where id = ?",
             ),
-            (
-                "insert into t values ('a', 1), ('b', 2)",
-                "insert into t values (?, ?), (?, ?)",
-            ),
+            ("insert into t values ('a', 1), ('b', 2)", "insert into t values (?, ?), (?, ?)"),
             ("select 'unterminated", "select ?"),
             ("select $$unterminated", "select ?"),
-            (
-                "select x from tbl_9 where café = 'é'",
-                "select x from tbl_9 where café = ?",
-            ),
+            ("select x from tbl_9 where café = 'é'", "select x from tbl_9 where café = ?"),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
@@ -181,17 +160,11 @@ mod tests {
     #[test]
     fn modes_and_truncation() {
         let q = "select 'secret'";
-        assert_eq!(
-            render(q, StatementText::Redacted, 100).as_deref(),
-            Some("select ?")
-        );
+        assert_eq!(render(q, StatementText::Redacted, 100).as_deref(), Some("select ?"));
         assert_eq!(render(q, StatementText::Full, 100).as_deref(), Some(q));
         assert_eq!(render(q, StatementText::Off, 100), None);
         assert_eq!(render(q, StatementText::Full, 6).as_deref(), Some("select"));
-        assert_eq!(
-            render("select 'é'", StatementText::Full, 9).as_deref(),
-            Some("select '")
-        );
+        assert_eq!(render("select 'é'", StatementText::Full, 9).as_deref(), Some("select '"));
     }
 
     #[test]

@@ -58,10 +58,7 @@ impl ConnState {
 
     /// Idle inside a transaction, failed or not (they count alike for policy and leaks).
     pub fn in_transaction(self) -> bool {
-        matches!(
-            self,
-            ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction
-        )
+        matches!(self, ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction)
     }
 }
 
@@ -162,19 +159,13 @@ impl Conn {
 
     /// Replaces the last statement text, reusing the string's memory.
     pub fn set_last_statement(&self, text: &[u8]) {
-        let mut s = self
-            .last_statement
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.last_statement.lock().unwrap_or_else(|e| e.into_inner());
         s.clear();
         s.push_str(&String::from_utf8_lossy(text));
     }
 
     pub fn last_statement(&self) -> String {
-        self.last_statement
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_statement.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -187,22 +178,13 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(1),
-            conns: Mutex::default(),
-        }
+        Registry { epoch: Instant::now(), next_id: AtomicU64::new(1), conns: Mutex::default() }
     }
 }
 
 impl Registry {
     /// Adds a connection in state `startup`; it stays until the guard drops.
-    pub fn register(
-        self: &Arc<Self>,
-        client: Arc<ClientId>,
-        peer: SocketAddr,
-        opened: Instant,
-    ) -> ConnGuard {
+    pub fn register(self: &Arc<Self>, client: Arc<ClientId>, peer: SocketAddr, opened: Instant) -> ConnGuard {
         let id = self.next_id.fetch_add(1, Relaxed);
         let conn = Arc::new(Conn {
             id,
@@ -225,10 +207,7 @@ impl Registry {
         });
         conn.set_state(ConnState::Startup, opened);
         self.lock().insert(id, conn.clone());
-        ConnGuard {
-            registry: self.clone(),
-            conn,
-        }
+        ConnGuard { registry: self.clone(), conn }
     }
 
     /// Every live connection, in id order.
@@ -255,11 +234,7 @@ impl Registry {
 
     /// The backend address of the session owning (`pid`, `key`), if it is live here.
     pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
-        self.lock()
-            .values()
-            .filter_map(|c| c.cancel_target())
-            .find(|t| t.pid == pid && t.key == key)
-            .map(|t| t.addr)
+        self.lock().values().filter_map(|c| c.cancel_target()).find(|t| t.pid == pid && t.key == key).map(|t| t.addr)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
@@ -309,10 +284,7 @@ mod tests {
             panic!("a session task panics");
         });
         assert!(handle.join().is_err());
-        assert!(
-            reg.is_empty(),
-            "the guard released the entry while unwinding"
-        );
+        assert!(reg.is_empty(), "the guard released the entry while unwinding");
     }
 
     #[test]
@@ -326,11 +298,7 @@ mod tests {
         assert_eq!(g.conn().state(), ConnState::IdleInTransaction);
         assert!(g.conn().state_since() >= later - Duration::from_millis(1));
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-        g.conn().set_cancel_target(CancelTarget {
-            pid: 42,
-            key: vec![1, 2, 3, 4],
-            addr,
-        });
+        g.conn().set_cancel_target(CancelTarget { pid: 42, key: vec![1, 2, 3, 4], addr });
         assert_eq!(g.conn().backend_pid(), Some(42));
         assert_eq!(reg.cancel_target(42, &[1, 2, 3, 4]), Some(addr));
         assert_eq!(reg.cancel_target(42, &[1, 2, 3, 5]), None);

@@ -95,12 +95,7 @@ enum Side {
 }
 
 /// Relays until the session ends; `early` holds client bytes that arrived with the startup packet.
-pub async fn run(
-    ctx: &RelayContext<'_>,
-    client: &mut TcpStream,
-    server: &mut Upstream,
-    early: &[u8],
-) -> CloseReason {
+pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Upstream, early: &[u8]) -> CloseReason {
     let mut relay = Relay {
         ctx,
         tracker: Tracker::new(statement_cap(ctx.settings)),
@@ -158,14 +153,7 @@ impl Relay<'_, '_> {
                 sleep.as_mut().reset(far_future(timer));
             }
             if draining && matches!(self.published, ConnState::Idle | ConnState::Startup) {
-                return self
-                    .close(
-                        client,
-                        server,
-                        CloseReason::Shutdown,
-                        Some(shutdown_error()),
-                    )
-                    .await;
+                return self.close(client, server, CloseReason::Shutdown, Some(shutdown_error())).await;
             }
             server_first = !server_first;
             tokio::select! {
@@ -207,13 +195,7 @@ impl Relay<'_, '_> {
     }
 
     fn grace(&self) -> Duration {
-        self.ctx
-            .proxy
-            .settings()
-            .config
-            .shutdown_grace
-            .0
-            .unwrap_or_default()
+        self.ctx.proxy.settings().config.shutdown_grace.0.unwrap_or_default()
     }
 
     /// New settings: the policy and enforcement of this connection follow them (its slot stays).
@@ -251,16 +233,19 @@ impl Relay<'_, '_> {
     }
 
     /// Acts on a fired timer; `None` when the session goes on (report-only).
-    async fn on_timer(
-        &mut self,
-        client: &mut TcpStream,
-        server: &mut Upstream,
-        which: Timer,
-    ) -> Option<CloseReason> {
+    async fn on_timer(&mut self, client: &mut TcpStream, server: &mut Upstream, which: Timer) -> Option<CloseReason> {
         let client_key = self.ctx.conn.client.display().to_string();
         let (reason, code, message) = match which {
-            Timer::Login => (CloseReason::Error, sqlstate::PROTOCOL_VIOLATION, "pgwarden: startup timeout (client_login_timeout)".to_string()),
-            Timer::DrainGrace => (CloseReason::Shutdown, sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down (shutdown_grace is over)".to_string()),
+            Timer::Login => (
+                CloseReason::Error,
+                sqlstate::PROTOCOL_VIOLATION,
+                "pgwarden: startup timeout (client_login_timeout)".to_string(),
+            ),
+            Timer::DrainGrace => (
+                CloseReason::Shutdown,
+                sqlstate::ADMIN_SHUTDOWN,
+                "pgwarden is shutting down (shutdown_grace is over)".to_string(),
+            ),
             Timer::Idle => (
                 CloseReason::IdleTimeout,
                 sqlstate::IDLE_SESSION_TIMEOUT,
@@ -269,7 +254,9 @@ impl Relay<'_, '_> {
             Timer::IdleInTransaction => (
                 CloseReason::IdleInTransactionTimeout,
                 sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                format!("pgwarden: terminating connection of client \"{client_key}\" due to idle_in_transaction_timeout"),
+                format!(
+                    "pgwarden: terminating connection of client \"{client_key}\" due to idle_in_transaction_timeout"
+                ),
             ),
             Timer::MaxAge => (
                 CloseReason::MaxAge,
@@ -277,10 +264,7 @@ impl Relay<'_, '_> {
                 format!("pgwarden: terminating connection of client \"{client_key}\" due to max_connection_age"),
             ),
         };
-        let policy_timer = matches!(
-            which,
-            Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge
-        );
+        let policy_timer = matches!(which, Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge);
         if policy_timer && !self.enforce {
             self.would_closed = true;
             self.ctx.entry.counters.would_close[reason as usize].fetch_add(1, Relaxed);
@@ -298,10 +282,7 @@ impl Relay<'_, '_> {
             );
             return None;
         }
-        Some(
-            self.close(client, server, reason, Some((code, message)))
-                .await,
-        )
+        Some(self.close(client, server, reason, Some((code, message))).await)
     }
 
     /// Forwards client bytes; `Some` ends the session.
@@ -313,21 +294,11 @@ impl Relay<'_, '_> {
     ) -> Option<CloseReason> {
         let cap = statement_cap(self.ctx.settings);
         let tracker = &mut self.tracker;
-        let scanned = self.c2s.feed(
-            chunk,
-            |tag| tracker::client_want(cap, tag),
-            |f| tracker.on_client(f),
-        );
+        let scanned = self.c2s.feed(chunk, |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f));
         if let Err(e) = scanned {
             let msg = format!("pgwarden: protocol violation: {e}");
             return Some(
-                self.close(
-                    client,
-                    server,
-                    CloseReason::Error,
-                    Some((sqlstate::PROTOCOL_VIOLATION, msg)),
-                )
-                .await,
+                self.close(client, server, CloseReason::Error, Some((sqlstate::PROTOCOL_VIOLATION, msg))).await,
             );
         }
         if let Some(text) = self.tracker.take_statement() {
@@ -354,10 +325,7 @@ impl Relay<'_, '_> {
     ) -> Option<CloseReason> {
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
-        if let Err(e) = self
-            .s2c
-            .feed(chunk, Tracker::server_want, |f| tracker.on_server(f))
-        {
+        if let Err(e) = self.s2c.feed(chunk, Tracker::server_want, |f| tracker.on_server(f)) {
             tracing::warn!(error = %e, "protocol violation from upstream");
             let _ = client.shutdown().await;
             return Some(CloseReason::Error);
@@ -372,10 +340,7 @@ impl Relay<'_, '_> {
                 Span::current().record("backend_pid", pid);
             }
         }
-        self.ctx
-            .conn
-            .bytes_out
-            .fetch_add(chunk.len() as u64, Relaxed);
+        self.ctx.conn.bytes_out.fetch_add(chunk.len() as u64, Relaxed);
         if let Err(e) = client.write_all(chunk).await {
             debug!(error = %e, "client write failed");
             return Some(self.client_gone(server).await);
@@ -424,9 +389,7 @@ impl Relay<'_, '_> {
         self.cancel_running_query().await;
         if let Some((code, message)) = error {
             if self.s2c.at_boundary() {
-                let _ = client
-                    .write_all(&error_response::fatal(code, &message))
-                    .await;
+                let _ = client.write_all(&error_response::fatal(code, &message)).await;
             }
         }
         if self.c2s.at_boundary() {
@@ -444,13 +407,8 @@ impl Relay<'_, '_> {
         }
         if let Some(target) = self.ctx.conn.cancel_target() {
             debug!(pid = target.pid, "cancelling the running query");
-            if let Err(e) = crate::upstream::send_cancel(
-                target.addr,
-                target.pid,
-                &target.key,
-                Duration::from_secs(2),
-            )
-            .await
+            if let Err(e) =
+                crate::upstream::send_cancel(target.addr, target.pid, &target.key, Duration::from_secs(2)).await
             {
                 debug!(error = %e, "cancel request failed");
             }
@@ -459,10 +417,7 @@ impl Relay<'_, '_> {
 }
 
 fn shutdown_error() -> (&'static str, String) {
-    (
-        sqlstate::ADMIN_SHUTDOWN,
-        "pgwarden is shutting down".to_string(),
-    )
+    (sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down".to_string())
 }
 
 /// A far deadline for a disabled timer (the branch is also switched off, this only keeps the Sleep valid).
@@ -487,11 +442,7 @@ async fn read_either(
     server_first: bool,
 ) -> (Side, io::Result<usize>) {
     poll_fn(|cx| {
-        let order = if server_first {
-            [Side::Server, Side::Client]
-        } else {
-            [Side::Client, Side::Server]
-        };
+        let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
         for side in order {
             let mut rb = ReadBuf::new(buf);
             let polled = match side {

@@ -15,36 +15,26 @@ use tokio::net::TcpStream;
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
 
 /// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body.
-pub async fn get_json<T: serde::de::DeserializeOwned>(
-    admin: &str,
-    path: &str,
-) -> anyhow::Result<T> {
+pub async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> anyhow::Result<T> {
     let authority = admin
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--admin must be an http:// URL, got {admin:?}"))?
         .trim_end_matches('/');
     let fetch = async {
-        let stream = TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("cannot reach the admin API at {admin}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream =
+            TcpStream::connect(authority).await.with_context(|| format!("cannot reach the admin API at {admin}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", authority)
-            .body(Empty::<Bytes>::new())?;
+        let req = Request::get(path).header("host", authority).body(Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             bail!("{admin}{path} answered {status}");
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
+        serde_json::from_slice(&body).with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
     };
-    tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .map_err(|_| anyhow!("{admin}{path} timed out"))?
+    tokio::time::timeout(Duration::from_secs(10), fetch).await.map_err(|_| anyhow!("{admin}{path} timed out"))?
 }
 
 fn opt_secs(v: Option<f64>) -> String {
@@ -55,18 +45,11 @@ fn opt_secs(v: Option<f64>) -> String {
 pub fn clients_table(r: &ClientsResponse) -> String {
     let mut clients: Vec<_> = r.clients.iter().collect();
     clients.sort_by(|a, b| {
-        b.suspect_connections
-            .cmp(&a.suspect_connections)
-            .then(b.open.cmp(&a.open))
-            .then(a.client.cmp(&b.client))
+        b.suspect_connections.cmp(&a.suspect_connections).then(b.open.cmp(&a.open)).then(a.client.cmp(&b.client))
     });
     let mut out = String::new();
     if let Some(pod) = &r.identity.pod {
-        let _ = writeln!(
-            out,
-            "pod {pod} ({})",
-            r.identity.namespace.as_deref().unwrap_or("-")
-        );
+        let _ = writeln!(out, "pod {pod} ({})", r.identity.namespace.as_deref().unwrap_or("-"));
     }
     let _ = writeln!(
         out,
@@ -87,11 +70,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
     );
     for c in clients {
         let cap = c.max_connections.map_or("-".to_string(), |n| n.to_string());
-        let leak = if c.leak_suspected {
-            c.leak_reasons.join(",")
-        } else {
-            String::new()
-        };
+        let leak = if c.leak_suspected { c.leak_reasons.join(",") } else { String::new() };
         let _ = writeln!(
             out,
             "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  {}",
@@ -150,10 +129,7 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
                 truncate(&state, 22),
                 c.state_seconds,
                 c.age_seconds,
-                c.last_statement
-                    .as_deref()
-                    .unwrap_or("-")
-                    .replace('\n', " ")
+                c.last_statement.as_deref().unwrap_or("-").replace('\n', " ")
             );
         }
     }
@@ -198,11 +174,7 @@ mod tests {
             oldest_idle_in_transaction_seconds: None,
             leak_suspected: suspects > 0,
             suspect_connections: suspects,
-            leak_reasons: if suspects > 0 {
-                vec!["idle_while_client_at_cap".into()]
-            } else {
-                vec![]
-            },
+            leak_reasons: if suspects > 0 { vec!["idle_while_client_at_cap".into()] } else { vec![] },
         }
     }
 
@@ -210,32 +182,17 @@ mod tests {
     fn top_sorts_leakers_first() {
         let r = ClientsResponse {
             identity: Default::default(),
-            clients: vec![
-                client("big-healthy", 9, 0),
-                client("leaky", 5, 4),
-                client("small", 1, 0),
-            ],
+            clients: vec![client("big-healthy", 9, 0), client("leaky", 5, 4), client("small", 1, 0)],
         };
         let table = clients_table(&r);
-        let rows: Vec<&str> = table
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().next().unwrap())
-            .collect();
+        let rows: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
         assert_eq!(rows, ["leaky", "big-healthy", "small"]);
-        assert!(table
-            .lines()
-            .nth(1)
-            .unwrap()
-            .ends_with("idle_while_client_at_cap"));
+        assert!(table.lines().nth(1).unwrap().ends_with("idle_while_client_at_cap"));
     }
 
     #[test]
     fn leaks_report_shows_evidence() {
-        assert_eq!(
-            leaks_report(&LeaksResponse { leaks: vec![] }),
-            "no leaks suspected\n"
-        );
+        assert_eq!(leaks_report(&LeaksResponse { leaks: vec![] }), "no leaks suspected\n");
         let conn = ConnectionStats {
             id: 7,
             client: "leaky".into(),
@@ -256,12 +213,8 @@ mod tests {
         let mut closed = conn.clone();
         closed.closed_seconds_ago = Some(3.0);
         closed.closed_reason = Some("idle_in_transaction_timeout".into());
-        let r = LeaksResponse {
-            leaks: vec![LeakReport {
-                stats: client("leaky", 5, 1),
-                suspects: vec![conn, closed],
-            }],
-        };
+        let r =
+            LeaksResponse { leaks: vec![LeakReport { stats: client("leaky", 5, 1), suspects: vec![conn, closed] }] };
         let text = leaks_report(&r);
         assert!(text.contains("LEAK SUSPECTED: client leaky"));
         assert!(text.contains("4242") && text.contains("select * from images where id = ?"));

@@ -31,10 +31,7 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            message: message.into(),
-        }
+        Refusal { code, message: message.into() }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -45,65 +42,34 @@ impl Refusal {
 /// SSLRequest and GSSENCRequest each may come once, in either order, as PostgreSQL allows.
 const MAX_NEGOTIATIONS: usize = 2;
 
-pub async fn run(
-    proxy: Arc<Proxy>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+pub async fn run(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let accepted = Instant::now();
     let settings = proxy.settings();
     let _ = client.set_nodelay(true);
     let login_timeout = settings.config.client_login_timeout.0;
     let mut inbuf = Vec::with_capacity(256);
 
-    let (params, used) = match read_startup(
-        &proxy,
-        &mut client,
-        &mut inbuf,
-        login_timeout.map(|d| accepted + d),
-        &shutdown,
-    )
-    .await
-    {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(refusal) => {
-            debug!(%peer, code = refusal.code, message = %refusal.message, "startup refused");
-            let _ = client.write_all(&refusal.encode()).await;
-            let _ = client.shutdown().await;
-            return;
-        }
-    };
-    let client_id = Arc::new(ClientId::from_startup(
-        &settings.config.client_key,
-        &params,
-        proxy.pod(),
-        peer.ip(),
-    ));
+    let (params, used) =
+        match read_startup(&proxy, &mut client, &mut inbuf, login_timeout.map(|d| accepted + d), &shutdown).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(refusal) => {
+                debug!(%peer, code = refusal.code, message = %refusal.message, "startup refused");
+                let _ = client.write_all(&refusal.encode()).await;
+                let _ = client.shutdown().await;
+                return;
+            }
+        };
+    let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, proxy.pod(), peer.ip()));
     let guard = proxy.registry().register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
-    let span =
-        info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty);
+    let span = info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty);
     async move {
         let config = &settings.config;
-        debug!(
-            user = params.get("user"),
-            database = params.get("database"),
-            "startup"
-        );
+        debug!(user = params.get("user"), database = params.get("database"), "startup");
         let (policy, rule) = crate::policy::effective(config, &client_id);
         let started_wait = Instant::now();
-        let slot = match admit(
-            &proxy,
-            &mut client,
-            &conn,
-            &policy,
-            rule.as_deref(),
-            &shutdown,
-        )
-        .await
-        {
+        let slot = match admit(&proxy, &mut client, &conn, &policy, rule.as_deref(), &shutdown).await {
             Ok(slot) => slot,
             Err(Some(refusal)) => {
                 let _ = client.write_all(&refusal.encode()).await;
@@ -114,11 +80,8 @@ pub async fn run(
         };
         // Time spent waiting for a slot does not count against client_login_timeout.
         let waited = started_wait.elapsed();
-        let mut admitted = Admitted {
-            _slot: slot,
-            entry: proxy.clients().entry(&client_id),
-            reason: CloseReason::Error,
-        };
+        let mut admitted =
+            Admitted { _slot: slot, entry: proxy.clients().entry(&client_id), reason: CloseReason::Error };
         let dial_started = Instant::now();
         let upstream = tokio::select! {
             dialed = settings.dialer.dial() => {
@@ -138,10 +101,7 @@ pub async fn run(
                 warn!(upstream = %config.upstream, error = %e, "upstream unreachable");
                 let refusal = Refusal::new(
                     sqlstate::UNABLE_TO_CONNECT,
-                    format!(
-                        "pgwarden: could not connect to upstream {}: {e}",
-                        config.upstream
-                    ),
+                    format!("pgwarden: could not connect to upstream {}: {e}", config.upstream),
                 );
                 let _ = client.write_all(&refusal.encode()).await;
                 let _ = client.shutdown().await;
@@ -152,10 +112,7 @@ pub async fn run(
             warn!(error = %e, "upstream closed during startup");
             let refusal = Refusal::new(
                 sqlstate::UNABLE_TO_CONNECT,
-                format!(
-                    "pgwarden: upstream {} closed the connection: {e}",
-                    config.upstream
-                ),
+                format!("pgwarden: upstream {} closed the connection: {e}", config.upstream),
             );
             let _ = client.write_all(&refusal.encode()).await;
             return;
@@ -221,8 +178,7 @@ async fn admit(
         enforce: config.enforce,
     };
     let clients = proxy.clients();
-    let describe =
-        |reason: RefuseReason| refusal_message(&conn.client, reason, policy, rule, &config);
+    let describe = |reason: RefuseReason| refusal_message(&conn.client, reason, policy, rule, &config);
     let log = |reason: RefuseReason, would: bool| {
         let entry = clients.entry(&conn.client);
         if let Some(suppressed) = entry.refusal_log_due(Instant::now(), REFUSAL_LOG_EVERY) {
@@ -243,10 +199,7 @@ async fn admit(
         }
         Admission::Refused(reason) => {
             log(reason, false);
-            Err(Some(Refusal::new(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                describe(reason),
-            )))
+            Err(Some(Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, describe(reason))))
         }
         Admission::Queued(mut ticket) => {
             conn.set_state(ConnState::Waiting, Instant::now());
@@ -325,19 +278,11 @@ async fn read_startup(
     let mut negotiations = 0;
     loop {
         match startup::decode(inbuf) {
-            Err(e) => {
-                return Err(Refusal::new(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!("pgwarden: {e}"),
-                ))
-            }
+            Err(e) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, format!("pgwarden: {e}"))),
             Ok(Some((Startup::Ssl | Startup::GssEnc, used))) => {
                 negotiations += 1;
                 if negotiations > MAX_NEGOTIATIONS {
-                    return Err(Refusal::new(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "pgwarden: too many encryption requests",
-                    ));
+                    return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, "pgwarden: too many encryption requests"));
                 }
                 inbuf.drain(..used);
                 if !inbuf.is_empty() {
@@ -385,9 +330,7 @@ async fn forward_cancel(proxy: &Proxy, pid: i32, key: &[u8]) {
     match proxy.registry().cancel_target(pid, key) {
         Some(addr) => {
             debug!(pid, %addr, "forwarding cancel request");
-            if let Err(e) =
-                crate::upstream::send_cancel(addr, pid, key, Duration::from_secs(5)).await
-            {
+            if let Err(e) = crate::upstream::send_cancel(addr, pid, key, Duration::from_secs(5)).await {
                 warn!(pid, %addr, error = %e, "could not forward cancel request");
             }
         }

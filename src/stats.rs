@@ -114,10 +114,7 @@ impl Snapshot {
             clients: proxy.clients().entries(),
             live,
             closed,
-            statement: (
-                settings.config.stats.statement_text,
-                settings.config.stats.statement_max_length as usize,
-            ),
+            statement: (settings.config.stats.statement_text, settings.config.stats.statement_max_length as usize),
         }
     }
 
@@ -162,13 +159,8 @@ impl Snapshot {
 
     pub fn client(&self, entry: &ClientEntry) -> ClientStats {
         let key = entry.id.display();
-        let mine: Vec<&Arc<Conn>> = self
-            .conns
-            .iter()
-            .filter(|c| c.client.display() == key)
-            .collect();
-        let count =
-            |f: &dyn Fn(ConnState) -> bool| mine.iter().filter(|c| f(c.state())).count() as u32;
+        let mine: Vec<&Arc<Conn>> = self.conns.iter().filter(|c| c.client.display() == key).collect();
+        let count = |f: &dyn Fn(ConnState) -> bool| mine.iter().filter(|c| f(c.state())).count() as u32;
         let oldest = |f: &dyn Fn(ConnState) -> bool| {
             mine.iter()
                 .filter(|c| f(c.state()))
@@ -177,17 +169,9 @@ impl Snapshot {
         };
         let c = &entry.counters;
         let closed = |r: CloseReason| c.closed[r as usize].load(Relaxed);
-        let suspects: Vec<LeakReason> = mine
-            .iter()
-            .filter_map(|conn| self.live.get(&conn.id).copied())
-            .collect();
+        let suspects: Vec<LeakReason> = mine.iter().filter_map(|conn| self.live.get(&conn.id).copied()).collect();
         let mut reasons: BTreeSet<LeakReason> = suspects.iter().copied().collect();
-        reasons.extend(
-            self.closed
-                .iter()
-                .filter(|s| s.0.client.display() == key)
-                .map(|s| s.1),
-        );
+        reasons.extend(self.closed.iter().filter(|s| s.0.client.display() == key).map(|s| s.1));
         ClientStats {
             client: key.to_string(),
             application_name: entry.id.get(Field::ApplicationName).map(str::to_string),
@@ -198,15 +182,11 @@ impl Snapshot {
             idle: count(&|s| s == ConnState::Idle),
             idle_in_transaction: count(&|s: ConnState| s.in_transaction()),
             waiting: c.waiting.load(Relaxed),
-            max_connections: *entry
-                .max_connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
+            max_connections: *entry.max_connections.lock().unwrap_or_else(|e| e.into_inner()),
             opened_total: c.opened.load(Relaxed),
             closed_total: c.closed.iter().map(|v| v.load(Relaxed)).sum(),
             refused_total: RefuseReason::ALL.iter().map(|r| c.refused(*r)).sum(),
-            timed_out_total: closed(CloseReason::IdleTimeout)
-                + closed(CloseReason::IdleInTransactionTimeout),
+            timed_out_total: closed(CloseReason::IdleTimeout) + closed(CloseReason::IdleInTransactionTimeout),
             abandoned_total: closed(CloseReason::Abandoned),
             would_refuse_total: RefuseReason::ALL.iter().map(|r| c.would_refuse(*r)).sum(),
             would_close_total: c.would_close.iter().map(|v| v.load(Relaxed)).sum(),
@@ -214,10 +194,7 @@ impl Snapshot {
             oldest_idle_in_transaction_seconds: oldest(&|s: ConnState| s.in_transaction()),
             leak_suspected: !suspects.is_empty(),
             suspect_connections: suspects.len() as u32,
-            leak_reasons: reasons
-                .into_iter()
-                .map(|r| r.as_str().to_string())
-                .collect(),
+            leak_reasons: reasons.into_iter().map(|r| r.as_str().to_string()).collect(),
         }
     }
 
@@ -225,16 +202,11 @@ impl Snapshot {
     pub fn clients_response(&self, identity: &PodIdentity) -> ClientsResponse {
         let mut clients: Vec<ClientStats> = self.clients.iter().map(|e| self.client(e)).collect();
         clients.sort_by(|a, b| b.open.cmp(&a.open).then_with(|| a.client.cmp(&b.client)));
-        ClientsResponse {
-            identity: identity.clone(),
-            clients,
-        }
+        ClientsResponse { identity: identity.clone(), clients }
     }
 
     pub fn connections_response(&self) -> ConnectionsResponse {
-        ConnectionsResponse {
-            connections: self.conns.iter().map(|c| self.connection(c)).collect(),
-        }
+        ConnectionsResponse { connections: self.conns.iter().map(|c| self.connection(c)).collect() }
     }
 
     /// `/leaks`: clients with live or recently reclaimed suspects, worst first.
@@ -242,17 +214,11 @@ impl Snapshot {
         let mut by_client: HashMap<&str, Vec<ConnectionStats>> = HashMap::new();
         for c in &self.conns {
             if self.live.contains_key(&c.id) {
-                by_client
-                    .entry(c.client.display())
-                    .or_default()
-                    .push(self.connection(c));
+                by_client.entry(c.client.display()).or_default().push(self.connection(c));
             }
         }
         for (c, reason, at, why) in &self.closed {
-            by_client
-                .entry(c.client.display())
-                .or_default()
-                .push(self.closed_connection(c, *reason, *at, why));
+            by_client.entry(c.client.display()).or_default().push(self.closed_connection(c, *reason, *at, why));
         }
         let mut leaks: Vec<LeakReport> = self
             .clients
@@ -265,10 +231,7 @@ impl Snapshot {
                         .cmp(&b.closed_seconds_ago.is_some())
                         .then(b.state_seconds.total_cmp(&a.state_seconds))
                 });
-                Some(LeakReport {
-                    stats: self.client(e),
-                    suspects,
-                })
+                Some(LeakReport { stats: self.client(e), suspects })
             })
             .collect();
         leaks.sort_by(|a, b| {
@@ -283,10 +246,7 @@ impl Snapshot {
 
     /// Live suspect count per client key.
     pub fn suspects_of(&self, client: &ClientId) -> usize {
-        self.conns
-            .iter()
-            .filter(|c| c.client.display() == client.display() && self.live.contains_key(&c.id))
-            .count()
+        self.conns.iter().filter(|c| c.client.display() == client.display() && self.live.contains_key(&c.id)).count()
     }
 }
 
@@ -294,9 +254,6 @@ type ClosedList = Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>;
 
 fn snapshot_detector(d: &Detector) -> (HashMap<u64, LeakReason>, ClosedList) {
     let live = d.live().map(|s| (s.conn.id, s.reason)).collect();
-    let closed = d
-        .closed()
-        .map(|c| (c.conn.clone(), c.reason, c.closed_at, c.closed_reason))
-        .collect();
+    let closed = d.closed().map(|c| (c.conn.clone(), c.reason, c.closed_at, c.closed_reason)).collect();
     (live, closed)
 }

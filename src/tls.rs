@@ -23,9 +23,7 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
             .with_no_client_auth(),
-        TlsMode::VerifyFull => builder
-            .with_root_certificates(roots(config)?)
-            .with_no_client_auth(),
+        TlsMode::VerifyFull => builder.with_root_certificates(roots(config)?).with_no_client_auth(),
     };
     Ok(Some(Arc::new(tls)))
 }
@@ -43,9 +41,7 @@ fn roots(config: &Config) -> Result<RootCertStore, ConfigError> {
                 return Err(ConfigError::invalid(origin(), "holds no PEM certificate"));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| ConfigError::invalid(origin(), e.to_string()))?;
+                roots.add(cert).map_err(|e| ConfigError::invalid(origin(), e.to_string()))?;
             }
         }
         None => {
@@ -64,8 +60,7 @@ fn roots(config: &Config) -> Result<RootCertStore, ConfigError> {
 }
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_string())
-        .map_err(|e| format!("invalid TLS server name {host:?}: {e}"))
+    ServerName::try_from(host.to_string()).map_err(|e| format!("invalid TLS server name {host:?}: {e}"))
 }
 
 /// Accepts any certificate but still checks the handshake signatures (libpq's `sslmode=require`).
@@ -90,12 +85,7 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -104,12 +94,7 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -54,23 +54,16 @@ pub struct Connected {
 
 impl Dialer {
     pub async fn dial(&self) -> Result<Connected, DialError> {
-        tokio::time::timeout(self.timeout, self.dial_inner())
-            .await
-            .map_err(|_| DialError::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, self.dial_inner()).await.map_err(|_| DialError::Timeout(self.timeout))?
     }
 
     async fn dial_inner(&self) -> Result<Connected, DialError> {
         let host = self.target.host.as_str();
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.target.port))
             .await
-            .map_err(|source| DialError::Resolve {
-                host: host.to_string(),
-                source,
-            })?
+            .map_err(|source| DialError::Resolve { host: host.to_string(), source })?
             .collect();
-        let mut last = DialError::NoAddress {
-            host: host.to_string(),
-        };
+        let mut last = DialError::NoAddress { host: host.to_string() };
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(tcp) => {
@@ -93,10 +86,7 @@ impl Dialer {
             b'S' => {
                 let name = crate::tls::server_name(&self.target.host)
                     .map_err(|e| DialError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-                let stream = TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(DialError::Tls)?;
+                let stream = TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(DialError::Tls)?;
                 Ok(Upstream::Tls(Box::new(stream)))
             }
             b'N' => match mode {
@@ -116,11 +106,7 @@ pub enum Upstream {
 }
 
 impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -129,11 +115,7 @@ impl AsyncRead for Upstream {
 }
 
 impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -156,12 +138,7 @@ impl AsyncWrite for Upstream {
 }
 
 /// Sends a CancelRequest to `addr` on a new connection (as PostgreSQL expects), waiting at most `timeout`.
-pub async fn send_cancel(
-    addr: SocketAddr,
-    pid: i32,
-    key: &[u8],
-    timeout: Duration,
-) -> io::Result<()> {
+pub async fn send_cancel(addr: SocketAddr, pid: i32, key: &[u8], timeout: Duration) -> io::Result<()> {
     let packet = crate::protocol::startup::encode_cancel(pid, key);
     let send = async {
         let mut tcp = TcpStream::connect(addr).await?;

@@ -28,11 +28,7 @@ pub struct Overrides {
     #[arg(long, env = "PGWARDEN_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
     /// defaults.idle_in_transaction_timeout (e.g. 30s, off).
-    #[arg(
-        long,
-        env = "PGWARDEN_IDLE_IN_TRANSACTION_TIMEOUT",
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "PGWARDEN_IDLE_IN_TRANSACTION_TIMEOUT", value_name = "DURATION")]
     pub idle_in_transaction_timeout: Option<String>,
     /// defaults.max_connection_age (e.g. 1h, off).
     #[arg(long, env = "PGWARDEN_MAX_CONNECTION_AGE", value_name = "DURATION")]
@@ -59,67 +55,26 @@ impl Overrides {
         ) -> Result<(), ConfigError> {
             if let Some(v) = value {
                 let env = format!("PGWARDEN_{}", flag.to_ascii_uppercase().replace('-', "_"));
-                *slot = parse(v)
-                    .map_err(|m| ConfigError::invalid(format!("--{flag} (or {env})"), m))?;
+                *slot = parse(v).map_err(|m| ConfigError::invalid(format!("--{flag} (or {env})"), m))?;
             }
             Ok(())
         }
         let d = &mut config.defaults;
         set(&self.listen, "listen", parse_host_port, &mut config.listen)?;
-        set(
-            &self.upstream,
-            "upstream",
-            parse_host_port,
-            &mut config.upstream,
-        )?;
-        set(
-            &self.admin_listen,
-            "admin-listen",
-            parse_host_port,
-            &mut config.admin_listen,
-        )?;
-        set(
-            &self.log_format,
-            "log-format",
-            parse_enum::<LogFormat>,
-            &mut config.log_format,
-        )?;
-        set(
-            &self.max_connections,
-            "max-connections",
-            parse_limit,
-            &mut d.max_connections,
-        )?;
-        set(
-            &self.idle_timeout,
-            "idle-timeout",
-            parse_duration,
-            &mut d.idle_timeout,
-        )?;
+        set(&self.upstream, "upstream", parse_host_port, &mut config.upstream)?;
+        set(&self.admin_listen, "admin-listen", parse_host_port, &mut config.admin_listen)?;
+        set(&self.log_format, "log-format", parse_enum::<LogFormat>, &mut config.log_format)?;
+        set(&self.max_connections, "max-connections", parse_limit, &mut d.max_connections)?;
+        set(&self.idle_timeout, "idle-timeout", parse_duration, &mut d.idle_timeout)?;
         set(
             &self.idle_in_transaction_timeout,
             "idle-in-transaction-timeout",
             parse_duration,
             &mut d.idle_in_transaction_timeout,
         )?;
-        set(
-            &self.max_connection_age,
-            "max-connection-age",
-            parse_duration,
-            &mut d.max_connection_age,
-        )?;
-        set(
-            &self.on_limit,
-            "on-limit",
-            parse_enum::<OnLimit>,
-            &mut d.on_limit,
-        )?;
-        set(
-            &self.wait_timeout,
-            "wait-timeout",
-            parse_duration,
-            &mut d.wait_timeout,
-        )?;
+        set(&self.max_connection_age, "max-connection-age", parse_duration, &mut d.max_connection_age)?;
+        set(&self.on_limit, "on-limit", parse_enum::<OnLimit>, &mut d.on_limit)?;
+        set(&self.wait_timeout, "wait-timeout", parse_duration, &mut d.wait_timeout)?;
         set(&self.enforce, "enforce", parse_bool, &mut config.enforce)?;
         Ok(())
     }

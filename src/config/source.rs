@@ -27,9 +27,7 @@ impl ConfigSource {
             (None, None) => Config::default(),
         };
         self.overrides.apply(&mut config)?;
-        config
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("config key `{key}`"), msg))?;
+        config.validate().map_err(|(key, msg)| ConfigError::invalid(format!("config key `{key}`"), msg))?;
         Ok(config)
     }
 }

@@ -26,9 +26,7 @@ pub fn parse_duration(s: &str) -> Result<Timeout, String> {
     }
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let bad = || {
-        format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 5m, 1h, off, or whole seconds)")
-    };
+    let bad = || format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 5m, 1h, off, or whole seconds)");
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
@@ -61,15 +59,12 @@ pub fn parse_limit(s: &str) -> Result<Limit, String> {
     match s.parse::<u32>() {
         Ok(0) => Ok(Limit(None)),
         Ok(n) => Ok(Limit(Some(n))),
-        Err(_) => Err(format!(
-            "invalid count {s:?} (expected a whole number; 0 or off means unlimited)"
-        )),
+        Err(_) => Err(format!("invalid count {s:?} (expected a whole number; 0 or off means unlimited)")),
     }
 }
 
 pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
-    let bad =
-        || format!("invalid address {s:?} (expected host:port, e.g. 127.0.0.1:5432 or [::1]:5432)");
+    let bad = || format!("invalid address {s:?} (expected host:port, e.g. 127.0.0.1:5432 or [::1]:5432)");
     let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
@@ -80,10 +75,7 @@ pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
         return Err(bad());
     }
     let port = port.parse::<u16>().map_err(|_| bad())?;
-    Ok(HostPort {
-        host: host.to_string(),
-        port,
-    })
+    Ok(HostPort { host: host.to_string(), port })
 }
 
 pub fn parse_bool(s: &str) -> Result<bool, String> {
@@ -149,8 +141,7 @@ macro_rules! scalar_serde {
     ($ty:ty, $parse:path, $as_int:expr) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let raw = Scalar::deserialize(d)
-                    .map_err(|_| de::Error::custom("expected a scalar value"))?;
+                let raw = Scalar::deserialize(d).map_err(|_| de::Error::custom("expected a scalar value"))?;
                 $parse(&raw.text()).map_err(de::Error::custom)
             }
         }
@@ -175,8 +166,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        let ok =
-            |s: &str, d: Option<Duration>| assert_eq!(parse_duration(s), Ok(Timeout(d)), "{s}");
+        let ok = |s: &str, d: Option<Duration>| assert_eq!(parse_duration(s), Ok(Timeout(d)), "{s}");
         ok("500ms", Some(Duration::from_millis(500)));
         ok("30s", Some(Duration::from_secs(30)));
         ok("5m", Some(Duration::from_secs(300)));
@@ -185,16 +175,7 @@ mod tests {
         ok("0", Some(Duration::ZERO));
         ok("off", None);
         ok("OFF", None);
-        for bad in [
-            "",
-            "5x",
-            "-1s",
-            "1.5s",
-            "s",
-            "ms",
-            "5 mins",
-            "99999999999999999999h",
-        ] {
+        for bad in ["", "5x", "-1s", "1.5s", "s", "ms", "5 mins", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -218,27 +199,10 @@ mod tests {
 
     #[test]
     fn host_ports() {
-        assert_eq!(
-            parse_host_port("db.svc:5432"),
-            Ok(HostPort {
-                host: "db.svc".into(),
-                port: 5432
-            })
-        );
+        assert_eq!(parse_host_port("db.svc:5432"), Ok(HostPort { host: "db.svc".into(), port: 5432 }));
         assert_eq!(parse_host_port("[::1]:6432").unwrap().host, "::1");
-        assert_eq!(
-            parse_host_port("[::1]:6432").unwrap().to_string(),
-            "[::1]:6432"
-        );
-        for bad in [
-            "db",
-            ":5432",
-            "db:",
-            "db:99999",
-            "::1:5432",
-            "[::1:5432",
-            "a b:1",
-        ] {
+        assert_eq!(parse_host_port("[::1]:6432").unwrap().to_string(), "[::1]:6432");
+        for bad in ["db", ":5432", "db:", "db:99999", "::1:5432", "[::1:5432", "a b:1"] {
             assert!(parse_host_port(bad).is_err(), "{bad}");
         }
     }

@@ -20,10 +20,7 @@ impl std::fmt::Display for DbError {
 }
 
 fn io_error(e: std::io::Error) -> DbError {
-    DbError {
-        code: "08006".into(),
-        message: e.to_string(),
-    }
+    DbError { code: "08006".into(), message: e.to_string() }
 }
 
 pub struct Client {
@@ -35,11 +32,7 @@ impl Client {
     pub async fn connect(addr: SocketAddr, user: &str, app: &str) -> Result<Client, DbError> {
         let mut stream = TcpStream::connect(addr).await.map_err(io_error)?;
         let mut body = (3u32 << 16).to_be_bytes().to_vec();
-        for (k, v) in [
-            ("user", user),
-            ("database", "postgres"),
-            ("application_name", app),
-        ] {
+        for (k, v) in [("user", user), ("database", "postgres"), ("application_name", app)] {
             body.extend_from_slice(k.as_bytes());
             body.push(0);
             body.extend_from_slice(v.as_bytes());
@@ -49,10 +42,7 @@ impl Client {
         let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         stream.write_all(&packet).await.map_err(io_error)?;
-        let mut client = Client {
-            stream,
-            backend_pid: 0,
-        };
+        let mut client = Client { stream, backend_pid: 0 };
         loop {
             let (tag, body) = client.read().await?;
             match tag {
@@ -70,10 +60,7 @@ impl Client {
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Option<String>>, DbError> {
         let mut text = sql.as_bytes().to_vec();
         text.push(0);
-        self.stream
-            .write_all(&encode(b'Q', &text))
-            .await
-            .map_err(io_error)?;
+        self.stream.write_all(&encode(b'Q', &text)).await.map_err(io_error)?;
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -81,11 +68,7 @@ impl Client {
             match tag {
                 b'D' if body.len() >= 6 => {
                     let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
-                    rows.push(
-                        (len >= 0).then(|| {
-                            String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
-                        }),
-                    );
+                    rows.push((len >= 0).then(|| String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()));
                 }
                 b'E' => error = Some(to_error(&body)),
                 b'Z' => return error.map_or(Ok(rows), Err),
@@ -96,24 +79,15 @@ impl Client {
 
     /// Ends the session properly (Terminate).
     pub async fn close(mut self) {
-        let _ = self
-            .stream
-            .write_all(&crate::protocol::scanner::TERMINATE)
-            .await;
+        let _ = self.stream.write_all(&crate::protocol::scanner::TERMINATE).await;
     }
 
     async fn read(&mut self) -> Result<(u8, Vec<u8>), DbError> {
         let mut header = [0u8; 5];
-        self.stream
-            .read_exact(&mut header)
-            .await
-            .map_err(io_error)?;
+        self.stream.read_exact(&mut header).await.map_err(io_error)?;
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         if !(4..=64 << 20).contains(&len) {
-            return Err(DbError {
-                code: "08P01".into(),
-                message: format!("bad message length {len}"),
-            });
+            return Err(DbError { code: "08P01".into(), message: format!("bad message length {len}") });
         }
         let mut body = vec![0u8; len as usize - 4];
         self.stream.read_exact(&mut body).await.map_err(io_error)?;
@@ -127,8 +101,5 @@ impl Client {
 fn to_error(body: &[u8]) -> DbError {
     let f = error_response::parse(body);
     let s = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
-    DbError {
-        code: s(f.code),
-        message: s(f.message),
-    }
+    DbError { code: s(f.code), message: s(f.message) }
 }

@@ -16,13 +16,8 @@ pub struct TempPostgres {
 
 /// Finds the server binaries: `PG_BINDIR`, `pg_config --bindir`, `$PATH`, `/usr/lib/postgresql/*/bin` (newest).
 pub fn find_bindir() -> Option<PathBuf> {
-    let has_server = |d: &Path| {
-        d.join("postgres").exists() && d.join("initdb").exists() && d.join("pg_ctl").exists()
-    };
-    if let Some(dir) = std::env::var_os("PG_BINDIR")
-        .map(PathBuf::from)
-        .filter(|d| has_server(d))
-    {
+    let has_server = |d: &Path| d.join("postgres").exists() && d.join("initdb").exists() && d.join("pg_ctl").exists();
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from).filter(|d| has_server(d)) {
         return Some(dir);
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
@@ -31,9 +26,7 @@ pub fn find_bindir() -> Option<PathBuf> {
             return Some(dir);
         }
     }
-    if let Some(dir) =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).find(|d| has_server(d))
-    {
+    if let Some(dir) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).find(|d| has_server(d)) {
         return Some(dir);
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -41,22 +34,17 @@ pub fn find_bindir() -> Option<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
         .filter(|d| has_server(d))
         .collect();
-    dirs.sort_by_key(|d| {
-        d.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
+    dirs.sort_by_key(|d| d.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0));
     dirs.pop()
 }
 
-pub const INSTALL_HINT: &str = "PostgreSQL server binaries not found (looked at PG_BINDIR, pg_config --bindir, PATH and \
+pub const INSTALL_HINT: &str =
+    "PostgreSQL server binaries not found (looked at PG_BINDIR, pg_config --bindir, PATH and \
 /usr/lib/postgresql/*/bin). Install them, e.g. `apt-get install postgresql` on Debian/Ubuntu, \
 `brew install postgresql` on macOS, or point PG_BINDIR at the directory holding initdb, pg_ctl and postgres.";
 
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn postgres_owner() -> anyhow::Result<Option<(u32, u32)>> {
@@ -78,26 +66,9 @@ impl TempPostgres {
         let bindir = find_bindir().context(INSTALL_HINT)?;
         let owner = postgres_owner()?;
         let dir = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
-        let pg = TempPostgres {
-            port: free_port()?,
-            dir,
-            bindir,
-            owner,
-        };
+        let pg = TempPostgres { port: free_port()?, dir, bindir, owner };
         pg.chown()?;
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                "data",
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        )?;
+        pg.run("initdb", &["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
         let base = format!(
             "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nlog_min_messages = warning\n",
@@ -105,9 +76,7 @@ impl TempPostgres {
             pg.dir.display()
         );
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(pg.dir.join("data/postgresql.conf"))?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(pg.dir.join("data/postgresql.conf"))?;
         f.write_all(base.as_bytes())?;
         f.write_all(conf.as_bytes())?;
         Ok(pg)
@@ -116,12 +85,7 @@ impl TempPostgres {
     /// Gives every file below the directory to the server's user (after writing files into it).
     pub fn chown(&self) -> anyhow::Result<()> {
         if let Some((uid, gid)) = self.owner {
-            let ok = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{uid}:{gid}"))
-                .arg(&self.dir)
-                .status()?
-                .success();
+            let ok = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&self.dir).status()?.success();
             if !ok {
                 bail!("chown of {} failed", self.dir.display());
             }
@@ -131,19 +95,13 @@ impl TempPostgres {
 
     pub fn start(&self) -> anyhow::Result<()> {
         self.chown()?;
-        self.run(
-            "pg_ctl",
-            &["-D", "data", "-l", "server.log", "-w", "-t", "60", "start"],
-        )
+        self.run("pg_ctl", &["-D", "data", "-l", "server.log", "-w", "-t", "60", "start"])
     }
 
     /// A command from the server's bin dir, run as the server's user in its directory.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(program));
-        cmd.current_dir(&self.dir)
-            .env("LC_ALL", "C")
-            .env_remove("PGDATA")
-            .stdin(Stdio::null());
+        cmd.current_dir(&self.dir).env("LC_ALL", "C").env_remove("PGDATA").stdin(Stdio::null());
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
@@ -151,11 +109,7 @@ impl TempPostgres {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {program}"))?;
+        let out = self.command(program).args(args).output().with_context(|| format!("running {program}"))?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
             bail!(
@@ -173,16 +127,7 @@ impl TempPostgres {
             .command("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
             .output()?;
         if !out.status.success() {
             bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -198,12 +143,7 @@ impl TempPostgres {
             dir = self.dir.display(),
         );
         let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
+        cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
@@ -213,10 +153,7 @@ impl TempPostgres {
 
     /// Stops the server (fast shutdown) and removes the directory.
     pub fn stop(&self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-D", "data", "stop", "-m", "fast", "-w", "-t", "30"])
-            .output();
+        let _ = self.command("pg_ctl").args(["-D", "data", "stop", "-m", "fast", "-w", "-t", "30"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

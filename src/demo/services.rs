@@ -43,10 +43,7 @@ pub async fn checkout_api(addr: SocketAddr, stop: CancellationToken, tally: Arc<
                 }
                 if let Some(c) = conn.as_mut() {
                     let r = c
-                        .query(&format!(
-                            "SELECT count(*), sum(total) FROM orders WHERE customer_id = {}",
-                            17 + i
-                        ))
+                        .query(&format!("SELECT count(*), sum(total) FROM orders WHERE customer_id = {}", 17 + i))
                         .await;
                     tally.record(&r);
                     if r.is_err() {
@@ -77,11 +74,7 @@ pub async fn image_processor(addr: SocketAddr, stop: CancellationToken, tally: A
             tally.record(&c);
             if let Ok(mut c) = c {
                 image += 1;
-                let _ = c
-                    .query(&format!(
-                        "SELECT id, data FROM images WHERE id = {image} AND format = 'webp'"
-                    ))
-                    .await;
+                let _ = c.query(&format!("SELECT id, data FROM images WHERE id = {image} AND format = 'webp'")).await;
                 leaked.push(c); // never returned to the pool
             }
         }
@@ -101,10 +94,7 @@ pub async fn report_cron(addr: SocketAddr, stop: CancellationToken, tally: Arc<T
     let c = Client::connect(addr, "app", "report-cron").await;
     tally.record(&c);
     let Ok(mut c) = c else { return };
-    for sql in [
-        "BEGIN",
-        "UPDATE reports SET status = 'running', started_at = now() WHERE id = 42",
-    ] {
+    for sql in ["BEGIN", "UPDATE reports SET status = 'running', started_at = now() WHERE id = 42"] {
         let r = c.query(sql).await;
         tally.record(&r);
     }

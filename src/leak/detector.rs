@@ -65,10 +65,7 @@ impl Detector {
         leak: &Leak,
         stats: &Stats,
     ) {
-        let th = Thresholds {
-            idle: leak.idle_threshold.0,
-            idle_in_transaction: leak.idle_in_transaction_threshold.0,
-        };
+        let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
         let keep_history = th.idle.unwrap_or(Duration::ZERO) * 3 + Duration::from_secs(10);
         let mut present = HashMap::with_capacity(clients.len());
         for entry in clients {
@@ -100,41 +97,22 @@ impl Detector {
             let Some(t) = self.clients.get(conn.client.display()) else {
                 continue;
             };
-            let view = ConnView {
-                state: conn.state(),
-                state_since: conn.state_since(),
-                listening: conn.listening(),
-            };
+            let view = ConnView { state: conn.state(), state_since: conn.state_since(), listening: conn.listening() };
             if let Some(reason) = suspect_reason(&view, &t.history, now, &th) {
-                live.insert(
-                    conn.id,
-                    Suspect {
-                        conn: conn.clone(),
-                        reason,
-                    },
-                );
+                live.insert(conn.id, Suspect { conn: conn.clone(), reason });
             }
         }
         // Suspects whose connection closed become evidence.
         for (id, s) in self.live.drain() {
             if !live.contains_key(&id) {
                 if let Some((closed_at, closed_reason)) = s.conn.closed() {
-                    self.closed.push_back(ClosedSuspect {
-                        conn: s.conn,
-                        reason: s.reason,
-                        closed_at,
-                        closed_reason,
-                    });
+                    self.closed.push_back(ClosedSuspect { conn: s.conn, reason: s.reason, closed_at, closed_reason });
                 }
             }
         }
         self.live = live;
         let keep = leak.keep_closed_suspects.0.unwrap_or(Duration::ZERO);
-        while self
-            .closed
-            .front()
-            .is_some_and(|c| now.saturating_duration_since(c.closed_at) > keep)
-        {
+        while self.closed.front().is_some_and(|c| now.saturating_duration_since(c.closed_at) > keep) {
             self.closed.pop_front();
         }
         self.log_transitions(now, stats);
@@ -143,19 +121,13 @@ impl Detector {
     fn log_transitions(&mut self, now: Instant, stats: &Stats) {
         let mut by_client: HashMap<&str, Vec<&Suspect>> = HashMap::new();
         for s in self.live.values() {
-            by_client
-                .entry(s.conn.client.display())
-                .or_default()
-                .push(s);
+            by_client.entry(s.conn.client.display()).or_default().push(s);
         }
         for (key, t) in self.clients.iter_mut() {
             match (by_client.get(key.as_str()), t.flagged) {
                 (Some(suspects), false) => {
                     t.flagged = true;
-                    let oldest = suspects
-                        .iter()
-                        .min_by_key(|s| s.conn.state_since())
-                        .expect("non-empty");
+                    let oldest = suspects.iter().min_by_key(|s| s.conn.state_since()).expect("non-empty");
                     let statement = crate::redact::render(
                         &oldest.conn.last_statement(),
                         stats.statement_text,

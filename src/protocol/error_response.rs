@@ -7,12 +7,7 @@ pub fn fatal(sqlstate: &str, message: &str) -> Vec<u8> {
 
 pub fn encode(severity: &str, sqlstate: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(32 + message.len());
-    for (field, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', sqlstate),
-        (b'M', message),
-    ] {
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', sqlstate), (b'M', message)] {
         body.push(field);
         // A NUL inside a value would end the field early; PostgreSQL never sends one.
         body.extend(value.bytes().filter(|&b| b != 0));
@@ -77,10 +72,7 @@ mod tests {
         let fields = parse(&bytes[5..]);
         assert!(fields.is_fatal());
         assert_eq!(fields.code, Some(&b"53300"[..]));
-        assert_eq!(
-            fields.message,
-            Some(&b"too many connections for client \"api/alice\""[..])
-        );
+        assert_eq!(fields.message, Some(&b"too many connections for client \"api/alice\""[..]));
     }
 
     #[test]
@@ -97,12 +89,6 @@ mod tests {
         for cut in 0..bytes.len() - 5 {
             let _ = parse(&bytes[5..5 + cut]);
         }
-        assert_eq!(
-            parse(b"SFATAL"),
-            ErrorFields {
-                severity: Some(b"FATAL"),
-                ..Default::default()
-            }
-        );
+        assert_eq!(parse(b"SFATAL"), ErrorFields { severity: Some(b"FATAL"), ..Default::default() });
     }
 }

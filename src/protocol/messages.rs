@@ -77,10 +77,7 @@ pub fn backend_key_data(body: &[u8]) -> Option<(i32, &[u8])> {
     if body.len() < 8 {
         return None;
     }
-    Some((
-        i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-        &body[4..],
-    ))
+    Some((i32::from_be_bytes([body[0], body[1], body[2], body[3]]), &body[4..]))
 }
 
 /// NegotiateProtocolVersion: the newest minor version the server supports and the options it did not know.
@@ -136,16 +133,9 @@ mod tests {
         let mut body = 0i32.to_be_bytes().to_vec();
         body.extend_from_slice(&1i32.to_be_bytes());
         body.extend_from_slice(b"_pq_.x\0");
-        assert_eq!(
-            negotiate_protocol_version(&body),
-            Some((0, vec![&b"_pq_.x"[..]]))
-        );
+        assert_eq!(negotiate_protocol_version(&body), Some((0, vec![&b"_pq_.x"[..]])));
         for cut in 0..body.len() {
-            assert_eq!(
-                negotiate_protocol_version(&body[..cut]),
-                None,
-                "prefix {cut}"
-            );
+            assert_eq!(negotiate_protocol_version(&body[..cut]), None, "prefix {cut}");
         }
         let mut none = 2i32.to_be_bytes().to_vec();
         none.extend_from_slice(&0i32.to_be_bytes());

@@ -67,18 +67,10 @@ impl Scanner {
                     break;
                 }
                 let tag = self.header[0];
-                let len = i32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]);
+                let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
                 if len < 4 {
                     self.have = 0;
-                    return Err(ScanError {
-                        tag: tag as char,
-                        len,
-                    });
+                    return Err(ScanError { tag: tag as char, len });
                 }
                 self.body_len = len as usize - 4;
                 self.remaining = self.body_len;
@@ -86,11 +78,7 @@ impl Scanner {
                 self.captured.clear();
                 if self.body_len == 0 {
                     self.have = 0;
-                    on_frame(Frame {
-                        tag,
-                        len: 0,
-                        body: &[],
-                    });
+                    on_frame(Frame { tag, len: 0, body: &[] });
                 }
                 continue;
             }
@@ -101,11 +89,7 @@ impl Scanner {
             if self.remaining == self.body_len && take == self.body_len {
                 self.remaining = 0;
                 self.have = 0;
-                on_frame(Frame {
-                    tag,
-                    len: self.body_len,
-                    body: &part[..self.keep],
-                });
+                on_frame(Frame { tag, len: self.body_len, body: &part[..self.keep] });
                 continue;
             }
             let seen = self.body_len - self.remaining;
@@ -116,11 +100,7 @@ impl Scanner {
             self.remaining -= take;
             if self.remaining == 0 {
                 self.have = 0;
-                on_frame(Frame {
-                    tag,
-                    len: self.body_len,
-                    body: &self.captured,
-                });
+                on_frame(Frame { tag, len: self.body_len, body: &self.captured });
             }
         }
         Ok(())
@@ -150,18 +130,10 @@ pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 mod tests {
     use super::*;
 
-    fn collect(
-        scanner: &mut Scanner,
-        chunks: &[&[u8]],
-        keep: usize,
-    ) -> Result<Vec<(u8, usize, Vec<u8>)>, ScanError> {
+    fn collect(scanner: &mut Scanner, chunks: &[&[u8]], keep: usize) -> Result<Vec<(u8, usize, Vec<u8>)>, ScanError> {
         let mut out = Vec::new();
         for chunk in chunks {
-            scanner.feed(
-                chunk,
-                |_| keep,
-                |f| out.push((f.tag, f.len, f.body.to_vec())),
-            )?;
+            scanner.feed(chunk, |_| keep, |f| out.push((f.tag, f.len, f.body.to_vec())))?;
         }
         Ok(out)
     }
@@ -220,10 +192,7 @@ mod tests {
             let mut bytes = vec![b'Q'];
             bytes.extend_from_slice(&len.to_be_bytes());
             let mut sc = Scanner::default();
-            assert_eq!(
-                collect(&mut sc, &[&bytes], 0),
-                Err(ScanError { tag: 'Q', len })
-            );
+            assert_eq!(collect(&mut sc, &[&bytes], 0), Err(ScanError { tag: 'Q', len }));
         }
     }
 

@@ -38,10 +38,7 @@ pub struct StartupParams {
 
 impl StartupParams {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -86,12 +83,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Startup, usize)>, StartupError> {
         GSSENC_REQUEST => expect("GSSENCRequest", len == 8)?,
         CANCEL_REQUEST => expect("CancelRequest", (16..=12 + MAX_CANCEL_KEY).contains(&len))?,
         _ if code >> 16 == 3 => {}
-        _ => {
-            return Err(StartupError::UnknownCode {
-                major: (code >> 16) as u16,
-                minor: code as u16,
-            })
-        }
+        _ => return Err(StartupError::UnknownCode { major: (code >> 16) as u16, minor: code as u16 }),
     }
     if buf.len() < len {
         return Ok(None);
@@ -100,10 +92,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Startup, usize)>, StartupError> {
     let packet = match code {
         SSL_REQUEST => Startup::Ssl,
         GSSENC_REQUEST => Startup::GssEnc,
-        CANCEL_REQUEST => Startup::Cancel {
-            pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-            key: body[4..].to_vec(),
-        },
+        CANCEL_REQUEST => {
+            Startup::Cancel { pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]), key: body[4..].to_vec() }
+        }
         _ => Startup::Params(StartupParams {
             major: (code >> 16) as u16,
             minor: code as u16,
@@ -124,12 +115,8 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
             }
             return Ok(params);
         }
-        let (value, rest) =
-            cstr(rest).ok_or(StartupError::Malformed("parameter without a value"))?;
-        params.push((
-            String::from_utf8_lossy(name).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        let (value, rest) = cstr(rest).ok_or(StartupError::Malformed("parameter without a value"))?;
+        params.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
         body = rest;
     }
 }

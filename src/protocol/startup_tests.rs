@@ -33,22 +33,13 @@ fn ssl_and_gssenc_requests() {
 
 #[test]
 fn startup_message_with_params_and_trailing_bytes() {
-    let mut packet = startup_message(
-        0,
-        &[
-            ("user", "alice"),
-            ("database", "db"),
-            ("application_name", "api"),
-        ],
-    );
+    let mut packet = startup_message(0, &[("user", "alice"), ("database", "db"), ("application_name", "api")]);
     assert_prefixes_need_more(&packet);
     let len = packet.len();
     packet.extend_from_slice(b"Qnext");
     let (decoded, used) = decode(&packet).unwrap().unwrap();
     assert_eq!(used, len);
-    let Startup::Params(p) = decoded else {
-        panic!("not params")
-    };
+    let Startup::Params(p) = decoded else { panic!("not params") };
     assert_eq!((p.major, p.minor), (3, 0));
     assert_eq!(p.get("user"), Some("alice"));
     assert_eq!(p.get("application_name"), Some("api"));
@@ -58,9 +49,7 @@ fn startup_message_with_params_and_trailing_bytes() {
 #[test]
 fn protocol_3_2_startup() {
     let packet = startup_message(2, &[("user", "bob"), ("_pq_.x", "1")]);
-    let Startup::Params(p) = decode(&packet).unwrap().unwrap().0 else {
-        panic!()
-    };
+    let Startup::Params(p) = decode(&packet).unwrap().unwrap().0 else { panic!() };
     assert_eq!((p.major, p.minor), (3, 2));
 }
 
@@ -71,10 +60,7 @@ fn cancel_requests_3_0_and_3_2_keys() {
         let packet = encode_cancel(4242, &key);
         assert_eq!(packet.len(), 12 + key_len);
         assert_prefixes_need_more(&packet);
-        assert_eq!(
-            decode(&packet),
-            Ok(Some((Startup::Cancel { pid: 4242, key }, 12 + key_len)))
-        );
+        assert_eq!(decode(&packet), Ok(Some((Startup::Cancel { pid: 4242, key }, 12 + key_len))));
     }
 }
 
@@ -82,10 +68,7 @@ fn cancel_requests_3_0_and_3_2_keys() {
 fn cancel_request_bad_lengths() {
     for key_len in [0usize, 3, 257] {
         let packet = encode_cancel(1, &vec![7; key_len]);
-        assert!(
-            matches!(decode(&packet), Err(StartupError::BadRequestLength { .. })),
-            "key {key_len}"
-        );
+        assert!(matches!(decode(&packet), Err(StartupError::BadRequestLength { .. })), "key {key_len}");
     }
 }
 
@@ -99,20 +82,11 @@ fn bad_lengths_rejected_after_four_bytes() {
 
 #[test]
 fn unknown_codes_and_http() {
-    assert!(matches!(
-        decode(b"GET / HTTP/1.1\r\n"),
-        Err(StartupError::BadLength(_))
-    ));
+    assert!(matches!(decode(b"GET / HTTP/1.1\r\n"), Err(StartupError::BadLength(_))));
     let proto2 = [0, 0, 0, 8, 0, 2, 0, 0];
-    assert_eq!(
-        decode(&proto2),
-        Err(StartupError::UnknownCode { major: 2, minor: 0 })
-    );
+    assert_eq!(decode(&proto2), Err(StartupError::UnknownCode { major: 2, minor: 0 }));
     let ssl_long = [0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f, 0];
-    assert!(matches!(
-        decode(&ssl_long),
-        Err(StartupError::BadRequestLength { .. })
-    ));
+    assert!(matches!(decode(&ssl_long), Err(StartupError::BadRequestLength { .. })));
 }
 
 #[test]

@@ -117,19 +117,13 @@ impl Tracker {
                 let text: Arc<[u8]> = Arc::from(&text[..text.len().min(self.statement_cap)]);
                 if name.is_empty() {
                     self.unnamed = Some(text);
-                } else if self.statements.len() < MAX_NAMED_STATEMENTS
-                    || self.statements.contains_key(name)
-                {
+                } else if self.statements.len() < MAX_NAMED_STATEMENTS || self.statements.contains_key(name) {
                     self.statements.insert(name.into(), text);
                 }
             }
             frontend::BIND => {
                 let (_portal, stmt) = messages::bind_message(f.body);
-                self.bound = if stmt.is_empty() {
-                    self.unnamed.clone()
-                } else {
-                    self.statements.get(stmt).cloned()
-                };
+                self.bound = if stmt.is_empty() { self.unnamed.clone() } else { self.statements.get(stmt).cloned() };
             }
             frontend::EXECUTE => {
                 self.after_execute = true;
@@ -186,9 +180,7 @@ impl Tracker {
             }
             backend::COPY_IN_RESPONSE => {
                 // Syncs sent after the Execute that started this COPY are ignored by the server.
-                self.pending = self
-                    .pending
-                    .saturating_sub(std::mem::take(&mut self.syncs_after_execute));
+                self.pending = self.pending.saturating_sub(std::mem::take(&mut self.syncs_after_execute));
                 self.after_execute = false;
                 self.copy_in = !std::mem::take(&mut self.copy_ended_early);
             }
@@ -217,8 +209,7 @@ impl Tracker {
             return;
         }
         self.last_statement.clear();
-        self.last_statement
-            .extend_from_slice(&text[..text.len().min(self.statement_cap)]);
+        self.last_statement.extend_from_slice(&text[..text.len().min(self.statement_cap)]);
         self.statement_changed = true;
     }
 }
@@ -236,9 +227,7 @@ pub fn client_want(cap: usize, tag: u8) -> usize {
 
 fn starts_with_listen(text: &[u8]) -> bool {
     let t = text.trim_ascii_start();
-    t.len() >= 6
-        && t[..6].eq_ignore_ascii_case(b"listen")
-        && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
+    t.len() >= 6 && t[..6].eq_ignore_ascii_case(b"listen") && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
 }
 
 #[cfg(test)]

@@ -4,33 +4,19 @@ use crate::protocol::scanner::{encode, Scanner};
 /// Feeds encoded messages through a scanner into the tracker, like the relay does.
 fn client(t: &mut Tracker, msgs: &[(u8, &[u8])]) {
     let mut sc = Scanner::default();
-    let bytes: Vec<u8> = msgs
-        .iter()
-        .flat_map(|(tag, body)| encode(*tag, body))
-        .collect();
+    let bytes: Vec<u8> = msgs.iter().flat_map(|(tag, body)| encode(*tag, body)).collect();
     let cap = t.statement_cap;
     let want = |tag| client_want(cap, tag);
     let mut frames = Vec::new();
-    sc.feed(&bytes, want, |f| {
-        frames.push((f.tag, f.len, f.body.to_vec()))
-    })
-    .unwrap();
+    sc.feed(&bytes, want, |f| frames.push((f.tag, f.len, f.body.to_vec()))).unwrap();
     for (tag, len, body) in frames {
-        t.on_client(Frame {
-            tag,
-            len,
-            body: &body,
-        });
+        t.on_client(Frame { tag, len, body: &body });
     }
 }
 
 fn server(t: &mut Tracker, msgs: &[(u8, &[u8])]) {
     for (tag, body) in msgs {
-        t.on_server(Frame {
-            tag: *tag,
-            len: body.len(),
-            body,
-        });
+        t.on_server(Frame { tag: *tag, len: body.len(), body });
     }
 }
 
@@ -86,15 +72,7 @@ fn pipelined_batch_is_active_until_every_sync_is_answered() {
     client(&mut t, &msgs);
     for i in 0..100 {
         assert_eq!(t.state(), ConnState::Active, "after {i} answers");
-        server(
-            &mut t,
-            &[
-                (b'1', b""),
-                (b'2', b""),
-                (b'C', b"SELECT 1\0"),
-                (b'Z', b"I"),
-            ],
-        );
+        server(&mut t, &[(b'1', b""), (b'2', b""), (b'C', b"SELECT 1\0"), (b'Z', b"I")]);
     }
     assert_eq!(t.state(), ConnState::Idle);
 }
@@ -127,14 +105,7 @@ fn copy_in_is_active_until_ready() {
 fn notifications_and_notices_do_not_change_state() {
     let mut t = Tracker::new(100);
     let mut t = ready(&mut t);
-    server(
-        &mut t,
-        &[
-            (b'A', b"\0\0\0\x01chan\0payload\0"),
-            (b'N', b"SNOTICE\0\0"),
-            (b'S', b"a\0b\0"),
-        ],
-    );
+    server(&mut t, &[(b'A', b"\0\0\0\x01chan\0payload\0"), (b'N', b"SNOTICE\0\0"), (b'S', b"a\0b\0")]);
     assert_eq!(t.state(), ConnState::Idle);
 }
 
@@ -148,14 +119,7 @@ fn named_prepared_statement_text_is_reported_on_execute() {
     client(&mut t, &[(b'Q', b"select 2\0")]);
     server(&mut t, &[(b'Z', b"I")]);
     assert_eq!(t.take_statement(), Some(&b"select 2"[..]));
-    client(
-        &mut t,
-        &[
-            (b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0"),
-            (b'E', b"\0\0\0\0\0"),
-            (b'S', b""),
-        ],
-    );
+    client(&mut t, &[(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
     assert_eq!(t.take_statement(), Some(&b"select $1::int"[..]));
     client(&mut t, &[(b'C', b"Ss1\0")]);
     assert!(t.statements.is_empty());
@@ -191,19 +155,9 @@ fn extended_copy_in_ignores_the_sync_sent_during_copy() {
     // Sync (it arrives in COPY IN mode) and answers one ReadyForQuery.
     let mut t = Tracker::new(100);
     let mut t = ready(&mut t);
-    client(
-        &mut t,
-        &[
-            (b'B', b"\0\0\0\0\0\0\0\0"),
-            (b'E', b"\0\0\0\0\0"),
-            (b'S', b""),
-        ],
-    );
+    client(&mut t, &[(b'B', b"\0\0\0\0\0\0\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
     server(&mut t, &[(b'2', b""), (b'G', b"\0\0\0")]);
-    client(
-        &mut t,
-        &[(b'd', b"1\n"), (b'S', b""), (b'c', b""), (b'S', b"")],
-    );
+    client(&mut t, &[(b'd', b"1\n"), (b'S', b""), (b'c', b""), (b'S', b"")]);
     assert_eq!(t.state(), ConnState::Active);
     server(&mut t, &[(b'C', b"COPY 1\0"), (b'Z', b"I")]);
     assert_eq!(t.state(), ConnState::Idle);
@@ -213,14 +167,7 @@ fn extended_copy_in_ignores_the_sync_sent_during_copy() {
 fn copy_in_error_then_sync() {
     let mut t = Tracker::new(100);
     let mut t = ready(&mut t);
-    client(
-        &mut t,
-        &[
-            (b'B', b"\0\0\0\0\0\0\0\0"),
-            (b'E', b"\0\0\0\0\0"),
-            (b'S', b""),
-        ],
-    );
+    client(&mut t, &[(b'B', b"\0\0\0\0\0\0\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
     server(&mut t, &[(b'G', b"\0\0\0")]);
     client(&mut t, &[(b'd', b"garbage\n")]);
     server(&mut t, &[(b'E', b"SERROR\0C22P02\0\0")]);
@@ -234,14 +181,7 @@ fn copy_in_error_then_sync() {
 fn client_ends_copy_before_the_copy_in_response_arrives() {
     let mut t = Tracker::new(100);
     let mut t = ready(&mut t);
-    client(
-        &mut t,
-        &[
-            (b'B', b"\0\0\0\0\0\0\0\0"),
-            (b'E', b"\0\0\0\0\0"),
-            (b'S', b""),
-        ],
-    );
+    client(&mut t, &[(b'B', b"\0\0\0\0\0\0\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
     client(&mut t, &[(b'd', b"1\n"), (b'c', b""), (b'S', b"")]);
     server(&mut t, &[(b'G', b"\0\0\0"), (b'C', b"COPY 1\0")]);
     assert_eq!(t.state(), ConnState::Active);

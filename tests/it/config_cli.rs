@@ -39,32 +39,16 @@ fn bad_key_or_value_exits_64_naming_it() {
 fn bad_flags_and_env_exit_64_naming_them() {
     let out = bin().args(["proxy", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let out = bin()
-        .args(["proxy", "--idle-timeout", "whenever"])
-        .output()
-        .unwrap();
+    let out = bin().args(["proxy", "--idle-timeout", "whenever"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
-    let out = bin()
-        .args(["proxy"])
-        .env("PGWARDEN_MAX_CONNECTIONS", "lots")
-        .output()
-        .unwrap();
+    let out = bin().args(["proxy"]).env("PGWARDEN_MAX_CONNECTIONS", "lots").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PGWARDEN_MAX_CONNECTIONS"));
-    let out = bin()
-        .args(["proxy"])
-        .env("PGWARDEN_CONFIG_YAML", "enforce: maybe")
-        .output()
-        .unwrap();
+    let out = bin().args(["proxy"]).env("PGWARDEN_CONFIG_YAML", "enforce: maybe").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("PGWARDEN_CONFIG_YAML: config key `enforce`")
-    );
-    let out = bin()
-        .args(["check-config", "/nonexistent/pgwarden.yaml"])
-        .output()
-        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PGWARDEN_CONFIG_YAML: config key `enforce`"));
+    let out = bin().args(["check-config", "/nonexistent/pgwarden.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let out = bin().arg("--version").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -72,9 +56,7 @@ fn bad_flags_and_env_exit_64_naming_them() {
 
 #[test]
 fn env_overrides_file_and_flag_overrides_env() {
-    let f = config_file(
-        "defaults:\n  idle_timeout: 1m\n  max_connections: 5\nupstream: db.example:5432\n",
-    );
+    let f = config_file("defaults:\n  idle_timeout: 1m\n  max_connections: 5\nupstream: db.example:5432\n");
     let effective = |args: &[&str], env: &[(&str, &str)]| {
         let mut cmd = bin();
         cmd.arg("check-config").arg(f.path()).args(args);
@@ -82,47 +64,21 @@ fn env_overrides_file_and_flag_overrides_env() {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let file_only = effective(&[], &[]);
-    assert!(
-        file_only.contains("idle_timeout: 1m") && file_only.contains("max_connections: 5"),
-        "{file_only}"
-    );
+    assert!(file_only.contains("idle_timeout: 1m") && file_only.contains("max_connections: 5"), "{file_only}");
     assert!(file_only.contains("upstream: db.example:5432"));
-    let env = effective(
-        &[],
-        &[
-            ("PGWARDEN_IDLE_TIMEOUT", "2m"),
-            ("PGWARDEN_UPSTREAM", "other:6543"),
-        ],
-    );
-    assert!(
-        env.contains("idle_timeout: 2m") && env.contains("upstream: other:6543"),
-        "{env}"
-    );
-    assert!(
-        env.contains("max_connections: 5"),
-        "untouched keys keep the file's value"
-    );
-    let flag = effective(
-        &["--idle-timeout", "3m"],
-        &[("PGWARDEN_IDLE_TIMEOUT", "2m")],
-    );
+    let env = effective(&[], &[("PGWARDEN_IDLE_TIMEOUT", "2m"), ("PGWARDEN_UPSTREAM", "other:6543")]);
+    assert!(env.contains("idle_timeout: 2m") && env.contains("upstream: other:6543"), "{env}");
+    assert!(env.contains("max_connections: 5"), "untouched keys keep the file's value");
+    let flag = effective(&["--idle-timeout", "3m"], &[("PGWARDEN_IDLE_TIMEOUT", "2m")]);
     assert!(flag.contains("idle_timeout: 3m"), "{flag}");
     let yaml = bin()
         .args(["proxy", "--listen", "127.0.0.1:1"])
         .env("PGWARDEN_CONFIG_YAML", "defaults:\n  max_connections: nope")
         .output()
         .unwrap();
-    assert_eq!(
-        yaml.status.code(),
-        Some(64),
-        "PGWARDEN_CONFIG_YAML is read and validated"
-    );
+    assert_eq!(yaml.status.code(), Some(64), "PGWARDEN_CONFIG_YAML is read and validated");
 }

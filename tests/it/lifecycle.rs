@@ -10,12 +10,9 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgwarden"))
 }
 
-async fn wait_listening(port: u16) {
+pub async fn wait_listening(port: u16) {
     let until = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         assert!(Instant::now() < until, "proxy never listened on {port}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -23,19 +20,11 @@ async fn wait_listening(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_exits_zero() {
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let mut child = bin()
-        .args([
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("127.0.0.1:{}", pg().port),
-        ])
-        .env(
-            "PGWARDEN_CONFIG_YAML",
-            "upstream_tls: disable\nshutdown_grace: 10s\n",
-        )
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", pg().port)])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env("PGWARDEN_CONFIG_YAML", "upstream_tls: disable\nshutdown_grace: 10s\n")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -44,47 +33,31 @@ async fn sigterm_drains_then_exits_zero() {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut idle = Raw::connect(addr, "postgres", "life-idle").await;
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .application_name("life-tx");
+    cfg.host("127.0.0.1").port(port).user("postgres").dbname("postgres").application_name("life-tx");
     let tx = connect(cfg).await.unwrap();
-    tx.batch_execute(
-        "create table if not exists life_t (x int); begin; insert into life_t values (1)",
-    )
-    .await
-    .unwrap();
+    tx.batch_execute("create table if not exists life_t (x int); begin; insert into life_t values (1)").await.unwrap();
 
     // SAFETY: kill sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let (tag, body) =
-        tokio::time::timeout(Duration::from_secs(2), raw::read_message(&mut idle.stream))
-            .await
-            .unwrap()
-            .unwrap();
-    assert_eq!(
-        (tag, raw::error_code(&body).as_str()),
-        (b'E', "57P01"),
-        "the idle session is closed at once"
-    );
+        tokio::time::timeout(Duration::from_secs(2), raw::read_message(&mut idle.stream)).await.unwrap().unwrap();
+    assert_eq!((tag, raw::error_code(&body).as_str()), (b'E', "57P01"), "the idle session is closed at once");
     assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Draining: readiness fails (liveness does not), new clients are not accepted.
+    let url = format!("http://127.0.0.1:{admin}");
+    let ready = reqwest_status(&url, "/readyz").await;
+    assert_eq!(ready, 503, "/readyz fails while draining");
+    assert_eq!(reqwest_status(&url, "/healthz").await, 200);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "listener closed");
 
     // The transaction may still finish, and its work is committed.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tx.batch_execute("insert into life_t values (2); commit")
-        .await
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    tx.batch_execute("insert into life_t values (2); commit").await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "exited once the last session finished"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "exited once the last session finished");
     assert!(tx.is_closed() || tx.batch_execute("select 1").await.is_err());
     assert_eq!(pg().psql("select count(*) from life_t"), "2");
 }
@@ -93,17 +66,8 @@ async fn sigterm_drains_then_exits_zero() {
 async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
     let port = free_port();
     let mut child = bin()
-        .args([
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("127.0.0.1:{}", pg().port),
-        ])
-        .env(
-            "PGWARDEN_CONFIG_YAML",
-            "upstream_tls: disable\nshutdown_grace: 1s\n",
-        )
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", pg().port)])
+        .env("PGWARDEN_CONFIG_YAML", "upstream_tls: disable\nshutdown_grace: 1s\n")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -116,18 +80,19 @@ async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let (tag, body) =
-        tokio::time::timeout(Duration::from_secs(5), raw::read_message(&mut stuck.stream))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), raw::read_message(&mut stuck.stream)).await.unwrap().unwrap();
     assert_eq!((tag, raw::error_code(&body).as_str()), (b'E', "57P01"));
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "waited for the grace period"
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited for the grace period");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success());
+}
+
+/// The status code of a GET (a raw HTTP/1.1 request).
+async fn reqwest_status(base: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(base.strip_prefix("http://").unwrap()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

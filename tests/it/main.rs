@@ -3,8 +3,12 @@
 
 mod support;
 
+mod admin;
 mod config_cli;
+mod demo;
+mod leaks;
 mod lifecycle;
+mod logs;
 mod policy;
 mod relay;
 mod reload;

@@ -25,10 +25,7 @@ fn secs(s: f64) -> Timeout {
 }
 
 fn entry(p: &TestProxy, app: &str) -> Arc<pgwarden::clients::ClientEntry> {
-    let id = Arc::new(ClientId::new(vec![
-        (Field::ApplicationName, app.into()),
-        (Field::User, "postgres".into()),
-    ]));
+    let id = Arc::new(ClientId::new(vec![(Field::ApplicationName, app.into()), (Field::User, "postgres".into())]));
     p.proxy.clients().entry(&id)
 }
 
@@ -43,15 +40,10 @@ async fn cap_refuses_the_fourth_and_frees_on_close() {
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     let msg = err.as_db_error().unwrap().message().to_string();
     assert!(
-        msg.contains("policy-cap/postgres")
-            && msg.contains("max_connections 3")
-            && msg.contains("defaults"),
+        msg.contains("policy-cap/postgres") && msg.contains("max_connections 3") && msg.contains("defaults"),
         "{msg}"
     );
-    let other = p
-        .connect("policy-other")
-        .await
-        .expect("another client is not affected");
+    let other = p.connect("policy-other").await.expect("another client is not affected");
     drop(held.pop());
     let again = async {
         loop {
@@ -61,9 +53,7 @@ async fn cap_refuses_the_fourth_and_frees_on_close() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let _new = tokio::time::timeout(Duration::from_secs(5), again)
-        .await
-        .expect("accepted once one closed");
+    let _new = tokio::time::timeout(Duration::from_secs(5), again).await.expect("accepted once one closed");
     let e = entry(&p, "policy-cap");
     assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 1);
     assert_eq!(e.counters.open.load(Relaxed), 3);
@@ -102,24 +92,14 @@ async fn connect_race_never_exceeds_the_cap() {
             }
         })
     });
-    let results: Vec<bool> = join_all(attempts)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let results: Vec<bool> = join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
     done.store(true, Relaxed);
     let max = sampler.await.unwrap();
-    assert!(
-        max <= 3,
-        "pg_stat_activity showed {max} backends for a client capped at 3"
-    );
+    assert!(max <= 3, "pg_stat_activity showed {max} backends for a client capped at 3");
     let ok = results.iter().filter(|r| **r).count();
     assert!((3..60).contains(&ok), "{ok} admitted");
     let e = entry(&p, app);
-    assert_eq!(
-        e.counters.refused(RefuseReason::ClientLimit) as usize,
-        60 - ok
-    );
+    assert_eq!(e.counters.refused(RefuseReason::ClientLimit) as usize, 60 - ok);
     p.stop().await;
 }
 
@@ -140,74 +120,32 @@ async fn wait_queue_admits_on_release_and_times_out() {
     )
     .await
     .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || entry(&p, app)
-            .counters
-            .waiting
-            .load(Relaxed)
-            == 1)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || entry(&p, app).counters.waiting.load(Relaxed) == 1).await);
     drop(quitter);
-    assert!(
-        eventually(Duration::from_secs(5), || entry(&p, app)
-            .counters
-            .waiting
-            .load(Relaxed)
-            == 0)
-        .await
-    );
-    assert_eq!(
-        entry(&p, app).counters.open.load(Relaxed),
-        1,
-        "a waiter that leaves frees nothing"
-    );
+    assert!(eventually(Duration::from_secs(5), || entry(&p, app).counters.waiting.load(Relaxed) == 0).await);
+    assert_eq!(entry(&p, app).counters.open.load(Relaxed), 1, "a waiter that leaves frees nothing");
     // A real waiter is admitted as soon as the holder closes.
     let waiter = tokio::spawn({
         let cfg = p.pg_config("postgres", app);
         async move { connect(cfg).await }
     });
-    assert!(
-        eventually(Duration::from_secs(5), || entry(&p, app)
-            .counters
-            .waiting
-            .load(Relaxed)
-            == 1)
-        .await
-    );
-    assert!(p
-        .conns_of(app)
-        .iter()
-        .any(|c| c.state() == ConnState::Waiting));
+    assert!(eventually(Duration::from_secs(5), || entry(&p, app).counters.waiting.load(Relaxed) == 1).await);
+    assert!(p.conns_of(app).iter().any(|c| c.state() == ConnState::Waiting));
     drop(holder);
-    let admitted = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("admitted when the slot freed")
-        .unwrap();
+    let admitted =
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("admitted when the slot freed").unwrap();
     let c = admitted.expect("the waiter connects");
-    assert_eq!(
-        c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
-        1
-    );
+    assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     // With no release, a waiter gets 53300 after its wait_timeout.
     let short = "policy-wait-short";
     let _hold = p.connect(short).await.unwrap();
     let started = Instant::now();
     let err = p.connect(short).await.err().expect("timed out");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert!(
-        err.as_db_error().unwrap().message().contains("waited 1s"),
-        "{err:?}"
-    );
+    assert!(err.as_db_error().unwrap().message().contains("waited 1s"), "{err:?}");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
-    assert_eq!(
-        entry(&p, short).counters.refused(RefuseReason::WaitTimeout),
-        1
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(entry(&p, short).counters.refused(RefuseReason::WaitTimeout), 1);
     p.stop().await;
 }
 
@@ -222,10 +160,8 @@ async fn next_error(raw: &mut Raw, within: Duration) -> (String, bool) {
             }
         }
     };
-    let code = tokio::time::timeout(within, read)
-        .await
-        .expect("an error in time")
-        .expect("an ErrorResponse before EOF");
+    let code =
+        tokio::time::timeout(within, read).await.expect("an error in time").expect("an ErrorResponse before EOF");
     let closed = raw::read_message(&mut raw.stream).await.is_none();
     (code, closed)
 }
@@ -243,15 +179,9 @@ async fn idle_timeout_closes_idle_but_not_a_long_query() {
     assert_eq!((code.as_str(), closed), ("57P05", true));
     assert!(started.elapsed() >= Duration::from_millis(1800));
     let (msgs, status) = busy.until_ready().await;
-    assert!(
-        msgs.iter().any(|(t, _)| *t == b'C'),
-        "the 4 s query completed"
-    );
+    assert!(msgs.iter().any(|(t, _)| *t == b'C'), "the 4 s query completed");
     assert_eq!(status, b'I');
-    assert_eq!(
-        entry(&p, "policy-idle").counters.closed[CloseReason::IdleTimeout as usize].load(Relaxed),
-        1
-    );
+    assert_eq!(entry(&p, "policy-idle").counters.closed[CloseReason::IdleTimeout as usize].load(Relaxed), 1);
     p.stop().await;
 }
 
@@ -261,25 +191,18 @@ async fn idle_in_transaction_timeout_closes_and_rolls_back() {
     config.defaults.idle_in_transaction_timeout = secs(2.0);
     let p = start_proxy(config).await;
     let mut raw = Raw::connect(p.addr, "postgres", "policy-iit").await;
-    raw.send(&raw::query("begin; insert into kill_test values (2525)"))
-        .await;
+    raw.send(&raw::query("begin; insert into kill_test values (2525)")).await;
     assert_eq!(raw.until_ready().await.1, b'T');
     let (code, closed) = next_error(&mut raw, Duration::from_secs(5)).await;
     assert_eq!((code.as_str(), closed), ("25P03", true));
     assert!(
-        eventually(Duration::from_secs(2), || pg()
-            .psql("select count(*) from kill_test where id = 2525")
-            == "0")
-        .await
+        eventually(Duration::from_secs(2), || pg().psql("select count(*) from kill_test where id = 2525") == "0").await
     );
     // Also in a failed transaction.
     let mut failed = Raw::connect(p.addr, "postgres", "policy-iit").await;
     failed.send(&raw::query("begin; select 1/0")).await;
     assert_eq!(failed.until_ready().await.1, b'E');
-    assert_eq!(
-        next_error(&mut failed, Duration::from_secs(5)).await.0,
-        "25P03"
-    );
+    assert_eq!(next_error(&mut failed, Duration::from_secs(5)).await.0, "25P03");
     p.stop().await;
 }
 
@@ -291,10 +214,7 @@ async fn max_connection_age_waits_for_the_next_idle_point() {
     let mut raw = Raw::connect(p.addr, "postgres", "policy-age").await;
     raw.send(&raw::query("begin; select pg_sleep(3)")).await;
     let (msgs, status) = raw.until_ready().await;
-    assert!(
-        msgs.iter().all(|(t, _)| *t != b'E'),
-        "the busy query was not interrupted"
-    );
+    assert!(msgs.iter().all(|(t, _)| *t != b'E'), "the busy query was not interrupted");
     assert_eq!(status, b'T');
     // Still in a transaction: not an idle point.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -313,23 +233,10 @@ async fn max_total_connections_caps_the_sum() {
     let _a = p.connect("policy-total-a").await.unwrap();
     let _b = p.connect("policy-total-b").await.unwrap();
     let _c = p.connect("policy-total-c").await.unwrap();
-    let err = p
-        .connect("policy-total-d")
-        .await
-        .err()
-        .expect("over the total");
+    let err = p.connect("policy-total-d").await.err().expect("over the total");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert!(err
-        .as_db_error()
-        .unwrap()
-        .message()
-        .contains("max_total_connections 3"));
-    assert_eq!(
-        entry(&p, "policy-total-d")
-            .counters
-            .refused(RefuseReason::TotalLimit),
-        1
-    );
+    assert!(err.as_db_error().unwrap().message().contains("max_total_connections 3"));
+    assert_eq!(entry(&p, "policy-total-d").counters.refused(RefuseReason::TotalLimit), 1);
     p.stop().await;
 }
 
@@ -351,10 +258,7 @@ async fn report_only_counts_instead_of_acting() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     idle.send(&raw::query("select 1")).await;
     let (msgs, _) = idle.until_ready().await;
-    assert!(
-        msgs.iter().all(|(t, _)| *t != b'E'),
-        "still open past idle_timeout"
-    );
+    assert!(msgs.iter().all(|(t, _)| *t != b'E'), "still open past idle_timeout");
     let e = entry(&p, "policy-report-idle");
     assert_eq!(
         e.counters.would_close[CloseReason::IdleTimeout as usize].load(Relaxed),
@@ -362,10 +266,7 @@ async fn report_only_counts_instead_of_acting() {
         "counted once per connection"
     );
     for c in &held {
-        assert_eq!(
-            c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
-            1
-        );
+        assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     }
     p.stop().await;
 }

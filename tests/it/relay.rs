@@ -11,21 +11,9 @@ use std::time::Duration;
 async fn simple_extended_pipelined_and_prepared() {
     let p = start_proxy(test_config()).await;
     let c = p.connect("relay-basic").await.unwrap();
-    let rows = c
-        .simple_query("select 1 as a; select 'x' as b")
-        .await
-        .unwrap();
-    assert_eq!(
-        rows.iter()
-            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count(),
-        2
-    );
-    let v: i32 = c
-        .query_one("select $1::int + 1", &[&41i32])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = c.simple_query("select 1 as a; select 'x' as b").await.unwrap();
+    assert_eq!(rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count(), 2);
+    let v: i32 = c.query_one("select $1::int + 1", &[&41i32]).await.unwrap().get(0);
     assert_eq!(v, 42);
     // 200 queries in flight at once: tokio-postgres pipelines them on one connection.
     let stmt = c.prepare("select $1::int * 2").await.unwrap();
@@ -42,15 +30,8 @@ async fn simple_extended_pipelined_and_prepared() {
         assert_eq!(s, format!("{i}!"));
     }
     let err = c.query_one("select 1/0", &[]).await.unwrap_err();
-    assert_eq!(
-        err.code().unwrap().code(),
-        "22012",
-        "server errors pass through"
-    );
-    assert_eq!(
-        c.query_one("select 5", &[]).await.unwrap().get::<_, i32>(0),
-        5
-    );
+    assert_eq!(err.code().unwrap().code(), "22012", "server errors pass through");
+    assert_eq!(c.query_one("select 5", &[]).await.unwrap().get::<_, i32>(0), 5);
     drop(c);
     p.stop().await;
 }
@@ -61,9 +42,7 @@ fn copy_rows(total: usize) -> Vec<u8> {
     let mut i = 0u64;
     while out.len() < total {
         let pad = "abcdefghijklmnopqrstuvwxyz0123456789".repeat(1 + (i % 5) as usize);
-        out.extend_from_slice(
-            format!("{i}\t{pad}-{}\n", i.wrapping_mul(2654435761) % 1_000_003).as_bytes(),
-        );
+        out.extend_from_slice(format!("{i}\t{pad}-{}\n", i.wrapping_mul(2654435761) % 1_000_003).as_bytes());
         i += 1;
     }
     out
@@ -73,24 +52,17 @@ fn copy_rows(total: usize) -> Vec<u8> {
 async fn copy_in_and_out_64_mib_is_byte_exact() {
     let p = start_proxy(test_config()).await;
     let c = p.connect("relay-copy").await.unwrap();
-    c.batch_execute("create temp table copy_t (id bigint, payload text)")
-        .await
-        .unwrap();
+    c.batch_execute("create temp table copy_t (id bigint, payload text)").await.unwrap();
     let data = copy_rows(64 << 20);
     let sent = Sha256::digest(&data);
     let sink = c.copy_in("copy copy_t from stdin").await.unwrap();
     futures_util::pin_mut!(sink);
     for chunk in data.chunks(1 << 20) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk))
-            .await
-            .unwrap();
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
     }
     let rows = sink.finish().await.unwrap();
     assert!(rows > 100_000);
-    let stream = c
-        .copy_out("copy (select * from copy_t order by id) to stdout")
-        .await
-        .unwrap();
+    let stream = c.copy_out("copy (select * from copy_t order by id) to stdout").await.unwrap();
     futures_util::pin_mut!(stream);
     let mut hash = Sha256::new();
     let mut len = 0;
@@ -100,11 +72,7 @@ async fn copy_in_and_out_64_mib_is_byte_exact() {
         hash.update(&chunk);
     }
     assert_eq!(len, data.len());
-    assert_eq!(
-        hash.finalize(),
-        sent,
-        "COPY OUT returns exactly what COPY IN sent"
-    );
+    assert_eq!(hash.finalize(), sent, "COPY OUT returns exactly what COPY IN sent");
     drop(c);
     p.stop().await;
 }
@@ -121,17 +89,9 @@ async fn bytea_32_mib_round_trip() {
         x ^= x << 17;
         *b = x as u8;
     }
-    let back: Vec<u8> = c
-        .query_one("select $1::bytea", &[&blob])
-        .await
-        .unwrap()
-        .get(0);
+    let back: Vec<u8> = c.query_one("select $1::bytea", &[&blob]).await.unwrap().get(0);
     assert!(back == blob, "32 MiB bytea comes back byte-exact");
-    let md5: String = c
-        .query_one("select md5($1::bytea)", &[&blob])
-        .await
-        .unwrap()
-        .get(0);
+    let md5: String = c.query_one("select md5($1::bytea)", &[&blob]).await.unwrap().get(0);
     assert_eq!(md5.len(), 32);
     drop(c);
     p.stop().await;
@@ -146,25 +106,15 @@ async fn listen_notify_delivers_while_idle() {
     p.wait_state("relay-listener", ConnState::Idle).await;
     let sender = p.connect("relay-notifier").await.unwrap();
     for i in 0..3 {
-        sender
-            .batch_execute(&format!("NOTIFY jobs, 'payload-{i}'"))
+        sender.batch_execute(&format!("NOTIFY jobs, 'payload-{i}'")).await.unwrap();
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(5), raw::read_message(&mut listener.stream))
             .await
+            .unwrap()
             .unwrap();
-        let (tag, body) = tokio::time::timeout(
-            Duration::from_secs(5),
-            raw::read_message(&mut listener.stream),
-        )
-        .await
-        .unwrap()
-        .unwrap();
         assert_eq!(tag, b'A');
         assert!(String::from_utf8_lossy(&body).contains(&format!("payload-{i}")));
         let conn = p.wait_state("relay-listener", ConnState::Idle).await;
-        assert_eq!(
-            conn.state(),
-            ConnState::Idle,
-            "a notification does not make the listener active"
-        );
+        assert_eq!(conn.state(), ConnState::Idle, "a notification does not make the listener active");
     }
     p.stop().await;
 }
@@ -177,11 +127,7 @@ async fn hundred_concurrent_clients_twenty_queries_each() {
         tokio::spawn(async move {
             let c = crate::support::proxy::connect(cfg).await.unwrap();
             for q in 0..20 {
-                let v: i32 = c
-                    .query_one("select $1::int", &[&(i * 100 + q)])
-                    .await
-                    .unwrap()
-                    .get(0);
+                let v: i32 = c.query_one("select $1::int", &[&(i * 100 + q)]).await.unwrap().get(0);
                 assert_eq!(v, i * 100 + q);
             }
         })
@@ -189,11 +135,6 @@ async fn hundred_concurrent_clients_twenty_queries_each() {
     for r in join_all(tasks).await {
         r.unwrap();
     }
-    assert!(
-        crate::support::proxy::eventually(Duration::from_secs(5), || p
-            .conns_of("relay-many")
-            .is_empty())
-        .await
-    );
+    assert!(crate::support::proxy::eventually(Duration::from_secs(5), || p.conns_of("relay-many").is_empty()).await);
     p.stop().await;
 }

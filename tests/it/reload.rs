@@ -15,11 +15,7 @@ fn yaml(cap: u32) -> String {
 }
 
 fn source(path: &Path) -> ConfigSource {
-    ConfigSource {
-        config: Some(path.to_path_buf()),
-        config_yaml: None,
-        overrides: Overrides::default(),
-    }
+    ConfigSource { config: Some(path.to_path_buf()), config_yaml: None, overrides: Overrides::default() }
 }
 
 /// Polls until a new connection of `app` is refused with 53300; returns how long that took.
@@ -33,10 +29,7 @@ async fn until_refused(p: &TestProxy, app: &str) -> Duration {
             }
             Ok(c) => drop(c),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the lower cap never applied"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "the lower cap never applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -47,30 +40,17 @@ async fn lowering_the_cap(dir: &Path, path: PathBuf, app: &str, lower: impl FnOn
     let config = Config::read_file(&path).unwrap();
     let p = start_proxy(config).await;
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
-    let reloader = pgwarden::reload::spawn(
-        p.proxy.clone(),
-        source(&path),
-        rx,
-        Duration::from_millis(100),
-    );
+    let reloader = pgwarden::reload::spawn(p.proxy.clone(), source(&path), rx, Duration::from_millis(100));
     let a = p.connect(app).await.unwrap();
     let b = p.connect(app).await.unwrap();
     lower();
     let took = until_refused(&p, app).await;
     assert!(took < Duration::from_secs(2), "took {took:?}");
     for c in [&a, &b] {
-        assert_eq!(
-            c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
-            1,
-            "open connections kept"
-        );
+        assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1, "open connections kept");
     }
     // An invalid file changes nothing: the cap stays 1.
-    std::fs::write(
-        dir.join("garbage.yaml"),
-        "defaults:\n  max_connections: 9\n  bogus_key: 1\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("garbage.yaml"), "defaults:\n  max_connections: 9\n  bogus_key: 1\n").unwrap();
     std::fs::rename(dir.join("garbage.yaml"), &path).ok();
     if path.is_symlink() {
         // A ConfigMap-style path: swap in the garbage through a new version directory.
@@ -79,10 +59,7 @@ async fn lowering_the_cap(dir: &Path, path: PathBuf, app: &str, lower: impl FnOn
     tokio::time::sleep(Duration::from_millis(400)).await;
     let err = p.connect(app).await.err().expect("still capped at 1");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert_eq!(
-        p.proxy.settings().config.defaults.max_connections,
-        Limit(Some(1))
-    );
+    assert_eq!(p.proxy.settings().config.defaults.max_connections, Limit(Some(1)));
     reloader.abort();
     p.stop().await;
 }
@@ -92,10 +69,7 @@ async fn in_place_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgwarden.yaml");
     std::fs::write(&path, yaml(3)).unwrap();
-    lowering_the_cap(dir.path(), path.clone(), "reload-inplace", || {
-        std::fs::write(&path, yaml(1)).unwrap()
-    })
-    .await;
+    lowering_the_cap(dir.path(), path.clone(), "reload-inplace", || std::fs::write(&path, yaml(1)).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,13 +87,8 @@ async fn rename_over() {
 
 /// Kubernetes' atomic writer: `file -> ..data/file`, `..data -> ..<version>`, swapped by renaming a new link.
 fn swap_configmap(dir: &Path, content: &str) {
-    let version = format!(
-        "..v{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let version =
+        format!("..v{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     std::fs::create_dir(dir.join(&version)).unwrap();
     std::fs::write(dir.join(&version).join("pgwarden.yaml"), content).unwrap();
     std::os::unix::fs::symlink(&version, dir.join("..data_tmp")).unwrap();
@@ -133,10 +102,7 @@ async fn configmap_symlink_swap() {
     let path = dir.path().join("pgwarden.yaml");
     std::os::unix::fs::symlink("..data/pgwarden.yaml", &path).unwrap();
     let d = dir.path().to_path_buf();
-    lowering_the_cap(dir.path(), path.clone(), "reload-symlink", move || {
-        swap_configmap(&d, &yaml(1))
-    })
-    .await;
+    lowering_the_cap(dir.path(), path.clone(), "reload-symlink", move || swap_configmap(&d, &yaml(1))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,29 +114,18 @@ async fn reload_request_and_timeouts_of_live_connections() {
     let p = start_proxy(Config::read_file(&path).unwrap()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     // A long poll interval: only the request triggers the reload.
-    let reloader = pgwarden::reload::spawn(
-        p.proxy.clone(),
-        source(&path),
-        rx,
-        Duration::from_secs(3600),
-    );
+    let reloader = pgwarden::reload::spawn(p.proxy.clone(), source(&path), rx, Duration::from_secs(3600));
     let mut idle = crate::support::raw::Raw::connect(p.addr, "postgres", "reload-live").await;
     let mut c = test_config();
     c.defaults.max_connections = Limit(Some(5));
     c.defaults.idle_timeout = pgwarden::config::Timeout(Some(Duration::from_secs(1)));
     std::fs::write(&path, c.to_yaml()).unwrap();
     tx.send(()).await.unwrap();
-    let (tag, body) = tokio::time::timeout(
-        Duration::from_secs(5),
-        crate::support::raw::read_message(&mut idle.stream),
-    )
-    .await
-    .expect("the new idle_timeout applies to the open connection")
-    .unwrap();
-    assert_eq!(
-        (tag, crate::support::raw::error_code(&body).as_str()),
-        (b'E', "57P05")
-    );
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(5), crate::support::raw::read_message(&mut idle.stream))
+        .await
+        .expect("the new idle_timeout applies to the open connection")
+        .unwrap();
+    assert_eq!((tag, crate::support::raw::error_code(&body).as_str()), (b'E', "57P05"));
     reloader.abort();
     p.stop().await;
 }

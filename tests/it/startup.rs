@@ -14,33 +14,17 @@ async fn bad_input_gets_08p01_and_others_are_unaffected() {
     let p = start_proxy(test_config()).await;
     let healthy = p.connect("startup-healthy").await.unwrap();
     let mut cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        (
-            "garbage",
-            b"\x00\x00\x00\x10\xde\xad\xbe\xef\x01\x02\x03\x04\x05\x06\x07\x08".to_vec(),
-            false,
-        ),
+        ("garbage", b"\x00\x00\x00\x10\xde\xad\xbe\xef\x01\x02\x03\x04\x05\x06\x07\x08".to_vec(), false),
         ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
-        (
-            "absurd length",
-            vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
-            false,
-        ),
+        ("absurd length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], false),
         ("negative length", vec![0xff, 0xff, 0xff, 0xf0], false),
         ("too short", vec![0, 0, 0, 4, 0, 3, 0, 0], false),
         ("protocol 2", vec![0, 0, 0, 8, 0, 2, 0, 0], false),
-        (
-            "malformed params",
-            [&[0, 0, 0, 13][..], &[0, 3, 0, 0], b"user\0"].concat(),
-            false,
-        ),
+        ("malformed params", [&[0, 0, 0, 13][..], &[0, 3, 0, 0], b"user\0"].concat(), false),
     ];
     let full = startup_packet(&[("user", "postgres")]);
     cases.push(("truncated startup", full[..full.len() - 3].to_vec(), true));
-    cases.push((
-        "bad message length after startup",
-        [full.clone(), vec![b'Q', 0, 0, 0, 1]].concat(),
-        false,
-    ));
+    cases.push(("bad message length after startup", [full.clone(), vec![b'Q', 0, 0, 0, 1]].concat(), false));
     for (name, bytes, half_close) in cases {
         if name == "bad message length after startup" {
             // The startup completes first (auth ok, ready), then the bad header gets 08P01.
@@ -55,28 +39,10 @@ async fn bad_input_gets_08p01_and_others_are_unaffected() {
             assert_eq!(code.as_deref(), Some("08P01"), "{name}");
             continue;
         }
-        assert_eq!(
-            expect_error_after(p.addr, &bytes, half_close).await,
-            "08P01",
-            "{name}"
-        );
+        assert_eq!(expect_error_after(p.addr, &bytes, half_close).await, "08P01", "{name}");
     }
-    assert_eq!(
-        healthy
-            .query_one("select 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
-    assert!(
-        p.proxy
-            .registry()
-            .snapshot()
-            .iter()
-            .all(|c| c.client.display() != "-/-"),
-        "refused clients hold no entry"
-    );
+    assert_eq!(healthy.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert!(p.proxy.registry().snapshot().iter().all(|c| c.client.display() != "-/-"), "refused clients hold no entry");
     p.stop().await;
 }
 
@@ -93,15 +59,10 @@ async fn silent_client_is_closed_at_login_timeout() {
     // A client that sends half its startup packet and waits is also timed out.
     let half = tokio::spawn({
         let addr = p.addr;
-        async move {
-            expect_error_after(addr, &startup_packet(&[("user", "postgres")])[..6], false).await
-        }
+        async move { expect_error_after(addr, &startup_packet(&[("user", "postgres")])[..6], false).await }
     });
     let c = p.connect("startup-meanwhile").await.unwrap();
-    assert_eq!(
-        c.query_one("select 2", &[]).await.unwrap().get::<_, i32>(0),
-        2
-    );
+    assert_eq!(c.query_one("select 2", &[]).await.unwrap().get::<_, i32>(0), 2);
     assert_eq!(silent.await.unwrap(), "08P01");
     assert_eq!(half.await.unwrap(), "08P01");
     let took = started.elapsed();
@@ -116,20 +77,11 @@ async fn silent_client_is_closed_at_login_timeout() {
 async fn ssl_and_gssenc_requests_are_declined_then_startup_works() {
     let p = start_proxy(test_config()).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&startup_packet(&[
-        ("user", "postgres"),
-        ("application_name", "startup-ssl"),
-    ]))
-    .await
-    .unwrap();
+    s.write_all(&startup_packet(&[("user", "postgres"), ("application_name", "startup-ssl")])).await.unwrap();
     loop {
         let (tag, _) = raw::read_message(&mut s).await.unwrap();
         if tag == b'Z' {
@@ -140,53 +92,28 @@ async fn ssl_and_gssenc_requests_are_declined_then_startup_works() {
     let mut cfg = p.pg_config("postgres", "startup-prefer");
     cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
     let c = connect(cfg).await.unwrap();
-    assert_eq!(
-        c.query_one("select 3", &[]).await.unwrap().get::<_, i32>(0),
-        3
-    );
+    assert_eq!(c.query_one("select 3", &[]).await.unwrap().get::<_, i32>(0), 3);
     p.stop().await;
 }
 
 async fn assert_cancelled_quickly(p: &crate::support::TestProxy, via_ssl_request: bool) {
-    let app = if via_ssl_request {
-        "startup-cancel-ssl"
-    } else {
-        "startup-cancel"
-    };
+    let app = if via_ssl_request { "startup-cancel-ssl" } else { "startup-cancel" };
     let mut session = Raw::connect(p.addr, "postgres", app).await;
     session.send(&raw::query("select pg_sleep(20)")).await;
-    p.wait_state(app, pgwarden::registry::ConnState::Active)
-        .await;
+    p.wait_state(app, pgwarden::registry::ConnState::Active).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let mut cancel = TcpStream::connect(p.addr).await.unwrap();
     if via_ssl_request {
-        cancel
-            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .await
-            .unwrap();
+        cancel.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
         assert_eq!(cancel.read_u8().await.unwrap(), b'N');
     }
-    cancel
-        .write_all(&pgwarden::protocol::startup::encode_cancel(
-            session.pid,
-            &session.key,
-        ))
-        .await
-        .unwrap();
+    cancel.write_all(&pgwarden::protocol::startup::encode_cancel(session.pid, &session.key)).await.unwrap();
     let mut rest = Vec::new();
-    assert_eq!(
-        cancel.read_to_end(&mut rest).await.unwrap(),
-        0,
-        "a cancel request gets no answer"
-    );
-    let (msgs, status) = tokio::time::timeout(Duration::from_secs(2), session.until_ready())
-        .await
-        .expect("cancelled within 2 s");
-    let code = msgs
-        .iter()
-        .find(|(t, _)| *t == b'E')
-        .map(|(_, b)| raw::error_code(b));
+    assert_eq!(cancel.read_to_end(&mut rest).await.unwrap(), 0, "a cancel request gets no answer");
+    let (msgs, status) =
+        tokio::time::timeout(Duration::from_secs(2), session.until_ready()).await.expect("cancelled within 2 s");
+    let code = msgs.iter().find(|(t, _)| *t == b'E').map(|(_, b)| raw::error_code(b));
     assert_eq!(code.as_deref(), Some("57014"), "query_canceled");
     assert_eq!(status, b'I');
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -201,31 +128,14 @@ async fn cancel_request_reaches_the_backend() {
     let c = p.connect("startup-cancel-driver").await.unwrap();
     let token = c.cancel_token();
     let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(20)").await });
-    p.wait_state(
-        "startup-cancel-driver",
-        pgwarden::registry::ConnState::Active,
-    )
-    .await;
+    p.wait_state("startup-cancel-driver", pgwarden::registry::ConnState::Active).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    token
-        .cancel_query_raw(
-            TcpStream::connect(p.addr).await.unwrap(),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(2), sleeper)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    token.cancel_query_raw(TcpStream::connect(p.addr).await.unwrap(), tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(2), sleeper).await.unwrap().unwrap().unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
     // A cancel for a key nobody owns is dropped silently and counts as no client.
     let mut bogus = TcpStream::connect(p.addr).await.unwrap();
-    bogus
-        .write_all(&pgwarden::protocol::startup::encode_cancel(1, &[9; 32]))
-        .await
-        .unwrap();
+    bogus.write_all(&pgwarden::protocol::startup::encode_cancel(1, &[9; 32])).await.unwrap();
     let mut rest = Vec::new();
     assert_eq!(bogus.read_to_end(&mut rest).await.unwrap(), 0);
     p.stop().await;
@@ -238,11 +148,7 @@ async fn scram_and_md5_pass_through() {
         let mut cfg = p.pg_config(user, "startup-auth");
         cfg.password(password);
         let c = connect(cfg).await.unwrap_or_else(|e| panic!("{user}: {e}"));
-        let who: String = c
-            .query_one("select current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let who: String = c.query_one("select current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
         let mut wrong = p.pg_config(user, "startup-auth");
         wrong.password("not-the-password");
@@ -275,11 +181,7 @@ async fn scram_and_md5_pass_through() {
     .await
     .unwrap()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     p.stop().await;
 }

@@ -16,11 +16,7 @@ async fn states_pid_and_last_statement() {
     let app = "state-basic";
     let c = p.connect(app).await.unwrap();
     let conn = p.wait_state(app, ConnState::Idle).await;
-    let pid: i32 = c
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_eq!(conn.backend_pid(), Some(pid));
 
     // Active during a running query.
@@ -39,9 +35,7 @@ async fn states_pid_and_last_statement() {
     p.wait_state(app, ConnState::Idle).await;
 
     // Active during COPY (no ReadyForQuery until it ends).
-    c.batch_execute("create temp table st (x int)")
-        .await
-        .unwrap();
+    c.batch_execute("create temp table st (x int)").await.unwrap();
     let sink = c.copy_in("copy st from stdin").await.unwrap();
     futures_util::pin_mut!(sink);
     sink.send(bytes::Bytes::from_static(b"1\n")).await.unwrap();
@@ -87,18 +81,7 @@ async fn unanswered_pipelined_batch_is_active() {
 /// psql reading SQL from a pipe, through the proxy.
 fn psql_through(port: u16, app: &str) -> std::process::Child {
     Command::new(pg().bindir.join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
         .env("PGAPPNAME", app)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -112,11 +95,7 @@ async fn killed_client_in_transaction_leaves_no_backend_and_no_commit() {
     let p = start_proxy(test_config()).await;
     let app = "state-killed-tx";
     let mut psql = psql_through(p.addr.port(), app);
-    psql.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"BEGIN;\nINSERT INTO kill_test VALUES (4242);\n")
-        .unwrap();
+    psql.stdin.as_mut().unwrap().write_all(b"BEGIN;\nINSERT INTO kill_test VALUES (4242);\n").unwrap();
     psql.stdin.as_mut().unwrap().flush().unwrap();
     let conn = p.wait_state(app, ConnState::IdleInTransaction).await;
     let pid = conn.backend_pid().unwrap();
@@ -124,19 +103,9 @@ async fn killed_client_in_transaction_leaves_no_backend_and_no_commit() {
     psql.kill().unwrap();
     psql.wait().unwrap();
     let gone = eventually(Duration::from_secs(1), || !pg().backend_exists(pid)).await;
-    assert!(
-        gone,
-        "backend {pid} still there 1 s after its client was killed"
-    );
-    assert_eq!(
-        pg().psql("SELECT count(*) FROM kill_test WHERE id = 4242"),
-        "0",
-        "nothing committed"
-    );
-    assert!(
-        eventually(Duration::from_secs(2), || p.conns_of(app).is_empty()).await,
-        "registry entry released"
-    );
+    assert!(gone, "backend {pid} still there 1 s after its client was killed");
+    assert_eq!(pg().psql("SELECT count(*) FROM kill_test WHERE id = 4242"), "0", "nothing committed");
+    assert!(eventually(Duration::from_secs(2), || p.conns_of(app).is_empty()).await, "registry entry released");
     p.stop().await;
 }
 
@@ -145,11 +114,7 @@ async fn killed_client_during_a_query_cancels_it() {
     let p = start_proxy(test_config()).await;
     let app = "state-killed-sleep";
     let mut psql = psql_through(p.addr.port(), app);
-    psql.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"SELECT pg_sleep(30);\n")
-        .unwrap();
+    psql.stdin.as_mut().unwrap().write_all(b"SELECT pg_sleep(30);\n").unwrap();
     psql.stdin.as_mut().unwrap().flush().unwrap();
     let conn = p.wait_state(app, ConnState::Active).await;
     let pid = conn.backend_pid().unwrap();
@@ -157,10 +122,7 @@ async fn killed_client_during_a_query_cancels_it() {
     psql.kill().unwrap();
     psql.wait().unwrap();
     let gone = eventually(Duration::from_secs(2), || !pg().backend_exists(pid)).await;
-    assert!(
-        gone,
-        "backend {pid} still running 2 s after its client was killed"
-    );
+    assert!(gone, "backend {pid} still running 2 s after its client was killed");
     p.stop().await;
 }
 

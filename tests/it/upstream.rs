@@ -10,10 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn refused_upstream_gets_08001() {
     let mut config = test_config();
-    config.upstream = HostPort {
-        host: "127.0.0.1".into(),
-        port: crate::support::pg::free_port(),
-    };
+    config.upstream = HostPort { host: "127.0.0.1".into(), port: crate::support::pg::free_port() };
     let p = start_proxy(config).await;
     let err = p.connect("up-refused").await.err().expect("refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
@@ -34,31 +31,21 @@ async fn silent_upstream_gets_08001_within_connect_timeout() {
         }
     });
     let mut config = test_config();
-    config.upstream = HostPort {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    config.upstream = HostPort { host: "127.0.0.1".into(), port };
     config.upstream_tls = TlsMode::Prefer;
     config.upstream_connect_timeout = Timeout(Some(Duration::from_secs(1)));
     let p = start_proxy(config).await;
     let started = Instant::now();
     let err = p.connect("up-silent").await.err().expect("refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     p.stop().await;
 }
 
 #[tokio::test]
 async fn unresolvable_upstream_gets_08001() {
     let mut config = test_config();
-    config.upstream = HostPort {
-        host: "no-such-host.invalid".into(),
-        port: 5432,
-    };
+    config.upstream = HostPort { host: "no-such-host.invalid".into(), port: 5432 };
     let p = start_proxy(config).await;
     let err = p.connect("up-dns").await.err().expect("refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
@@ -67,34 +54,21 @@ async fn unresolvable_upstream_gets_08001() {
 
 async fn ssl_in_use(p: &crate::support::TestProxy, app: &str) -> bool {
     let c = p.connect(app).await.unwrap();
-    c.query_one(
-        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    c.query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_modes_against_the_test_server() {
     // verify-full with the test CA and the name in the certificate.
     let mut config = test_config();
-    config.upstream = HostPort {
-        host: "localhost".into(),
-        port: pg().port,
-    };
+    config.upstream = HostPort { host: "localhost".into(), port: pg().port };
     config.upstream_tls = TlsMode::VerifyFull;
     config.upstream_ca_file = Some(pg().ca_file.clone());
     let p = start_proxy(config).await;
     assert!(ssl_in_use(&p, "up-verify").await);
     // Larger traffic over TLS stays intact.
     let c = p.connect("up-verify-big").await.unwrap();
-    let s: String = c
-        .query_one("select repeat('x', 3000000)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let s: String = c.query_one("select repeat('x', 3000000)", &[]).await.unwrap().get(0);
     assert_eq!(s.len(), 3_000_000);
     p.stop().await;
 
@@ -114,10 +88,7 @@ async fn tls_modes_against_the_test_server() {
     // verify-full with a name the certificate does not carry is refused.
     let mut config = test_config();
     config.upstream_tls = TlsMode::VerifyFull;
-    config.upstream = HostPort {
-        host: "127.0.0.2".into(),
-        port: pg().port,
-    };
+    config.upstream = HostPort { host: "127.0.0.2".into(), port: pg().port };
     config.upstream_ca_file = Some(pg().ca_file.clone());
     let p = start_proxy(config).await;
     let err = p.connect("up-wrong-name").await.err().expect("refused");
@@ -140,19 +111,13 @@ async fn require_against_a_server_without_ssl_gets_08001() {
     });
     for mode in [TlsMode::Require, TlsMode::VerifyFull] {
         let mut config = test_config();
-        config.upstream = HostPort {
-            host: "127.0.0.1".into(),
-            port,
-        };
+        config.upstream = HostPort { host: "127.0.0.1".into(), port };
         config.upstream_tls = mode;
         config.upstream_ca_file = (mode == TlsMode::VerifyFull).then(|| pg().ca_file.clone());
         let p = start_proxy(config).await;
         let err = p.connect("up-nossl").await.err().expect("refused");
         assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
-        assert!(
-            format!("{err:?}").contains("does not support TLS"),
-            "{err:?}"
-        );
+        assert!(format!("{err:?}").contains("does not support TLS"), "{err:?}");
         p.stop().await;
     }
 }

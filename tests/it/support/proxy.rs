@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin API (`http://{admin}`).
+    pub admin: SocketAddr,
     pub proxy: Arc<Proxy>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -21,10 +23,7 @@ pub struct TestProxy {
 /// A config pointing at the test PostgreSQL, TLS off (TLS tests set it themselves).
 pub fn test_config() -> Config {
     Config {
-        upstream: HostPort {
-            host: "127.0.0.1".into(),
-            port: pg().port,
-        },
+        upstream: HostPort { host: "127.0.0.1".into(), port: pg().port },
         upstream_tls: TlsMode::Disable,
         ..Config::default()
     }
@@ -36,35 +35,25 @@ pub async fn start_proxy(config: Config) -> TestProxy {
     let addr = listener.local_addr().unwrap();
     let proxy = Proxy::new(settings, PodIdentity::default());
     let shutdown = CancellationToken::new();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let task = tokio::spawn({
         let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        async move { proxy.serve(listener, shutdown).await }
+        async move { proxy.run(listener, admin_listener, shutdown).await }
     });
-    TestProxy {
-        addr,
-        proxy,
-        shutdown,
-        task,
-    }
+    TestProxy { addr, admin, proxy, shutdown, task }
 }
 
 impl TestProxy {
     pub fn pg_config(&self, user: &str, app: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.addr.port())
-            .user(user)
-            .dbname("postgres")
-            .application_name(app);
+        c.host("127.0.0.1").port(self.addr.port()).user(user).dbname("postgres").application_name(app);
         c.connect_timeout(Duration::from_secs(10));
         c
     }
 
     /// Connects through the proxy as `postgres` with `application_name = app`.
-    pub async fn connect(
-        &self,
-        app: &str,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(&self, app: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         connect(self.pg_config("postgres", app)).await
     }
 
@@ -97,6 +86,25 @@ impl TestProxy {
         }
     }
 
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// GETs an admin endpoint as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        pgwarden::report::get_json(&self.admin_url(), path).await.unwrap()
+    }
+
+    /// Waits until `app` has `n` connections past startup.
+    pub async fn wait_state_count(&self, app: &str, n: usize) {
+        let ok = eventually(Duration::from_secs(10), || {
+            let conns = self.conns_of(app);
+            conns.len() == n && conns.iter().all(|c| !matches!(c.state(), ConnState::Startup | ConnState::Active))
+        })
+        .await;
+        assert!(ok, "{app}: never had {n} settled connections");
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(35), self.task).await;
@@ -104,9 +112,7 @@ impl TestProxy {
 }
 
 /// Connects with tokio-postgres and drives the connection in a task.
-pub async fn connect(
-    config: tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;

@@ -65,11 +65,7 @@ pub fn error_code(body: &[u8]) -> String {
 }
 
 /// Sends `bytes` and expects a FATAL ErrorResponse then EOF; returns its SQLSTATE.
-pub async fn expect_error_after(
-    addr: std::net::SocketAddr,
-    bytes: &[u8],
-    half_close: bool,
-) -> String {
+pub async fn expect_error_after(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     if half_close {
@@ -90,11 +86,7 @@ impl Raw {
     /// Connects (trust auth) and reads up to the first ReadyForQuery.
     pub async fn connect(addr: std::net::SocketAddr, user: &str, app: &str) -> Raw {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let params = [
-            ("user", user),
-            ("database", "postgres"),
-            ("application_name", app),
-        ];
+        let params = [("user", user), ("database", "postgres"), ("application_name", app)];
         stream.write_all(&startup_packet(&params)).await.unwrap();
         let (mut pid, mut key) = (0, Vec::new());
         loop {
@@ -120,9 +112,7 @@ impl Raw {
     pub async fn until_ready(&mut self) -> (Vec<(u8, Vec<u8>)>, u8) {
         let mut seen = Vec::new();
         loop {
-            let (tag, body) = read_message(&mut self.stream)
-                .await
-                .expect("message before EOF");
+            let (tag, body) = read_message(&mut self.stream).await.expect("message before EOF");
             if tag == b'Z' {
                 return (seen, body[0]);
             }
