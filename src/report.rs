@@ -53,7 +53,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  {}",
+        "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  LEAK",
         "CLIENT",
         "OPEN",
         "CAP",
@@ -66,7 +66,6 @@ pub fn clients_table(r: &ClientsResponse) -> String {
         "SUSPECT",
         "OLDEST_IDLE",
         "OLD_INTX",
-        "LEAK"
     );
     for c in clients {
         let cap = c.max_connections.map_or("-".to_string(), |n| n.to_string());
@@ -111,11 +110,8 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
             s.refused_total,
             s.timed_out_total
         );
-        let _ = writeln!(
-            out,
-            "  {:>8} {:<24} {:<22} {:>8} {:>8}  {}",
-            "PID", "REASON", "STATE", "IDLE", "AGE", "LAST STATEMENT"
-        );
+        let _ =
+            writeln!(out, "  {:>8} {:<24} {:<22} {:>8} {:>8}  LAST STATEMENT", "PID", "REASON", "STATE", "IDLE", "AGE");
         for c in &l.suspects {
             let state = match (&c.closed_reason, c.closed_seconds_ago) {
                 (Some(why), Some(ago)) => format!("closed {why} {ago:.0}s ago"),

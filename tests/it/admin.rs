@@ -124,7 +124,9 @@ async fn statement_text_modes() {
 }
 
 /// Parses Prometheus text: (name, labels, value) per sample; panics on a malformed line.
-fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));

@@ -1,6 +1,9 @@
 //! Integration tests: a real PostgreSQL (started once per test binary by `support::pg`), pgwarden running
 //! in-process on port 0, and real clients (tokio-postgres, psql, raw protocol bytes).
 
+// tokio_postgres::Client is not Debug, so `expect_err` is not available for connect results.
+#![allow(clippy::err_expect)]
+
 mod support;
 
 mod admin;
