@@ -111,7 +111,7 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
             s.timed_out_total
         );
         let _ =
-            writeln!(out, "  {:>8} {:<24} {:<22} {:>8} {:>8}  LAST STATEMENT", "PID", "REASON", "STATE", "IDLE", "AGE");
+            writeln!(out, "  {:>8} {:<24} {:<42} {:>8} {:>8}  LAST STATEMENT", "PID", "REASON", "STATE", "IDLE", "AGE");
         for c in &l.suspects {
             let state = match (&c.closed_reason, c.closed_seconds_ago) {
                 (Some(why), Some(ago)) => format!("closed {why} {ago:.0}s ago"),
@@ -119,10 +119,10 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:>8} {:<24} {:<22} {:>7.0}s {:>7.0}s  {}",
+                "  {:>8} {:<24} {:<42} {:>7.0}s {:>7.0}s  {}",
                 c.backend_pid.map_or("-".to_string(), |p| p.to_string()),
                 c.leak_reason.as_deref().unwrap_or("-"),
-                truncate(&state, 22),
+                state,
                 c.state_seconds,
                 c.age_seconds,
                 c.last_statement.as_deref().unwrap_or("-").replace('\n', " ")
