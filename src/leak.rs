@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub mod detector;
+#[cfg(test)]
+mod pool_sim;
 pub use detector::Detector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

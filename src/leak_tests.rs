@@ -149,3 +149,41 @@ fn history_queries() {
     assert_eq!(h.open_at(secs(t0, 3)), 3);
     assert_eq!(h.open_at(t0), 3, "before the kept history: the oldest known value");
 }
+
+mod pools {
+    use super::super::pool_sim::{simulate, POOLS};
+    use super::*;
+
+    #[test]
+    fn healthy_pools_under_bursty_load_are_never_flagged() {
+        let th = Thresholds { idle: Some(Duration::from_secs(5)), idle_in_transaction: Some(Duration::from_secs(5)) };
+        for kind in POOLS {
+            for seed in 1..=12u64 {
+                let r = simulate(kind, seed * 7919, Duration::from_secs(120), th, None);
+                assert!(
+                    r.flagged.is_empty(),
+                    "{} (seed {seed}) flagged: {:?}",
+                    kind.name,
+                    &r.flagged[..r.flagged.len().min(3)]
+                );
+                assert!(
+                    r.peak >= 5 && (kind.min == kind.max || r.peak > r.trough),
+                    "{} (seed {seed}): the load never made the pool grow and shrink ({}..{})",
+                    kind.name,
+                    r.trough,
+                    r.peak
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_pools_leaking_one_connection_per_second_are_flagged() {
+        let th = Thresholds { idle: Some(Duration::from_secs(5)), idle_in_transaction: Some(Duration::from_secs(5)) };
+        for kind in POOLS {
+            let r = simulate(kind, 42, Duration::from_secs(60), th, Some(Duration::from_secs(1)));
+            let first = r.flagged.first().unwrap_or_else(|| panic!("{} leaking was never flagged", kind.name));
+            assert!(first.0 <= Duration::from_secs(20), "{}: first flagged at {:?}", kind.name, first.0);
+        }
+    }
+}
