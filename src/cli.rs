@@ -56,6 +56,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The mutating admission webhook that injects the sidecar (HTTPS: POST /mutate, GET /healthz).
+    Inject {
+        /// Address to serve HTTPS on.
+        #[arg(long, env = "PGWARDEN_INJECT_LISTEN", value_name = "ADDR")]
+        listen: String,
+        /// PEM certificate chain; re-read when the file changes.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: PathBuf,
+        /// PEM private key (PKCS#1, SEC1 or PKCS#8); re-read when the file changes.
+        #[arg(long, value_name = "FILE")]
+        tls_key: PathBuf,
+        /// The injector's config (sidecar image and the proxy defaults); built-in defaults without it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Log format: text or json.
+        #[arg(long, env = "PGWARDEN_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+        log_format: String,
+    },
     /// An end-to-end run of the incident pgwarden exists for, against a throwaway PostgreSQL.
     Demo {
         /// Leave the database, the proxy and the services running to explore with `top` (Ctrl-C ends).
@@ -101,6 +119,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
         Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
         Command::Demo { keep_running } => crate::demo::run(keep_running),
+        Command::Inject { listen, tls_cert, tls_key, config, log_format } => {
+            run_inject(&listen, &tls_cert, &tls_key, config.as_deref(), &log_format)
+        }
     }
 }
 
@@ -164,6 +185,51 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
             "pgwarden proxy ready"
         );
         proxy.run(listener, admin_listener, shutdown).await;
+        Ok(())
+    })
+}
+
+fn run_inject(
+    listen: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    config: Option<&std::path::Path>,
+    log_format: &str,
+) -> Result<(), Failure> {
+    use crate::inject::{config::InjectConfig, server, tls::ReloadingCert};
+    let format = match log_format {
+        "text" => crate::config::LogFormat::Text,
+        "json" => crate::config::LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid("--log-format", format!("invalid value {other:?} (text or json)")).into())
+        }
+    };
+    let listen_addr =
+        crate::config::values::parse_host_port(listen).map_err(|m| ConfigError::invalid("--listen", m))?;
+    let inject_config = match config {
+        Some(path) => InjectConfig::read_file(path)?,
+        None => InjectConfig::default(),
+    };
+    let cert =
+        ReloadingCert::new(cert, key).map_err(|e| ConfigError::invalid("--tls-cert/--tls-key", format!("{e:#}")))?;
+    crate::logging::init(format);
+    runtime()?.block_on(async move {
+        let listener = TcpListener::bind((listen_addr.host.as_str(), listen_addr.port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen_addr}: {e}"))?;
+        let kube = match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API: pods naming a pgwarden.io/config ConfigMap will be refused");
+                None
+            }
+        };
+        let injector = std::sync::Arc::new(server::Injector { config: inject_config, kube });
+        let stop = CancellationToken::new();
+        let (reload_tx, _reload_rx) = mpsc::channel(1);
+        crate::lifecycle::spawn_signal_handlers(stop.clone(), reload_tx).map_err(anyhow::Error::from)?;
+        info!(listen = %listen_addr, "pgwarden injector ready");
+        server::serve(injector, listener, cert, stop).await?;
         Ok(())
     })
 }

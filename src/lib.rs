@@ -11,6 +11,7 @@ pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod identity;
+pub mod inject;
 pub mod leak;
 pub mod lifecycle;
 pub mod logging;

@@ -63,7 +63,11 @@ pub async fn run(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr, shu
     let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, proxy.pod(), peer.ip()));
     let guard = proxy.registry().register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
-    let span = info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty);
+    let span =
+        info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty, pod = field::Empty);
+    if let Some(pod) = &proxy.pod().pod {
+        span.record("pod", pod.as_str());
+    }
     async move {
         let config = &settings.config;
         debug!(user = params.get("user"), database = params.get("database"), "startup");

@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod config_cli;
 mod demo;
+mod inject;
 mod leaks;
 mod lifecycle;
 mod logs;

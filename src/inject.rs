@@ -1,0 +1,158 @@
+//! The mutating admission webhook that adds the pgwarden sidecar to pods.
+//!
+//! The mutation is a pure, idempotent function of (pod, injector config, the pod's ConfigMap text if it
+//! names one): [`mutate`]. The HTTPS envelope (AdmissionReview in and out, the ConfigMap lookup, certificate
+//! reload) is in `inject::server`.
+
+pub mod annotations;
+pub mod config;
+pub mod server;
+pub mod tls;
+
+use crate::config::{Config, HostPort};
+use config::InjectConfig;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+
+/// The sidecar's container name; a pod that has one is left alone.
+pub const CONTAINER: &str = "pgwarden";
+/// The label that opts a pod out (`disabled`) or in (`enabled`, matched by the webhook configuration).
+pub const INJECT_LABEL: &str = "pgwarden.io/inject";
+pub const ADMIN_PORT_NAME: &str = "pgwarden-admin";
+
+/// The JSON Patch operations that inject the sidecar, or `None` when the pod needs none (opted out, or
+/// already injected). `configmap` is the text of the ConfigMap the pod's `pgwarden.io/config` names.
+/// `Err` is the message of a refusal (it names the annotation and the problem).
+pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<Option<Vec<Value>>, String> {
+    let meta = &pod.metadata;
+    if meta.labels.as_ref().and_then(|l| l.get(INJECT_LABEL)).is_some_and(|v| v == "disabled") {
+        return Ok(None);
+    }
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    let has_sidecar = spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == CONTAINER);
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    if has_sidecar || annotations.contains_key(annotations::STATUS) {
+        return Ok(None);
+    }
+    let proxy = proxy_config(cfg, &annotations, configmap)?;
+    let container = sidecar(pod, cfg, &proxy);
+    let mut patch = Vec::new();
+    if cfg.native_sidecar {
+        if spec.init_containers.is_none() {
+            patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [container]}));
+        } else {
+            // First, so init containers such as migrations can already use it.
+            patch.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": container}));
+        }
+    } else {
+        patch.push(json!({"op": "add", "path": "/spec/containers/-", "value": container}));
+    }
+    if meta.annotations.is_none() {
+        patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": {annotations::STATUS: "injected"}}));
+    } else {
+        patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(annotations::STATUS)), "value": "injected"}));
+    }
+    Ok(Some(patch))
+}
+
+/// The sidecar's effective config: the injector's (or the pod's ConfigMap's), then the annotations; the admin
+/// server listens on all interfaces so probes and Prometheus reach it.
+pub fn proxy_config(
+    cfg: &InjectConfig,
+    annotations: &std::collections::BTreeMap<String, String>,
+    configmap: Option<&str>,
+) -> Result<Config, String> {
+    let mut proxy = match configmap {
+        Some(text) => Config::from_yaml(
+            text,
+            &format!("annotation {}: ConfigMap key {}", annotations::CONFIG, annotations::CONFIG_KEY),
+        )
+        .map_err(|e| e.to_string())?,
+        None => cfg.proxy.clone(),
+    };
+    annotations::apply(annotations, &mut proxy)?;
+    proxy.admin_listen = HostPort { host: "0.0.0.0".into(), port: cfg.admin_port };
+    if !annotations.contains_key(annotations::LISTEN_PORT) && configmap.is_none() {
+        proxy.listen = HostPort { host: "127.0.0.1".into(), port: cfg.listen_port };
+    }
+    proxy.validate().map_err(|(key, msg)| format!("effective sidecar config: key `{key}`: {msg}"))?;
+    Ok(proxy)
+}
+
+/// The workload a pod belongs to, from its controller: a ReplicaSet's name minus its pod-template hash is
+/// the Deployment.
+pub fn workload(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) => deployment.to_string(),
+                None => o.name.rsplit_once('-').map_or(o.name.clone(), |(d, _)| d.to_string()),
+            }
+        }
+        Some(o) => o.name.clone(),
+        None => meta
+            .name
+            .clone()
+            .or_else(|| meta.generate_name.as_ref().map(|g| g.trim_end_matches('-').to_string()))
+            .unwrap_or_default(),
+    }
+}
+
+fn sidecar(pod: &Pod, cfg: &InjectConfig, proxy: &Config) -> Value {
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": ADMIN_PORT_NAME}, "periodSeconds": period, "failureThreshold": failures});
+    let mut c = json!({
+        "name": CONTAINER,
+        "image": cfg.image,
+        "args": ["proxy"],
+        "env": [
+            {"name": "PGWARDEN_CONFIG_YAML", "value": proxy.to_yaml()},
+            field("PGWARDEN_POD_NAME", "metadata.name"),
+            field("PGWARDEN_POD_NAMESPACE", "metadata.namespace"),
+            field("PGWARDEN_POD_UID", "metadata.uid"),
+            field("PGWARDEN_NODE_NAME", "spec.nodeName"),
+            field("PGWARDEN_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+            field("PGWARDEN_POD_IP", "status.podIP"),
+            {"name": "PGWARDEN_WORKLOAD", "value": workload(pod)},
+        ],
+        "ports": [{"name": ADMIN_PORT_NAME, "containerPort": cfg.admin_port, "protocol": "TCP"}],
+        "startupProbe": probe("/healthz", 1, 30),
+        "readinessProbe": probe("/readyz", 5, 2),
+        "livenessProbe": probe("/healthz", 10, 3),
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    });
+    let obj = c.as_object_mut().expect("object");
+    if let Some(policy) = &cfg.image_pull_policy {
+        obj.insert("imagePullPolicy".into(), json!(policy));
+    }
+    if let Some(resources) = &cfg.resources {
+        obj.insert("resources".into(), serde_json::to_value(resources).expect("resources serialize"));
+    }
+    if cfg.native_sidecar {
+        obj.insert("restartPolicy".into(), json!("Always"));
+    } else {
+        // Keep serving while the application shuts down and closes its connections.
+        obj.insert("lifecycle".into(), json!({"preStop": {"sleep": {"seconds": 5}}}));
+    }
+    c
+}
+
+/// JSON Pointer escaping of one path segment (RFC 6901).
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+#[path = "inject_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The webhook's HTTPS envelope (hyper 1 over rustls): `POST /mutate` takes an AdmissionReview v1 and
+//! answers it, `GET /healthz` answers 200. Only unwrapping and wrapping happen here, plus reading the
+//! ConfigMap a pod names; the decision is [`super::mutate`].
+
+use super::annotations::{CONFIG, CONFIG_KEY};
+use super::config::InjectConfig;
+use super::tls::ReloadingCert;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// AdmissionReviews are small; anything larger is refused before it is read whole.
+const MAX_BODY: usize = 4 << 20;
+
+pub struct Injector {
+    pub config: InjectConfig,
+    /// For `pgwarden.io/config` ConfigMaps; `None` outside a cluster (such pods are refused with a reason).
+    pub kube: Option<kube::Client>,
+}
+
+impl Injector {
+    /// Answers one AdmissionReview (JSON in, JSON out).
+    pub async fn review(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+        let review: AdmissionReview<Pod> =
+            serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+        let req: AdmissionRequest<Pod> =
+            review.try_into().map_err(|e| format!("AdmissionReview without a request: {e}"))?;
+        let response = self.decide(&req).await;
+        let mut review = serde_json::to_value(response.into_review()).map_err(|e| e.to_string())?;
+        base64_patch(&mut review);
+        serde_json::to_vec(&review).map_err(|e| e.to_string())
+    }
+
+    async fn decide(&self, req: &AdmissionRequest<Pod>) -> AdmissionResponse {
+        let base = AdmissionResponse::from(req);
+        let Some(pod) = &req.object else {
+            return base;
+        };
+        let namespace = req.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
+        let pod_name = pod.metadata.name.clone().or_else(|| pod.metadata.generate_name.clone()).unwrap_or_default();
+        let configmap = match pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG)) {
+            Some(name) => match self.configmap(&namespace, name).await {
+                Ok(text) => Some(text),
+                Err(e) => return deny(base, &namespace, &pod_name, &e),
+            },
+            None => None,
+        };
+        match super::mutate(pod, &self.config, configmap.as_deref()) {
+            Ok(None) => base,
+            Ok(Some(ops)) => {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(serde_json::Value::Array(ops)).expect("valid JSON patch");
+                info!(namespace, pod = pod_name, "injecting the pgwarden sidecar");
+                match base.with_patch(patch) {
+                    Ok(r) => r,
+                    Err(e) => AdmissionResponse::from(req).deny(format!("pgwarden: cannot encode the patch: {e}")),
+                }
+            }
+            Err(e) => deny(base, &namespace, &pod_name, &e),
+        }
+    }
+
+    async fn configmap(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let client = self.kube.clone().ok_or_else(|| {
+            format!("annotation {CONFIG}: no Kubernetes API to read ConfigMap {namespace}/{name} from")
+        })?;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+        let cm = api
+            .get(name)
+            .await
+            .map_err(|e| format!("annotation {CONFIG}: cannot read ConfigMap {namespace}/{name}: {e}"))?;
+        cm.data
+            .and_then(|mut d| d.remove(CONFIG_KEY))
+            .ok_or_else(|| format!("annotation {CONFIG}: ConfigMap {namespace}/{name} has no key {CONFIG_KEY}"))
+    }
+}
+
+/// The API server's `patch` is a `[]byte`, which JSON carries as base64; kube-core writes the bytes as a
+/// number array, so it is re-encoded here to keep to the AdmissionReview v1 wire format.
+fn base64_patch(review: &mut serde_json::Value) {
+    use base64::Engine as _;
+    let Some(patch) = review.pointer_mut("/response/patch") else { return };
+    if let Some(bytes) = patch.as_array() {
+        let bytes: Vec<u8> = bytes.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+        *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+}
+
+fn deny(base: AdmissionResponse, namespace: &str, pod: &str, reason: &str) -> AdmissionResponse {
+    warn!(namespace, pod, reason, "pod refused");
+    base.deny(format!("pgwarden: {reason}"))
+}
+
+/// Serves HTTPS on `listener` until `stop`; the certificate is re-read when its files change.
+pub async fn serve(
+    injector: Arc<Injector>,
+    listener: TcpListener,
+    cert: Arc<ReloadingCert>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(cert.server_config()?);
+    let watcher = tokio::spawn(cert.clone().watch(Duration::from_secs(2)));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, injector) = (acceptor.clone(), injector.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = service_fn(move |req| {
+                let injector = injector.clone();
+                async move { Ok::<_, Infallible>(route(&injector, req).await) }
+            });
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
+            {
+                debug!(%peer, error = %e, "connection error");
+            }
+        });
+    }
+    watcher.abort();
+    Ok(())
+}
+
+async fn route(injector: &Injector, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::POST, "/mutate") => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("{e}\n").into()),
+            };
+            match injector.review(&body).await {
+                Ok(json) => reply(StatusCode::OK, "application/json", json),
+                Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n").into()),
+            }
+        }
+        (_, "/healthz" | "/mutate") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; endpoints: POST /mutate, GET /healthz\n".into()),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

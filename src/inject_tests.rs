@@ -1,0 +1,153 @@
+//! The mutation against recorded AdmissionReview fixtures (`tests/fixtures/`).
+
+use super::*;
+use crate::config::Limit;
+
+fn pod(fixture: &str) -> Pod {
+    let review: serde_json::Value = serde_json::from_str(fixture).unwrap();
+    serde_json::from_value(review["request"]["object"].clone()).unwrap()
+}
+
+const STATEFULSET: &str = include_str!("../tests/fixtures/statefulset-pod-with-init.json");
+const DEPLOYMENT: &str = include_str!("../tests/fixtures/deployment-pod-no-init.json");
+const BARE: &str = include_str!("../tests/fixtures/bare-pod-no-annotations.json");
+const OPTED_OUT: &str = include_str!("../tests/fixtures/opted-out-pod.json");
+const BAD: &str = include_str!("../tests/fixtures/bad-annotation-pod.json");
+
+/// Applies the patch to the pod's JSON.
+fn patched(p: &Pod, ops: &[Value]) -> Value {
+    let mut doc = serde_json::to_value(p).unwrap();
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec())).unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    doc
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn statefulset_pod_gets_the_sidecar_first_in_init_containers() {
+    let p = pod(STATEFULSET);
+    let ops = mutate(&p, &InjectConfig::default(), None).unwrap().expect("a patch");
+    assert_eq!(ops[0]["path"], "/spec/initContainers/0");
+    let doc = patched(&p, &ops);
+    let init = doc["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0]["name"], CONTAINER);
+    assert_eq!(init[1]["name"], "migrate", "existing init containers untouched, after the sidecar");
+    assert_eq!(doc["spec"]["containers"], serde_json::to_value(&p.spec.as_ref().unwrap().containers).unwrap());
+    let c = &init[0];
+    assert_eq!(c["restartPolicy"], "Always");
+    let yaml = env(c, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap();
+    let cfg = Config::from_yaml(yaml, "sidecar").unwrap();
+    assert_eq!(cfg.upstream.to_string(), "ledger-db.payments.svc:5432");
+    assert_eq!(cfg.defaults.idle_timeout.to_string(), "10m");
+    assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:9187");
+    assert_eq!(env(c, "PGWARDEN_WORKLOAD")["value"], "ledger");
+    assert_eq!(env(c, "PGWARDEN_POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env(c, "PGWARDEN_NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let sc = &c["securityContext"];
+    assert_eq!(
+        (
+            sc["runAsNonRoot"].as_bool(),
+            sc["readOnlyRootFilesystem"].as_bool(),
+            sc["allowPrivilegeEscalation"].as_bool()
+        ),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["ports"][0]["name"], ADMIN_PORT_NAME);
+    assert_eq!(doc["metadata"]["annotations"][annotations::STATUS], "injected");
+}
+
+#[test]
+fn deployment_pod_without_init_containers_gets_the_list_created() {
+    let p = pod(DEPLOYMENT);
+    let ops = mutate(&p, &InjectConfig::default(), None).unwrap().unwrap();
+    assert_eq!(ops[0]["path"], "/spec/initContainers");
+    assert_eq!(ops[1]["path"], "/metadata/annotations/pgwarden.io~1status", "`/` escaped as ~1");
+    let doc = patched(&p, &ops);
+    let c = &doc["spec"]["initContainers"][0];
+    let cfg = Config::from_yaml(env(c, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap(), "sidecar").unwrap();
+    assert_eq!(cfg.defaults.max_connections, Limit(Some(20)));
+    assert_eq!(cfg.listen.to_string(), "127.0.0.1:5432");
+    assert_eq!(env(c, "PGWARDEN_WORKLOAD")["value"], "checkout-api", "ReplicaSet name minus its hash");
+}
+
+#[test]
+fn bare_pod_gets_annotations_created_and_legacy_mode_appends_a_container() {
+    let p = pod(BARE);
+    let cfg = InjectConfig { native_sidecar: false, ..InjectConfig::default() };
+    let ops = mutate(&p, &cfg, None).unwrap().unwrap();
+    assert_eq!(ops[0]["path"], "/spec/containers/-");
+    assert_eq!(ops[1]["path"], "/metadata/annotations");
+    let doc = patched(&p, &ops);
+    let containers = doc["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[1]["name"], CONTAINER);
+    assert!(containers[1].get("restartPolicy").is_none());
+    assert_eq!(containers[1]["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    assert_eq!(env(&containers[1], "PGWARDEN_WORKLOAD")["value"], "adhoc");
+}
+
+#[test]
+fn idempotent_and_opt_out() {
+    let p = pod(STATEFULSET);
+    let ops = mutate(&p, &InjectConfig::default(), None).unwrap().unwrap();
+    let again: Pod = serde_json::from_value(patched(&p, &ops)).unwrap();
+    assert_eq!(mutate(&again, &InjectConfig::default(), None).unwrap(), None, "re-admitting the patched pod");
+    assert_eq!(mutate(&pod(OPTED_OUT), &InjectConfig::default(), None).unwrap(), None);
+}
+
+#[test]
+fn bad_annotation_is_refused_naming_it() {
+    let e = mutate(&pod(BAD), &InjectConfig::default(), None).unwrap_err();
+    assert!(e.contains("pgwarden.io/max-connections") && e.contains("lots"), "{e}");
+}
+
+#[test]
+fn configmap_config_then_annotations() {
+    let p = pod(DEPLOYMENT);
+    let cm = "upstream: from-configmap.svc:5432\ndefaults:\n  max_connections: 3\n";
+    let ops = mutate(&p, &InjectConfig::default(), Some(cm)).unwrap().unwrap();
+    let doc = patched(&p, &ops);
+    let c = &doc["spec"]["initContainers"][0];
+    let cfg = Config::from_yaml(env(c, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap(), "sidecar").unwrap();
+    assert_eq!(cfg.upstream.to_string(), "orders-db.shop.svc:5432", "the annotation wins over the ConfigMap");
+    assert_eq!(cfg.defaults.max_connections, Limit(Some(20)));
+    let e = mutate(&p, &InjectConfig::default(), Some("bogus: 1")).unwrap_err();
+    assert!(e.contains("pgwarden.io/config") && e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn injector_config_from_the_chart_shape() {
+    let yaml = r#"
+image: "ghcr.io/pgwarden/pgwarden:0.1.0"
+imagePullPolicy: IfNotPresent
+nativeSidecar: true
+listenPort: 6432
+adminPort: 9187
+resources:
+  requests: { cpu: 10m, memory: 16Mi }
+  limits: { memory: 64Mi }
+proxy:
+  upstream: db:5432
+  defaults:
+    idle_timeout: off
+"#;
+    let cfg = InjectConfig::from_yaml(yaml, "inject.yaml").unwrap();
+    assert_eq!(cfg.image, "ghcr.io/pgwarden/pgwarden:0.1.0");
+    assert_eq!(cfg.proxy.upstream.to_string(), "db:5432");
+    let c = sidecar(&pod(BARE), &cfg, &cfg.proxy);
+    assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    let e = InjectConfig::from_yaml("proxy:\n  defaults:\n    idle_timeout: soon\n", "inject.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("proxy.defaults.idle_timeout"), "{e}");
+    assert!(InjectConfig::from_yaml("imagePullPolcy: Always\n", "inject.yaml").is_err());
+}
