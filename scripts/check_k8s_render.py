@@ -339,6 +339,11 @@ class Checker:
             self.error(f"inject.yaml proxy block: {error}")
         elif os.environ.get("PGWARDEN_BIN"):
             self.notes.append("pgwarden check-config accepts the proxy block")
+        error = pgwarden_check_inject(cms[0]["data"]["inject.yaml"])
+        if error:
+            self.error(f"inject.yaml: {error}")
+        elif os.environ.get("PGWARDEN_BIN"):
+            self.notes.append("pgwarden inject --check accepts inject.yaml")
 
     def run(self) -> bool:
         self.check_rules()
@@ -359,6 +364,20 @@ def pgwarden_check_config(text: str) -> str | None:
         r = subprocess.run([binary, "check-config", f.name], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return f"pgwarden check-config exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
+    return None
+
+
+def pgwarden_check_inject(text: str) -> str | None:
+    """Runs `$PGWARDEN_BIN inject --check --config` on the injector's config; the error, or None."""
+    binary = os.environ.get("PGWARDEN_BIN")
+    if not binary:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        r = subprocess.run([binary, "inject", "--check", "--config", f.name], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return f"pgwarden inject --check exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
     return None
 
 

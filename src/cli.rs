@@ -59,14 +59,17 @@ pub enum Command {
     /// The mutating admission webhook that injects the sidecar (HTTPS: POST /mutate, GET /healthz).
     Inject {
         /// Address to serve HTTPS on.
-        #[arg(long, env = "PGWARDEN_INJECT_LISTEN", value_name = "ADDR")]
-        listen: String,
+        #[arg(long, env = "PGWARDEN_INJECT_LISTEN", value_name = "ADDR", required_unless_present = "check")]
+        listen: Option<String>,
         /// PEM certificate chain; re-read when the file changes.
-        #[arg(long, value_name = "FILE")]
-        tls_cert: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "check")]
+        tls_cert: Option<PathBuf>,
         /// PEM private key (PKCS#1, SEC1 or PKCS#8); re-read when the file changes.
-        #[arg(long, value_name = "FILE")]
-        tls_key: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "check")]
+        tls_key: Option<PathBuf>,
+        /// Only validate --config and print the sidecar's proxy config it yields; serve nothing.
+        #[arg(long)]
+        check: bool,
         /// The injector's config (sidecar image and the proxy defaults); built-in defaults without it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -119,8 +122,21 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
         Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
         Command::Demo { keep_running } => crate::demo::run(keep_running),
-        Command::Inject { listen, tls_cert, tls_key, config, log_format } => {
-            run_inject(&listen, &tls_cert, &tls_key, config.as_deref(), &log_format)
+        Command::Inject { check: true, config, .. } => {
+            let cfg = match config {
+                Some(path) => crate::inject::config::InjectConfig::read_file(&path)?,
+                None => Default::default(),
+            };
+            let proxy = crate::inject::proxy_config(&cfg, &Default::default(), None)
+                .map_err(|m| ConfigError::invalid("--config", m))?;
+            print!("{}", proxy.to_yaml());
+            Ok(())
+        }
+        Command::Inject { listen, tls_cert, tls_key, config, log_format, .. } => {
+            let (Some(listen), Some(cert), Some(key)) = (listen, tls_cert, tls_key) else {
+                unreachable!("clap requires them without --check")
+            };
+            run_inject(&listen, &cert, &key, config.as_deref(), &log_format)
         }
     }
 }
