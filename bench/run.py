@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""pgwarden side-by-side benchmark: direct PostgreSQL, pgwarden, PgBouncer (session mode) and HAProxy (TCP mode)
+on one machine, alternating targets round by round so machine drift hits all alike.
+
+    bench/run.py              # the full run (~15 min): the table in BENCHMARKS.md
+    bench/run.py --quick      # seconds per measurement; what CI runs so the harness never rots
+
+Installs pgbouncer and haproxy from apt when missing (root), builds pgwarden in release mode, starts a throwaway
+PostgreSQL (max_connections 1200), and prints one table (median of rounds, min-max, ratio to direct) and JSON.
+Everything listens on 127.0.0.1 and is stopped and removed at the end, also on error or Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["direct", "pgwarden", "pgbouncer", "haproxy"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_bindir():
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True):
+        if (cand / "postgres").exists():
+            return cand
+    sys.exit("bench: PostgreSQL server binaries not found (apt-get install postgresql)")
+
+
+def ensure_packages():
+    missing = [pkg for pkg, binary in [("pgbouncer", "pgbouncer"), ("haproxy", "haproxy")] if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bench: missing {missing}; install them with apt-get")
+    log(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+    # The packages start system services of their own; the benchmark starts its own instances.
+    for svc in missing:
+        subprocess.run(["service", svc, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Runner:
+    """Runs processes as the `postgres` user when we are root (PostgreSQL and PgBouncer refuse root)."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.uid = self.gid = None
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            self.uid, self.gid = pw.pw_uid, pw.pw_gid
+            shutil.chown(workdir, self.uid, self.gid)
+        self.procs = []
+
+    def _demote(self):
+        if self.uid is not None:
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+
+    def run(self, args, **kw):
+        return subprocess.run(args, preexec_fn=self._demote, cwd=self.workdir, **kw)
+
+    def spawn(self, args, log_name):
+        out = open(self.workdir / log_name, "w")
+        p = subprocess.Popen(args, preexec_fn=self._demote, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"bench: nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def rss_bytes(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def startup_packet(user, db, app):
+    body = struct.pack("!I", 3 << 16)
+    for k, v in [("user", user), ("database", db), ("application_name", app)]:
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def open_idle(port, n):
+    """Opens `n` connections (trust auth) and waits for each ReadyForQuery; returns the sockets."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(startup_packet("postgres", "postgres", "bench-idle"))
+        socks.append(s)
+    for s in socks:
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed during startup")
+            buf += chunk
+            # Stop once a ReadyForQuery ('Z', length 5) is at the end of what arrived.
+            if len(buf) >= 6 and buf[-6] == ord("Z") and buf[-5:-1] == b"\0\0\0\x05":
+                break
+    return socks
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.tmp = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
+        self.runner = Runner(self.tmp)
+        self.bindir = find_bindir()
+        self.ports = {t: free_port() for t in TARGETS}
+        self.admin_port = free_port()
+        self.pids = {}
+
+    # --- setup -------------------------------------------------------------------------------
+    def start(self):
+        ensure_packages()
+        binary = os.environ.get("PGWARDEN_BIN")
+        if not binary:
+            log("building pgwarden (release)")
+            subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "pgwarden"], cwd=ROOT, check=True)
+            binary = str(ROOT / "target/release/pgwarden")
+        shutil.copy(binary, self.tmp / "pgwarden")
+        os.chmod(self.tmp / "pgwarden", 0o755)
+        r = self.runner
+        log(f"initdb in {self.tmp}")
+        r.run([self.bindir / "initdb", "-D", "data", "-U", "postgres", "--auth=trust", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
+        with open(self.tmp / "data/postgresql.conf", "a") as f:
+            f.write(f"port = {self.ports['direct']}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.tmp}'\n"
+                    "max_connections = 1200\nshared_buffers = 256MB\nfsync = off\nsynchronous_commit = off\n"
+                    "full_page_writes = off\nlog_min_messages = warning\n")
+        pg = r.spawn([self.bindir / "postgres", "-D", "data"], "postgres.log")
+        self.pids["direct"] = pg.pid
+        wait_port(self.ports["direct"])
+        time.sleep(0.5)
+        scale = "1" if self.quick else "10"
+        log(f"pgbench -i -s {scale}")
+        r.run([self.bindir / "pgbench", "-i", "-q", "-s", scale, "-h", "127.0.0.1", "-p", str(self.ports["direct"]), "-U", "postgres", "postgres"],
+              check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # pgwarden as production runs it: caps configured, leak detection and metrics on, admin API up.
+        (self.tmp / "pgwarden.yaml").write_text(
+            f"listen: 127.0.0.1:{self.ports['pgwarden']}\nupstream: 127.0.0.1:{self.ports['direct']}\nupstream_tls: disable\n"
+            f"admin_listen: 127.0.0.1:{self.admin_port}\nmax_total_connections: 1150\n"
+            "defaults:\n  max_connections: 1100\n  idle_in_transaction_timeout: 5m\n"
+            "rules:\n  - name: reports\n    match: { application_name: 'report-*' }\n    max_connections: 20\n")
+        pw = r.spawn([self.tmp / "pgwarden", "proxy", "--config", self.tmp / "pgwarden.yaml"], "pgwarden.log")
+        self.pids["pgwarden"] = pw.pid
+        # PgBouncer in session mode: trust on loopback, pools raised to fit, otherwise defaults.
+        (self.tmp / "userlist.txt").write_text('"postgres" ""\n')
+        (self.tmp / "pgbouncer.ini").write_text(
+            f"[databases]\npostgres = host=127.0.0.1 port={self.ports['direct']} dbname=postgres\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.ports['pgbouncer']}\nunix_socket_dir =\n"
+            "auth_type = trust\nauth_file = userlist.txt\npool_mode = session\nmax_client_conn = 2000\n"
+            "default_pool_size = 1100\nmax_db_connections = 1150\nlogfile = pgbouncer.log\n")
+        pb = r.spawn([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "pgbouncer.ini"], "pgbouncer.out")
+        self.pids["pgbouncer"] = pb.pid
+        # HAProxy in TCP mode with defaults (connection limits raised to fit).
+        (self.tmp / "haproxy.cfg").write_text(
+            "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n"
+            f"frontend pg\n  bind 127.0.0.1:{self.ports['haproxy']}\n  maxconn 3000\n  default_backend pg\n"
+            f"backend pg\n  server db 127.0.0.1:{self.ports['direct']} maxconn 3000\n")
+        hp = r.spawn([shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", "haproxy.cfg", "-db"], "haproxy.log")
+        self.pids["haproxy"] = hp.pid
+        for t in TARGETS:
+            wait_port(self.ports[t])
+        log("all targets up: " + ", ".join(f"{t}:{p}" for t, p in self.ports.items()))
+
+    def stop(self):
+        self.runner.stop_all()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- measurements ------------------------------------------------------------------------
+    def pgbench(self, target, extra, duration=None, transactions=None):
+        cmd = [self.bindir / "pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.ports[target]), "-U", "postgres", *extra]
+        cmd += ["-T", str(duration)] if duration else ["-t", str(transactions)]
+        cmd.append("postgres")
+        out = self.runner.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"pgbench {extra} against {target} failed: {out.stderr.strip()[-500:]}")
+        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout) or re.search(r"tps = ([0-9.]+)", out.stdout)
+        return float(m.group(1))
+
+    def copy_out(self, target):
+        rows = 16_000 if self.quick else 270_000  # x ~1001 bytes: 16 MB quick, ~270 MB full
+        sql = f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT"
+        start = time.perf_counter()
+        out = self.runner.run([self.bindir / "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.ports[target]), "-U", "postgres", "-d", "postgres", "-c", sql],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        took = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"COPY via {target}: {out.stderr.decode()[-300:]}")
+        return len(out.stdout) / 1e6 / took
+
+    def idle_rss(self, target):
+        n = 100 if self.quick else 1000
+        pid = self.pids[target]
+        before = rss_bytes(pid)
+        socks = open_idle(self.ports[target], n)
+        time.sleep(1.0)
+        after = rss_bytes(pid)
+        for s in socks:
+            s.close()
+        time.sleep(1.0)
+        return max(after - before, 0) / n
+
+    def cpu_per_100k(self, target):
+        clients, per_client = 8, (2_500 if self.quick else 25_000)
+        pid = self.pids[target]
+        before = cpu_seconds(pid)
+        self.pgbench(target, ["-S", "-c", str(clients), "-j", "2"], transactions=per_client)
+        return (cpu_seconds(pid) - before) * 100_000 / (clients * per_client)
+
+    # --- the run -----------------------------------------------------------------------------
+    def run(self):
+        dur = 2 if self.quick else self.args.duration
+        rounds = 1 if self.quick else self.args.rounds
+        tests = []
+        for clients in (1, 8, 64):
+            for mode in ("simple", "prepared"):
+                extra = ["-S", "-c", str(clients), "-j", str(min(clients, 2)), "-M", mode]
+                tests.append((f"select-only {clients:>2} clients {mode}", "tps", lambda t, e=extra: self.pgbench(t, e, duration=dur), TARGETS))
+        tests.append(("select-only -C (connect per transaction) 8 clients", "tps", lambda t: self.pgbench(t, ["-S", "-C", "-c", "8", "-j", "2"], duration=dur), TARGETS))
+        tests.append(("COPY OUT throughput", "MB/s", self.copy_out, TARGETS))
+        tests.append(("RSS per idle client connection", "bytes", self.idle_rss, ["pgwarden", "pgbouncer", "haproxy"]))
+        tests.append(("CPU seconds per 100k select-only transactions", "cpu s", self.cpu_per_100k, ["pgwarden", "pgbouncer", "haproxy"]))
+        results = {name: {t: [] for t in targets} for name, _, _, targets in tests}
+        for r in range(rounds):
+            for name, unit, fn, targets in tests:
+                # Rotate the order every round so drift and warm-up hit every target alike.
+                order = targets[r % len(targets):] + targets[:r % len(targets)]
+                for t in order:
+                    v = fn(t)
+                    results[name][t].append(v)
+                    log(f"round {r + 1}/{rounds} {name} {t}: {v:.2f} {unit}")
+        return tests, results
+
+
+def render(tests, results):
+    lines = []
+    header = f"{'measurement':<52} {'unit':>6} " + " ".join(f"{t:>27}" for t in TARGETS)
+    lines.append(header)
+    lines.append("-" * len(header))
+    summary = {}
+    for name, unit, _, targets in tests:
+        row = f"{name:<52} {unit:>6} "
+        med = {t: statistics.median(v) for t, v in results[name].items()}
+        base = med.get("direct") or med.get("pgbouncer")
+        base_name = "direct" if "direct" in med else "pgbouncer"
+        summary[name] = {"unit": unit, "baseline": base_name, "targets": {}}
+        for t in TARGETS:
+            if t not in med:
+                row += f"{'-':>27} "
+                continue
+            vals = results[name][t]
+            ratio = med[t] / base if base else 0.0
+            cell = f"{med[t]:.0f} ({min(vals):.0f}-{max(vals):.0f}) {ratio:.2f}x"
+            row += f"{cell:>27} "
+            summary[name]["targets"][t] = {"median": med[t], "min": min(vals), "max": max(vals), "values": vals, f"ratio_to_{base_name}": ratio}
+        lines.append(row.rstrip())
+    lines.append("")
+    lines.append("Each cell: median (min-max) and the ratio to direct (RSS and CPU rows: to PgBouncer).")
+    return "\n".join(lines), summary
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="seconds per measurement, one round (CI)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    args = ap.parse_args()
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        bench.start()
+        tests, results = bench.run()
+    finally:
+        bench.stop()
+    table, summary = render(tests, results)
+    print(table)
+    doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "quick": args.quick, "results": summary}
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2))
+    # The harness must produce every number; a zero means something did not run.
+    missing = [n for n, s in summary.items() for t, v in s["targets"].items() if v["median"] <= 0 and "RSS" not in n]
+    if missing:
+        sys.exit(f"bench: no result for {missing}")
+
+
+if __name__ == "__main__":
+    main()
