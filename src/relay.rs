@@ -1,7 +1,9 @@
 //! The relay: bytes flow both ways unchanged while the scanner and tracker watch message headers.
 //!
-//! One task per session reads whichever side is ready into one buffer, feeds the bytes to that direction's
-//! scanner, writes them to the other side whole, then publishes the state the tracker derives. Timers
+//! One task per session moves bytes both ways at once: each direction has its own buffer; bytes read are
+//! scanned (header by header) and then written on, and a direction whose receiver is slow stops reading
+//! only its own source, so neither side can block the other (a pipelining client and a server busy writing
+//! never deadlock). After each chunk the relay publishes the state the tracker derives. Timers
 //! (login, idle, idle in transaction, max age, drain grace) come from `policy::next_timer`.
 //! Owns: closing a session properly (ErrorResponse at a message boundary, Terminate to the server, a
 //! CancelRequest first when a query is still running).
@@ -25,9 +27,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
@@ -101,15 +103,20 @@ pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Up
         tracker: Tracker::new(statement_cap(ctx.settings)),
         c2s: Scanner::default(),
         s2c: Scanner::default(),
+        up: Flow::new(),
+        down: Flow::new(),
         policy: ctx.policy,
         enforce: ctx.settings.config.enforce,
         would_closed: false,
+        would_close_counted: false,
         published: ConnState::Startup,
         drain_deadline: None,
     };
     if !early.is_empty() {
-        if let Some(reason) = relay.client_bytes(client, server, early).await {
-            return reason;
+        relay.up.buf[..early.len()].copy_from_slice(early);
+        relay.up.len = early.len();
+        if let Err(reason) = relay.client_bytes(early.len()) {
+            return relay.close(client, server, reason.0, Some(reason.1)).await;
         }
     }
     relay.run(client, server).await
@@ -122,22 +129,85 @@ fn statement_cap(settings: &Settings) -> usize {
     }
 }
 
+/// One direction's bytes in flight: read into `buf[..len]`, written out from `buf[sent..len]`. Nothing more
+/// is read in that direction until all of it is written (backpressure), but the other direction goes on.
+struct Flow {
+    buf: Vec<u8>,
+    len: usize,
+    sent: usize,
+    /// Written but not yet flushed (TLS buffers records until flushed).
+    unflushed: bool,
+}
+
+impl Flow {
+    fn new() -> Flow {
+        // Zeroed pages are only made resident when first written, so an idle session costs little.
+        Flow { buf: vec![0; BUF_SIZE], len: 0, sent: 0, unflushed: false }
+    }
+
+    /// Writes what is pending to `w` without blocking the caller on it.
+    fn poll_flush_to<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>> {
+        while self.sent < self.len {
+            match Pin::new(&mut *w).poll_write(cx, &self.buf[self.sent..self.len]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.len = 0;
+        self.sent = 0;
+        if self.unflushed {
+            match Pin::new(&mut *w).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything pending (used when closing, under a deadline).
+    async fn drain_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush_to(cx, w)).await
+    }
+}
+
+/// What the I/O poll found.
+enum Io {
+    /// `n` new bytes from the client, in `up.buf[..n]`.
+    Client(usize),
+    /// `n` new bytes from the server, in `down.buf[..n]`.
+    Server(usize),
+    ClientClosed,
+    ServerClosed,
+}
+
+/// A close decided while handling bytes: the reason and the error for the client.
+struct Fatal(CloseReason, (&'static str, String));
+
 struct Relay<'a, 'c> {
     ctx: &'a RelayContext<'c>,
     tracker: Tracker,
     c2s: Scanner,
     s2c: Scanner,
+    up: Flow,
+    down: Flow,
     policy: Policy,
     enforce: bool,
-    /// Report-only: a timeout was already counted as would-close (once per connection).
+    /// Report-only: a timeout fired in the current idle period (its timers are not rearmed until activity).
     would_closed: bool,
+    /// Report-only: this connection was counted in `would_close` (SPEC: once per connection).
+    would_close_counted: bool,
     published: ConnState,
     drain_deadline: Option<Instant>,
 }
 
 impl Relay<'_, '_> {
     async fn run(&mut self, client: &mut TcpStream, server: &mut Upstream) -> CloseReason {
-        let mut buf = vec![0u8; BUF_SIZE];
         let conn = self.ctx.conn;
         let mut signalled = pin!(conn.signalled());
         let mut draining = self.ctx.shutdown.is_cancelled();
@@ -156,7 +226,7 @@ impl Relay<'_, '_> {
                 return self.close(client, server, CloseReason::Shutdown, Some(shutdown_error())).await;
             }
             server_first = !server_first;
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
                 _ = &mut signalled => {
                     signalled.set(conn.signalled());
@@ -170,28 +240,80 @@ impl Relay<'_, '_> {
                     }
                     timer = self.next_timer();
                     sleep.as_mut().reset(far_future(timer));
+                    continue;
                 }
                 _ = &mut sleep, if timer.is_some() => {
                     let Some((_, which)) = timer else { continue };
-                    if let Some(reason) = self.on_timer(client, server, which).await {
-                        return reason;
+                    if let Some((reason, error)) = self.on_timer(which) {
+                        return self.close(client, server, reason, Some(error)).await;
                     }
                     timer = self.next_timer();
                     sleep.as_mut().reset(far_future(timer));
+                    continue;
                 }
-                (side, read) = read_either(client, server, &mut buf, server_first) => {
-                    let outcome = match (side, read) {
-                        (Side::Client, Ok(n)) if n > 0 => self.client_bytes(client, server, &buf[..n]).await,
-                        (Side::Server, Ok(n)) if n > 0 => self.server_bytes(client, server, &buf[..n]).await,
-                        (Side::Client, _) => Some(self.client_gone(server).await),
-                        (Side::Server, _) => Some(self.server_gone(client).await),
-                    };
-                    if let Some(reason) = outcome {
-                        return reason;
-                    }
+                event = poll_fn(|cx| self.poll_io(cx, client, server, server_first)) => event,
+            };
+            let handled = match event {
+                Ok(Io::Client(n)) => self.client_bytes(n),
+                Ok(Io::Server(n)) => self.server_bytes(n),
+                Ok(Io::ClientClosed) => return self.client_gone(server).await,
+                Ok(Io::ServerClosed) => return self.server_gone(client).await,
+                Err((Side::Client, e)) => {
+                    debug!(error = %e, "client write failed");
+                    return self.client_gone(server).await;
+                }
+                Err((Side::Server, e)) => {
+                    debug!(error = %e, "upstream write failed");
+                    return self.server_gone(client).await;
+                }
+            };
+            if let Err(Fatal(reason, error)) = handled {
+                return self.close(client, server, reason, Some(error)).await;
+            }
+        }
+    }
+
+    /// Moves bytes both ways: writes what is pending in each direction, then reads wherever the buffer is
+    /// free. A direction whose peer is slow to read stops reading its source, and only that direction waits.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut TcpStream,
+        server: &mut Upstream,
+        server_first: bool,
+    ) -> Poll<Result<Io, (Side, io::Error)>> {
+        if let Poll::Ready(Err(e)) = self.up.poll_flush_to(cx, server) {
+            return Poll::Ready(Err((Side::Server, e)));
+        }
+        if let Poll::Ready(Err(e)) = self.down.poll_flush_to(cx, client) {
+            return Poll::Ready(Err((Side::Client, e)));
+        }
+        let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
+        for side in order {
+            let (flow, polled) = match side {
+                Side::Client if self.up.len == 0 => {
+                    let mut rb = ReadBuf::new(&mut self.up.buf);
+                    let polled = Pin::new(&mut *client).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
+                    (&mut self.up, polled)
+                }
+                Side::Server if self.down.len == 0 => {
+                    let mut rb = ReadBuf::new(&mut self.down.buf);
+                    let polled = Pin::new(&mut *server).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
+                    (&mut self.down, polled)
+                }
+                _ => continue,
+            };
+            match (side, polled) {
+                (_, Poll::Pending) => {}
+                (Side::Client, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ClientClosed)),
+                (Side::Server, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ServerClosed)),
+                (side, Poll::Ready(Ok(n))) => {
+                    flow.len = n;
+                    return Poll::Ready(Ok(if side == Side::Client { Io::Client(n) } else { Io::Server(n) }));
                 }
             }
         }
+        Poll::Pending
     }
 
     fn grace(&self) -> Duration {
@@ -202,6 +324,10 @@ impl Relay<'_, '_> {
     fn reload(&mut self) {
         let settings = self.ctx.proxy.settings();
         self.policy = policy::effective(&settings.config, &self.ctx.conn.client).0;
+        if settings.config.enforce && !self.enforce {
+            // Enforcement switched on: what was only counted is acted on now.
+            self.would_closed = false;
+        }
         self.enforce = settings.config.enforce;
     }
 
@@ -213,6 +339,10 @@ impl Relay<'_, '_> {
         }
         self.ctx.conn.set_state(state, Instant::now());
         self.published = state;
+        // A new idle period: report-only counts each connection once, but a used connection starts afresh.
+        if state == ConnState::Active {
+            self.would_closed = false;
+        }
         if state == ConnState::Idle {
             self.c2s.shrink();
             self.s2c.shrink();
@@ -232,19 +362,20 @@ impl Relay<'_, '_> {
         })
     }
 
-    /// Acts on a fired timer; `None` when the session goes on (report-only).
-    async fn on_timer(&mut self, client: &mut TcpStream, server: &mut Upstream, which: Timer) -> Option<CloseReason> {
-        let client_key = self.ctx.conn.client.display().to_string();
+    /// Decides what a fired timer does: `Some` closes with that reason and error; `None` goes on
+    /// (report-only: counted and logged instead).
+    fn on_timer(&mut self, which: Timer) -> Option<(CloseReason, (&'static str, String))> {
+        let client_key = self.ctx.conn.client.display();
         let (reason, code, message) = match which {
             Timer::Login => (
                 CloseReason::Error,
                 sqlstate::PROTOCOL_VIOLATION,
-                "pgwarden: startup timeout (client_login_timeout)".to_string(),
+                format!("pgwarden: client \"{client_key}\" did not finish startup within client_login_timeout"),
             ),
             Timer::DrainGrace => (
                 CloseReason::Shutdown,
                 sqlstate::ADMIN_SHUTDOWN,
-                "pgwarden is shutting down (shutdown_grace is over)".to_string(),
+                format!("pgwarden is shutting down: shutdown_grace is over for client \"{client_key}\""),
             ),
             Timer::Idle => (
                 CloseReason::IdleTimeout,
@@ -267,68 +398,58 @@ impl Relay<'_, '_> {
         let policy_timer = matches!(which, Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge);
         if policy_timer && !self.enforce {
             self.would_closed = true;
-            self.ctx.entry.counters.would_close[reason as usize].fetch_add(1, Relaxed);
-            let stats = &self.ctx.settings.config.stats;
-            let last = crate::redact::render(
-                &self.ctx.conn.last_statement(),
-                stats.statement_text,
-                stats.statement_max_length as usize,
-            );
-            tracing::warn!(
-                reason = reason.as_str(),
-                state = self.published.as_str(),
-                last_statement = last.as_deref().unwrap_or(""),
-                "report-only: would close connection: {message}"
-            );
+            if !std::mem::replace(&mut self.would_close_counted, true) {
+                self.ctx.entry.counters.would_close[reason as usize].fetch_add(1, Relaxed);
+                let stats = &self.ctx.settings.config.stats;
+                let last = crate::redact::render(
+                    &self.ctx.conn.last_statement(),
+                    stats.statement_text,
+                    stats.statement_max_length as usize,
+                );
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    state = self.published.as_str(),
+                    last_statement = last.as_deref().unwrap_or(""),
+                    "report-only: would close connection: {message}"
+                );
+            }
             return None;
         }
-        Some(self.close(client, server, reason, Some((code, message))).await)
+        Some((reason, (code, message)))
     }
 
-    /// Forwards client bytes; `Some` ends the session.
-    async fn client_bytes(
-        &mut self,
-        client: &mut TcpStream,
-        server: &mut Upstream,
-        chunk: &[u8],
-    ) -> Option<CloseReason> {
+    /// Scans `n` new client bytes in `up.buf`; they are written to the server by the I/O poll.
+    fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let cap = statement_cap(self.ctx.settings);
         let tracker = &mut self.tracker;
-        let scanned = self.c2s.feed(chunk, |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f));
-        if let Err(e) = scanned {
+        let chunk = &self.up.buf[..n];
+        if let Err(e) = self.c2s.feed(chunk, |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f)) {
+            // Nothing of this chunk reaches the server.
+            self.up.len = 0;
             let msg = format!("pgwarden: protocol violation: {e}");
-            return Some(
-                self.close(client, server, CloseReason::Error, Some((sqlstate::PROTOCOL_VIOLATION, msg))).await,
-            );
-        }
-        if let Some(text) = self.tracker.take_statement() {
-            self.ctx.conn.set_last_statement(text);
-        }
-        if self.tracker.listening && !self.ctx.conn.listening() {
-            self.ctx.conn.set_listening();
+            return Err(Fatal(CloseReason::Error, (sqlstate::PROTOCOL_VIOLATION, msg)));
         }
         let conn = self.ctx.conn;
-        conn.queries.store(self.tracker.queries, Relaxed);
-        conn.bytes_in.fetch_add(chunk.len() as u64, Relaxed);
-        if let Err(e) = write_flush(server, chunk).await {
-            debug!(error = %e, "upstream write failed");
-            return Some(self.server_gone(client).await);
+        if let Some(text) = self.tracker.take_statement() {
+            conn.set_last_statement(text);
         }
-        None
+        if self.tracker.listening && !conn.listening() {
+            conn.set_listening();
+        }
+        conn.queries.store(self.tracker.queries, Relaxed);
+        conn.bytes_in.fetch_add(n as u64, Relaxed);
+        Ok(())
     }
 
-    async fn server_bytes(
-        &mut self,
-        client: &mut TcpStream,
-        server: &mut Upstream,
-        chunk: &[u8],
-    ) -> Option<CloseReason> {
+    /// Scans `n` new server bytes in `down.buf`; they are written to the client by the I/O poll.
+    fn server_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
-        if let Err(e) = self.s2c.feed(chunk, Tracker::server_want, |f| tracker.on_server(f)) {
+        if let Err(e) = self.s2c.feed(&self.down.buf[..n], Tracker::server_want, |f| tracker.on_server(f)) {
             tracing::warn!(error = %e, "protocol violation from upstream");
-            let _ = client.shutdown().await;
-            return Some(CloseReason::Error);
+            self.down.len = 0;
+            let msg = format!("pgwarden: protocol violation by the upstream server: {e}");
+            return Err(Fatal(CloseReason::Error, (sqlstate::CONNECTION_FAILURE, msg)));
         }
         if !had_key {
             if let Some((pid, key)) = &self.tracker.backend_key {
@@ -340,23 +461,21 @@ impl Relay<'_, '_> {
                 Span::current().record("backend_pid", pid);
             }
         }
-        self.ctx.conn.bytes_out.fetch_add(chunk.len() as u64, Relaxed);
-        if let Err(e) = client.write_all(chunk).await {
-            debug!(error = %e, "client write failed");
-            return Some(self.client_gone(server).await);
-        }
-        None
+        self.ctx.conn.bytes_out.fetch_add(n as u64, Relaxed);
+        Ok(())
     }
 
     /// The client closed or reset its socket.
     async fn client_gone(&mut self, server: &mut Upstream) -> CloseReason {
+        // Bytes it sent before closing (a Terminate, say) still go to the server.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.up.drain_to(server)).await;
         if self.tracker.terminated {
             let _ = server.shutdown().await;
             return CloseReason::Client;
         }
         self.cancel_running_query().await;
         if self.c2s.at_boundary() {
-            let _ = write_flush(server, &TERMINATE).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_flush(server, &TERMINATE)).await;
         }
         let _ = server.shutdown().await;
         CloseReason::Abandoned
@@ -364,6 +483,8 @@ impl Relay<'_, '_> {
 
     /// The server closed its side.
     async fn server_gone(&mut self, client: &mut TcpStream) -> CloseReason {
+        // What it sent last (often a FATAL ErrorResponse) still goes to the client.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.down.drain_to(client)).await;
         if self.tracker.terminated {
             return CloseReason::Client;
         }
@@ -372,13 +493,14 @@ impl Relay<'_, '_> {
                 sqlstate::CONNECTION_FAILURE,
                 "pgwarden: the server closed the connection unexpectedly",
             );
-            let _ = client.write_all(&e).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, client.write_all(&e)).await;
         }
         let _ = client.shutdown().await;
         CloseReason::Server
     }
 
-    /// Closes both sides on pgwarden's initiative, telling the client why.
+    /// Closes both sides on pgwarden's initiative, telling the client why at a message boundary: what the
+    /// server already sent is delivered up to the end of its current message, then the ErrorResponse.
     async fn close(
         &mut self,
         client: &mut TcpStream,
@@ -387,14 +509,34 @@ impl Relay<'_, '_> {
         error: Option<(&'static str, String)>,
     ) -> CloseReason {
         self.cancel_running_query().await;
-        if let Some((code, message)) = error {
-            if self.s2c.at_boundary() {
-                let _ = client.write_all(&error_response::fatal(code, &message)).await;
+        let finish = async {
+            let _ = self.down.drain_to(client).await;
+            // Complete the server's current message (the cancel above makes a long result end soon).
+            while !self.s2c.at_boundary() {
+                let want = self.s2c.bytes_to_boundary().clamp(1, self.down.buf.len());
+                let n = match server.read(&mut self.down.buf[..want]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let tracker = &mut self.tracker;
+                if self.s2c.feed(&self.down.buf[..n], Tracker::server_want, |f| tracker.on_server(f)).is_err() {
+                    break;
+                }
+                if client.write_all(&self.down.buf[..n]).await.is_err() {
+                    break;
+                }
             }
-        }
-        if self.c2s.at_boundary() {
-            let _ = write_flush(server, &TERMINATE).await;
-        }
+            if let Some((code, message)) = &error {
+                if self.s2c.at_boundary() {
+                    let _ = client.write_all(&error_response::fatal(code, message)).await;
+                }
+            }
+            let _ = self.up.drain_to(server).await;
+            if self.c2s.at_boundary() {
+                let _ = write_flush(server, &TERMINATE).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await;
         let _ = server.shutdown().await;
         let _ = client.shutdown().await;
         reason
@@ -416,6 +558,9 @@ impl Relay<'_, '_> {
     }
 }
 
+/// How long closing may spend delivering the last bytes and the ErrorResponse to a peer that does not read.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn shutdown_error() -> (&'static str, String) {
     (sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down".to_string())
 }
@@ -431,29 +576,4 @@ fn far_future(timer: Option<(Instant, Timer)>) -> tokio::time::Instant {
 async fn write_flush(server: &mut Upstream, bytes: &[u8]) -> io::Result<()> {
     server.write_all(bytes).await?;
     server.flush().await
-}
-
-/// Reads from whichever side is ready into `buf`; alternates which side is polled first for fairness.
-/// A Pending poll leaves the buffer untouched, so one buffer serves both sides.
-async fn read_either(
-    client: &mut TcpStream,
-    server: &mut Upstream,
-    buf: &mut [u8],
-    server_first: bool,
-) -> (Side, io::Result<usize>) {
-    poll_fn(|cx| {
-        let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
-        for side in order {
-            let mut rb = ReadBuf::new(buf);
-            let polled = match side {
-                Side::Client => Pin::new(&mut *client).poll_read(cx, &mut rb),
-                Side::Server => Pin::new(&mut *server).poll_read(cx, &mut rb),
-            };
-            if let Poll::Ready(r) = polled {
-                return Poll::Ready((side, r.map(|()| rb.filled().len())));
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }

@@ -106,6 +106,16 @@ impl Scanner {
         Ok(())
     }
 
+    /// How many more bytes complete the current message (or its header, when that is still partial);
+    /// 0 at a boundary.
+    pub fn bytes_to_boundary(&self) -> usize {
+        match self.have {
+            0 => 0,
+            HEADER => self.remaining,
+            have => HEADER - have,
+        }
+    }
+
     /// Drops the capture buffer's memory if a large message grew it (called when a connection goes idle).
     pub fn shrink(&mut self) {
         if self.captured.capacity() > 4096 && self.have == 0 {
@@ -184,6 +194,19 @@ mod tests {
             assert!(frames.is_empty(), "prefix {cut}");
             assert!(!sc.at_boundary(), "prefix {cut}");
         }
+    }
+
+    #[test]
+    fn bytes_to_boundary_counts_down() {
+        let msg = encode(b'D', &[1u8; 10]);
+        let mut sc = Scanner::default();
+        assert_eq!(sc.bytes_to_boundary(), 0);
+        collect(&mut sc, &[&msg[..3]], 0).unwrap();
+        assert_eq!(sc.bytes_to_boundary(), 2, "the rest of the header");
+        collect(&mut sc, &[&msg[3..8]], 0).unwrap();
+        assert_eq!(sc.bytes_to_boundary(), 7);
+        collect(&mut sc, &[&msg[8..]], 0).unwrap();
+        assert_eq!(sc.bytes_to_boundary(), 0);
     }
 
     #[test]

@@ -138,3 +138,52 @@ async fn hundred_concurrent_clients_twenty_queries_each() {
     assert!(crate::support::proxy::eventually(Duration::from_secs(5), || p.conns_of("relay-many").is_empty()).await);
     p.stop().await;
 }
+
+/// A client that pipelines megabytes of queries while it reads the megabytes of results (as libpq's
+/// pipeline mode does): both directions are full at once, and the relay must not stall either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_flood_does_not_deadlock() {
+    use tokio::io::AsyncWriteExt;
+    let p = start_proxy(test_config()).await;
+    let raw = Raw::connect(p.addr, "postgres", "relay-flood").await;
+    let (mut rd, mut wr) = raw.stream.into_split();
+    let n = 4000;
+    let padding = "x".repeat(1500);
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        for i in 0..n {
+            batch.extend(raw::query(&format!("select repeat('y', 4000) as r{i} /* {padding} */")));
+        }
+        wr.write_all(&batch).await.unwrap();
+        wr
+    });
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut ready, mut bytes) = (0, 0usize);
+        let mut buf = vec![0u8; 65536];
+        let mut pending: Vec<u8> = Vec::new();
+        while ready < n {
+            let k = rd.read(&mut buf).await.unwrap();
+            assert!(k > 0, "closed early");
+            bytes += k;
+            pending.extend_from_slice(&buf[..k]);
+            let mut at = 0;
+            while pending.len() - at >= 5 {
+                let len = u32::from_be_bytes(pending[at + 1..at + 5].try_into().unwrap()) as usize;
+                if pending.len() - at < 1 + len {
+                    break;
+                }
+                if pending[at] == b'Z' {
+                    ready += 1;
+                }
+                at += 1 + len;
+            }
+            pending.drain(..at);
+        }
+        bytes
+    });
+    let bytes = tokio::time::timeout(Duration::from_secs(60), reader).await.expect("no deadlock").unwrap();
+    assert!(bytes > n * 4000);
+    writer.await.unwrap();
+    p.stop().await;
+}
