@@ -194,18 +194,34 @@ impl Clients {
         self.lock().total_open
     }
 
-    /// Forgets clients that held nothing for `idle_for` (their counters go with them).
-    pub fn prune(&self, now: Instant, idle_for: Duration) -> Vec<Arc<ClientEntry>> {
+    /// Forgets clients that held nothing for `idle_for` (their counters go with them), except those `keep`
+    /// names.
+    pub fn prune(&self, now: Instant, idle_for: Duration, keep: impl Fn(&str) -> bool) -> Vec<Arc<ClientEntry>> {
         let mut t = self.lock();
         let mut gone = Vec::new();
-        t.clients.retain(|_, s| {
-            let keep = s.empty_since.is_none_or(|since| now.duration_since(since) < idle_for);
+        t.clients.retain(|key, s| {
+            let keep = keep(key) || s.empty_since.is_none_or(|since| now.duration_since(since) < idle_for);
             if !keep {
                 gone.push(s.entry.clone());
             }
             keep
         });
         gone
+    }
+
+    /// New settings: every client's cap (also of its queued waiters) and the total cap are recomputed with
+    /// `cap_of`, and waiters that now fit are admitted at once.
+    pub fn recheck(self: &Arc<Self>, cap_of: impl Fn(&ClientId) -> Option<u32>, total: Option<u32>) {
+        let mut t = self.lock();
+        t.total_cap = total;
+        for s in t.clients.values_mut() {
+            let cap = cap_of(&s.entry.id);
+            *s.entry.max_connections.lock().unwrap_or_else(|e| e.into_inner()) = cap;
+            for w in s.waiters.iter_mut() {
+                w.cap = cap;
+            }
+        }
+        self.dispatch(&mut t);
     }
 
     fn take(self: &Arc<Self>, t: &mut Table, client: &Arc<ClientId>) -> Slot {

@@ -112,6 +112,25 @@ fn total_cap_waiters_of_other_clients_are_served_oldest_first() {
 }
 
 #[test]
+fn raising_a_cap_on_reload_admits_waiters_at_once() {
+    let clients = Arc::new(Clients::default());
+    let a = client("a");
+    let c = caps(Some(1), None, true, true);
+    let _held = granted(clients.admit(&a, c));
+    let Admission::Queued(mut w1) = clients.admit(&a, c) else { panic!() };
+    let Admission::Queued(mut w2) = clients.admit(&a, c) else { panic!() };
+    clients.recheck(|_| Some(2), None);
+    let s1 = w1.try_granted();
+    assert!(s1.is_some(), "the oldest waiter fits under the new cap");
+    assert!(w2.try_granted().is_none(), "the next does not");
+    assert_eq!(*clients.entry(&a).max_connections.lock().unwrap(), Some(2));
+    // Lowering the cap: queued waiters are held to it too.
+    clients.recheck(|_| Some(1), None);
+    drop(_held);
+    assert!(w2.try_granted().is_none(), "still 1 open (w1's) against a cap of 1");
+}
+
+#[test]
 fn report_only_grants_and_counts_would_refuse() {
     let clients = Arc::new(Clients::default());
     let a = client("a");
@@ -143,10 +162,11 @@ fn idle_clients_are_pruned() {
     let clients = Arc::new(Clients::default());
     let slot = granted(clients.admit(&client("a"), caps(None, None, false, true)));
     let later = Instant::now() + Duration::from_secs(601);
-    assert!(clients.prune(later, Duration::from_secs(600)).is_empty(), "a client holding a slot stays");
+    assert!(clients.prune(later, Duration::from_secs(600), |_| false).is_empty(), "a client holding a slot stays");
     drop(slot);
     let later = Instant::now() + Duration::from_secs(601);
-    assert_eq!(clients.prune(later, Duration::from_secs(600)).len(), 1);
+    assert!(clients.prune(later, Duration::from_secs(600), |k| k == "a").is_empty(), "kept while asked to");
+    assert_eq!(clients.prune(later, Duration::from_secs(600), |_| false).len(), 1);
     assert!(clients.entries().is_empty());
 }
 

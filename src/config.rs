@@ -246,6 +246,31 @@ impl Config {
         if self.upstream_connect_timeout.0 == Some(std::time::Duration::ZERO) {
             return fail("upstream_connect_timeout", "must be greater than 0");
         }
+        // PgBouncer reads 0 as "disabled"; here 0 would close every connection at once. Say so.
+        let zero = |t: Timeout| t.0 == Some(std::time::Duration::ZERO);
+        let zero_msg = "0 would close every connection at once; write `off` to disable";
+        if zero(self.client_login_timeout) {
+            return fail("client_login_timeout", zero_msg);
+        }
+        let policies = std::iter::once((
+            "defaults".to_string(),
+            self.defaults.idle_timeout,
+            self.defaults.idle_in_transaction_timeout,
+            self.defaults.max_connection_age,
+        ))
+        .chain(self.rules.iter().enumerate().map(|(i, r)| {
+            let t = |v: Option<Timeout>| v.unwrap_or_default();
+            (format!("rules[{i}]"), t(r.idle_timeout), t(r.idle_in_transaction_timeout), t(r.max_connection_age))
+        }));
+        for (at, idle, iit, age) in policies {
+            for (name, value) in
+                [("idle_timeout", idle), ("idle_in_transaction_timeout", iit), ("max_connection_age", age)]
+            {
+                if zero(value) {
+                    return Err((format!("{at}.{name}"), zero_msg.to_string()));
+                }
+            }
+        }
         if self.upstream_tls == TlsMode::Disable && self.upstream_ca_file.is_some() {
             return fail("upstream_ca_file", "is set but upstream_tls is disable");
         }

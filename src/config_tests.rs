@@ -78,6 +78,12 @@ fn errors_name_the_key() {
         ("rules:\n  - name: a\n    match: { user: 'x' }\n    idle_timeout: soon", "rules[0].idle_timeout"),
         ("rules:\n  - name: a", "`rules[0].match`"),
         ("upstream_connect_timeout: 0", "`upstream_connect_timeout`"),
+        ("defaults:\n  idle_timeout: 0", "`defaults.idle_timeout`"),
+        (
+            "rules:\n  - match: { user: a }\n    idle_in_transaction_timeout: 0s",
+            "`rules[0].idle_in_transaction_timeout`",
+        ),
+        ("client_login_timeout: 0", "`client_login_timeout`"),
     ];
     for (yaml, key) in cases {
         let e = err(yaml);

@@ -1,7 +1,7 @@
 //! Process lifecycle: signals to a shutdown token and reload requests, and the open-file limit.
 //!
-//! SIGTERM and SIGINT start the drain (cancel the root token); a second one is left to the default handler's
-//! job of the supervisor. SIGHUP asks for a config reload.
+//! SIGTERM and SIGINT start the drain (cancel the root token); a second one, while draining, exits at once
+//! (status 1) for an operator who will not wait. SIGHUP asks for a config reload.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -16,13 +16,22 @@ pub fn spawn_signal_handlers(shutdown: CancellationToken, reload: mpsc::Sender<(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => { info!(signal = "SIGTERM", "draining"); shutdown.cancel(); }
-                _ = int.recv() => { info!(signal = "SIGINT", "draining"); shutdown.cancel(); }
+                _ = term.recv() => drain_or_exit(&shutdown, "SIGTERM"),
+                _ = int.recv() => drain_or_exit(&shutdown, "SIGINT"),
                 _ = hup.recv() => { let _ = reload.try_send(()); }
             }
         }
     });
     Ok(())
+}
+
+fn drain_or_exit(shutdown: &CancellationToken, signal: &str) {
+    if shutdown.is_cancelled() {
+        warn!(signal, "second signal while draining: exiting now");
+        std::process::exit(1);
+    }
+    info!(signal, "draining");
+    shutdown.cancel();
 }
 
 /// Raises the open-file soft limit to the hard limit (each session holds two sockets).

@@ -89,7 +89,8 @@ impl Proxy {
 
     /// One round of housekeeping: leak detection and forgetting long-idle clients.
     pub fn housekeeping(&self, now: Instant) {
-        self.clients.prune(now, FORGET_IDLE_CLIENTS);
+        let evidence = self.detector().clients_with_evidence();
+        self.clients.prune(now, FORGET_IDLE_CLIENTS, |key| evidence.contains(key));
         let settings = self.settings();
         let conns = self.registry.snapshot();
         let clients = self.clients.entries();
@@ -115,8 +116,17 @@ impl Proxy {
     /// Replaces the settings: new connections use them at once; live ones recompute their policy and timers
     /// (caps are checked at admission only, so lowering a cap closes nothing).
     pub fn update_settings(&self, settings: Settings) {
+        let config = settings.config.clone();
         self.settings.send_replace(Arc::new(settings));
+        self.clients
+            .recheck(|id| crate::policy::effective(&config, id).0.max_connections.0, config.max_total_connections.0);
         self.registry.signal_all(signal::RELOAD);
+    }
+
+    /// A session ends: its connection leaves the registry next; the leak detector keeps it as evidence if it
+    /// was a suspect.
+    pub fn session_closed(&self, conn: &Arc<crate::registry::Conn>) {
+        self.detector().closing(conn, Instant::now(), &self.settings().config.leak);
     }
 
     pub fn watch_settings(&self) -> watch::Receiver<Arc<Settings>> {

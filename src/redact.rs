@@ -67,6 +67,23 @@ pub fn redact(sql: &str) -> String {
                 i += 1;
             }
             i += 1;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            // Block comment (they nest in PostgreSQL): kept as is, quotes inside it open nothing.
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
         } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
@@ -149,11 +166,35 @@ mod tests {
             ),
             ("insert into t values ('a', 1), ('b', 2)", "insert into t values (?, ?), (?, ?)"),
             ("select 'unterminated", "select ?"),
+            ("/* don't */ SELECT * FROM users WHERE pw = 'hunter2'", "/* don't */ SELECT * FROM users WHERE pw = ?"),
+            ("/* a /* nested ' */ still */ select 'x'", "/* a /* nested ' */ still */ select ?"),
+            ("select 1 /* 'unterminated comment", "select ? /* 'unterminated comment"),
             ("select $$unterminated", "select ?"),
             ("select x from tbl_9 where café = 'é'", "select x from tbl_9 where café = ?"),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
+        }
+    }
+
+    /// No literal's content survives, whatever surrounds it.
+    #[test]
+    fn secrets_never_survive() {
+        let secret = "s3cr3t";
+        let wrappers = ["'{}'", "E'{}'", "$${}$$", "$q${}$q$", "'a''{}'", "E'\\'{}'"];
+        let contexts = [
+            "select {} ",
+            "/* it's */ select {}",
+            "-- it's\nselect {}",
+            "select \"it's\", {}",
+            "select x from t where a = {} and b = 'x'",
+        ];
+        for w in wrappers {
+            for c in contexts {
+                let sql = c.replace("{}", &w.replace("{}", secret));
+                let out = redact(&sql);
+                assert!(!out.contains(secret), "{sql:?} -> {out:?}");
+            }
         }
     }
 

@@ -78,9 +78,9 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub opened: Instant,
     epoch: Instant,
-    state: AtomicU8,
-    /// When the current state began, in nanoseconds since the registry's epoch.
-    state_since: AtomicU64,
+    /// The state (low 3 bits) and when it began (nanoseconds since the registry's epoch, the rest), in one
+    /// word so a reader never sees a new state with an old start.
+    state: AtomicU64,
     backend_pid: AtomicI32,
     cancel: OnceLock<CancelTarget>,
     last_statement: Mutex<String>,
@@ -130,17 +130,22 @@ impl Conn {
     }
 
     pub fn state(&self) -> ConnState {
-        ConnState::from_u8(self.state.load(Relaxed))
+        ConnState::from_u8((self.state.load(Relaxed) & 7) as u8)
     }
 
     pub fn state_since(&self) -> Instant {
-        self.epoch + Duration::from_nanos(self.state_since.load(Relaxed))
+        self.epoch + Duration::from_nanos(self.state.load(Relaxed) >> 3)
+    }
+
+    /// The state and its start, read together.
+    pub fn state_and_since(&self) -> (ConnState, Instant) {
+        let v = self.state.load(Relaxed);
+        (ConnState::from_u8((v & 7) as u8), self.epoch + Duration::from_nanos(v >> 3))
     }
 
     pub fn set_state(&self, state: ConnState, now: Instant) {
         let since = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        self.state_since.store(since, Relaxed);
-        self.state.store(state as u8, Relaxed);
+        self.state.store((since << 3) | state as u64, Relaxed);
     }
 
     pub fn backend_pid(&self) -> Option<i32> {
@@ -192,8 +197,7 @@ impl Registry {
             peer,
             opened,
             epoch: self.epoch,
-            state: AtomicU8::new(ConnState::Startup as u8),
-            state_since: AtomicU64::new(0),
+            state: AtomicU64::new(ConnState::Startup as u64),
             backend_pid: AtomicI32::new(0),
             cancel: OnceLock::new(),
             last_statement: Mutex::default(),

@@ -134,6 +134,7 @@ pub async fn run(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr, shu
         let reason = relay::run(&ctx, &mut client, &mut upstream.stream, &inbuf[used..]).await;
         admitted.reason = reason;
         conn.mark_closed(Instant::now(), reason.as_str());
+        proxy.session_closed(&conn);
         match reason {
             CloseReason::Client | CloseReason::Server | CloseReason::Abandoned => {
                 debug!(reason = reason.as_str(), "closed")

@@ -67,6 +67,15 @@ impl Detector {
     ) {
         let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
         let keep_history = th.idle.unwrap_or(Duration::ZERO) * 3 + Duration::from_secs(10);
+        // History is kept back to the oldest idle connection of each client, whose baseline it holds.
+        let mut oldest_idle: HashMap<&str, Instant> = HashMap::new();
+        for conn in conns {
+            if conn.state() == crate::registry::ConnState::Idle {
+                let since = conn.state_since();
+                let e = oldest_idle.entry(conn.client.display()).or_insert(since);
+                *e = (*e).min(since);
+            }
+        }
         let mut present = HashMap::with_capacity(clients.len());
         for entry in clients {
             let key = entry.id.display().to_string();
@@ -86,6 +95,7 @@ impl Detector {
             }
             t.cap_events = cap_events;
             if let Some(cutoff) = now.checked_sub(keep_history) {
+                let cutoff = oldest_idle.get(key.as_str()).map_or(cutoff, |&since| since.min(cutoff));
                 t.history.prune(cutoff);
             }
             present.insert(key, ());
@@ -97,7 +107,8 @@ impl Detector {
             let Some(t) = self.clients.get(conn.client.display()) else {
                 continue;
             };
-            let view = ConnView { state: conn.state(), state_since: conn.state_since(), listening: conn.listening() };
+            let (state, state_since) = conn.state_and_since();
+            let view = ConnView { state, state_since, listening: conn.listening() };
             if let Some(reason) = suspect_reason(&view, &t.history, now, &th) {
                 live.insert(conn.id, Suspect { conn: conn.clone(), reason });
             }
@@ -116,6 +127,26 @@ impl Detector {
             self.closed.pop_front();
         }
         self.log_transitions(now, stats);
+    }
+
+    /// A connection is closing: if it is a suspect at this moment (checked now, not at the last tick, so a
+    /// timeout equal to the threshold still leaves evidence), it is kept as a reclaimed suspect.
+    pub fn closing(&mut self, conn: &Arc<Conn>, now: Instant, leak: &Leak) {
+        let live = self.live.remove(&conn.id).map(|s| s.reason);
+        let Some((closed_at, closed_reason)) = conn.closed() else { return };
+        let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
+        let (state, state_since) = conn.state_and_since();
+        let view = ConnView { state, state_since, listening: conn.listening() };
+        let now_reason =
+            self.clients.get(conn.client.display()).and_then(|t| suspect_reason(&view, &t.history, now, &th));
+        if let Some(reason) = now_reason.or(live) {
+            self.closed.push_back(ClosedSuspect { conn: conn.clone(), reason, closed_at, closed_reason });
+        }
+    }
+
+    /// Client keys with reclaimed suspects still kept (their client must not be forgotten before them).
+    pub fn clients_with_evidence(&self) -> std::collections::HashSet<String> {
+        self.closed.iter().map(|c| c.conn.client.display().to_string()).collect()
     }
 
     fn log_transitions(&mut self, now: Instant, stats: &Stats) {

@@ -225,9 +225,23 @@ pub fn client_want(cap: usize, tag: u8) -> usize {
     }
 }
 
+/// Whether any statement of `text` is a LISTEN (after leading whitespace and comments).
 fn starts_with_listen(text: &[u8]) -> bool {
-    let t = text.trim_ascii_start();
-    t.len() >= 6 && t[..6].eq_ignore_ascii_case(b"listen") && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
+    text.split(|&c| c == b';').any(|stmt| {
+        let mut t = stmt.trim_ascii_start();
+        loop {
+            if let Some(rest) = t.strip_prefix(b"/*") {
+                let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |p| p + 2);
+                t = rest[end..].trim_ascii_start();
+            } else if let Some(rest) = t.strip_prefix(b"--") {
+                let end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+                t = rest[end..].trim_ascii_start();
+            } else {
+                break;
+            }
+        }
+        t.len() >= 6 && t[..6].eq_ignore_ascii_case(b"listen") && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
+    })
 }
 
 #[cfg(test)]

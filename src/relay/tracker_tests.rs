@@ -147,6 +147,10 @@ fn terminate_fatal_and_listen() {
     assert!(t.terminated);
     assert!(!starts_with_listen(b"listener"));
     assert!(starts_with_listen(b"listen"));
+    assert!(starts_with_listen(b"/* app */ LISTEN jobs"));
+    assert!(starts_with_listen(b"SELECT 1; listen jobs"));
+    assert!(starts_with_listen(b"-- worker\nLISTEN jobs"));
+    assert!(!starts_with_listen(b"select 'listen here'"));
 }
 
 #[test]

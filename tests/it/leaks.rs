@@ -285,3 +285,27 @@ async fn report_only_still_detects_leaks() {
     assert!(!c.is_closed(), "report-only closes nothing");
     p.stop().await;
 }
+
+/// The README's own setting: a timeout equal to the leak threshold. The reclaimed connection is a suspect
+/// at the moment it is closed, so its evidence is kept even though no detector tick saw it live.
+#[tokio::test]
+async fn timeout_equal_to_the_threshold_still_leaves_evidence() {
+    let mut config = leak_config(60.0, 2.0);
+    config.defaults.idle_in_transaction_timeout = Timeout(Some(Duration::from_secs(2)));
+    let p = start_proxy(config).await;
+    let c = p.connect("leak-same").await.unwrap();
+    c.batch_execute("begin; select 'forgotten'").await.unwrap();
+    assert!(eventually(Duration::from_secs(6), || c.is_closed()).await, "reclaimed");
+    let evidence = async {
+        loop {
+            if let Some(l) = leak_of(&p, "leak-same").await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let l = tokio::time::timeout(Duration::from_secs(3), evidence).await.expect("kept in /leaks");
+    assert_eq!(l["suspects"][0]["closed_reason"], "idle_in_transaction_timeout");
+    assert_eq!(l["suspects"][0]["leak_reason"], "idle_in_transaction");
+    p.stop().await;
+}
