@@ -273,6 +273,8 @@ class Bench:
         tests.append(("COPY OUT throughput", "MB/s", self.copy_out, TARGETS))
         tests.append(("RSS per idle client connection", "bytes", self.idle_rss, ["pgwarden", "pgbouncer", "haproxy"]))
         tests.append(("CPU seconds per 100k select-only transactions", "cpu s", self.cpu_per_100k, ["pgwarden", "pgbouncer", "haproxy"]))
+        if self.args.only:
+            tests = [t for t in tests if re.search(self.args.only, t[0])]
         results = {name: {t: [] for t in targets} for name, _, _, targets in tests}
         for r in range(rounds):
             for name, unit, fn, targets in tests:
@@ -318,6 +320,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    ap.add_argument("--only", help="run only the measurements whose name matches this regex")
     args = ap.parse_args()
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))

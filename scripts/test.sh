@@ -12,3 +12,6 @@ cargo test --locked
 # release binary's check-config against the chart's and the manifests' configs.
 cargo build --release --locked --bin pgwarden
 PGWARDEN_BIN="$PWD/target/release/pgwarden" bash scripts/check-k8s.sh
+# The benchmark harness in quick mode (seconds per measurement), so it never rots.
+PGWARDEN_BIN="$PWD/target/release/pgwarden" python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
+echo "bench --quick: ok ($(grep -c 'x$' target/bench-quick.txt) rows in target/bench-quick.txt)"

@@ -141,8 +141,24 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// The tokio runtime: `PGWARDEN_WORKER_THREADS` worker threads, default 1 (everything on one thread, as
+/// PgBouncer does: a sidecar shares its pod's CPUs with the application, and on 2 CPUs one thread measured
+/// as fast as two with less CPU; see BENCHMARKS.md).
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from)?)
+    let threads = match std::env::var("PGWARDEN_WORKER_THREADS") {
+        Ok(v) => v.parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+            ConfigError::invalid("PGWARDEN_WORKER_THREADS", format!("invalid value {v:?} (a number from 1 to 64)"))
+        })?,
+        Err(_) => 1,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    Ok(builder.enable_all().build().map_err(anyhow::Error::from)?)
 }
 
 async fn top(admin: &str, once: bool) -> Result<(), Failure> {

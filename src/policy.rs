@@ -96,32 +96,23 @@ pub struct TimerInput<'a> {
 /// The next timer of a connection, if any: the earliest deadline that applies to its state.
 pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
     let after = |d: Option<Duration>| d.map(|d| i.state_since + d);
-    let mut candidates: Vec<(Instant, Timer)> = Vec::with_capacity(3);
-    if let Some(at) = i.drain_deadline {
-        candidates.push((at, Timer::DrainGrace));
-    }
-    match i.state {
-        ConnState::Startup => {
-            if let Some(at) = i.login_deadline {
-                candidates.push((at, Timer::Login));
-            }
-        }
-        ConnState::Idle if !i.idle_timers_spent => {
-            if let Some(at) = after(i.policy.idle_timeout.0) {
-                candidates.push((at, Timer::Idle));
-            }
-            if let Some(age) = i.policy.max_connection_age.0 {
-                candidates.push(((i.opened + age).max(i.state_since), Timer::MaxAge));
-            }
-        }
+    let earliest = |a: Option<(Instant, Timer)>, b: Option<(Instant, Timer)>| match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+        (x, y) => x.or(y),
+    };
+    let drain = i.drain_deadline.map(|at| (at, Timer::DrainGrace));
+    let own = match i.state {
+        ConnState::Startup => i.login_deadline.map(|at| (at, Timer::Login)),
+        ConnState::Idle if !i.idle_timers_spent => earliest(
+            after(i.policy.idle_timeout.0).map(|at| (at, Timer::Idle)),
+            i.policy.max_connection_age.0.map(|age| ((i.opened + age).max(i.state_since), Timer::MaxAge)),
+        ),
         ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction if !i.idle_timers_spent => {
-            if let Some(at) = after(i.policy.idle_in_transaction_timeout.0) {
-                candidates.push((at, Timer::IdleInTransaction));
-            }
+            after(i.policy.idle_in_transaction_timeout.0).map(|at| (at, Timer::IdleInTransaction))
         }
-        _ => {}
-    }
-    candidates.into_iter().min_by_key(|(at, _)| *at)
+        _ => None,
+    };
+    earliest(drain, own)
 }
 
 #[cfg(test)]

@@ -216,11 +216,12 @@ impl Relay<'_, '_> {
         }
         let mut timer = self.next_timer();
         let mut sleep = pin!(tokio::time::sleep_until(far_future(timer)));
+        let mut armed = timer.map(|t| t.0);
         let mut server_first = false;
         loop {
             if self.publish_state() {
                 timer = self.next_timer();
-                sleep.as_mut().reset(far_future(timer));
+                arm(sleep.as_mut(), &mut armed, timer);
             }
             if draining && matches!(self.published, ConnState::Idle | ConnState::Startup) {
                 return self.close(client, server, CloseReason::Shutdown, Some(shutdown_error())).await;
@@ -239,7 +240,7 @@ impl Relay<'_, '_> {
                         self.drain_deadline = Some(Instant::now() + self.grace());
                     }
                     timer = self.next_timer();
-                    sleep.as_mut().reset(far_future(timer));
+                    arm(sleep.as_mut(), &mut armed, timer);
                     continue;
                 }
                 _ = &mut sleep, if timer.is_some() => {
@@ -248,7 +249,7 @@ impl Relay<'_, '_> {
                         return self.close(client, server, reason, Some(error)).await;
                     }
                     timer = self.next_timer();
-                    sleep.as_mut().reset(far_future(timer));
+                    arm(sleep.as_mut(), &mut armed, timer);
                     continue;
                 }
                 event = poll_fn(|cx| self.poll_io(cx, client, server, server_first)) => event,
@@ -563,6 +564,16 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn shutdown_error() -> (&'static str, String) {
     (sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down".to_string())
+}
+
+/// Points the sleep at `timer`'s deadline, touching the timer wheel only when the deadline changes (state
+/// changes happen twice per query; most of them need no timer at all).
+fn arm(sleep: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Instant>, timer: Option<(Instant, Timer)>) {
+    let want = timer.map(|t| t.0);
+    if want.is_some() && want != *armed {
+        sleep.reset(far_future(timer));
+        *armed = want;
+    }
 }
 
 /// A far deadline for a disabled timer (the branch is also switched off, this only keeps the Sleep valid).
