@@ -35,8 +35,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
 use tracker::Tracker;
 
-/// Relay buffer size: one buffer per session serves both directions.
+/// Read buffer per direction while data flows.
 const BUF_SIZE: usize = 16 * 1024;
+/// Read buffer per direction while the session is idle or exchanging small messages: an idle session holds
+/// 2 × this, not 2 × `BUF_SIZE` (the memory target is 16 KiB per idle client connection in all).
+const SMALL_BUF: usize = 512;
 
 /// Why a session ended; the names are the `reason` label of the closed counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,9 @@ pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Up
         drain_deadline: None,
     };
     if !early.is_empty() {
+        if early.len() > relay.up.buf.len() {
+            relay.up.buf = vec![0; early.len().max(BUF_SIZE)];
+        }
         relay.up.buf[..early.len()].copy_from_slice(early);
         relay.up.len = early.len();
         if let Err(reason) = relay.client_bytes(early.len()) {
@@ -137,12 +143,20 @@ struct Flow {
     sent: usize,
     /// Written but not yet flushed (TLS buffers records until flushed).
     unflushed: bool,
+    /// The last read filled the small buffer: more is coming, read in large chunks once this is written.
+    grow: bool,
 }
 
 impl Flow {
     fn new() -> Flow {
-        // Zeroed pages are only made resident when first written, so an idle session costs little.
-        Flow { buf: vec![0; BUF_SIZE], len: 0, sent: 0, unflushed: false }
+        Flow { buf: vec![0; SMALL_BUF], len: 0, sent: 0, unflushed: false, grow: false }
+    }
+
+    /// Gives a large buffer back once the session is idle and nothing is in flight.
+    fn shrink_if_idle(&mut self) {
+        if self.len == 0 && self.buf.len() > SMALL_BUF {
+            self.buf = vec![0; SMALL_BUF];
+        }
     }
 
     /// Writes what is pending to `w` without blocking the caller on it.
@@ -160,6 +174,9 @@ impl Flow {
         }
         self.len = 0;
         self.sent = 0;
+        if std::mem::take(&mut self.grow) {
+            self.buf = vec![0; BUF_SIZE];
+        }
         if self.unflushed {
             match Pin::new(&mut *w).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -310,6 +327,7 @@ impl Relay<'_, '_> {
                 (Side::Server, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ServerClosed)),
                 (side, Poll::Ready(Ok(n))) => {
                     flow.len = n;
+                    flow.grow = n == flow.buf.len() && n < BUF_SIZE;
                     return Poll::Ready(Ok(if side == Side::Client { Io::Client(n) } else { Io::Server(n) }));
                 }
             }
@@ -347,6 +365,8 @@ impl Relay<'_, '_> {
         if state == ConnState::Idle {
             self.c2s.shrink();
             self.s2c.shrink();
+            self.up.shrink_if_idle();
+            self.down.shrink_if_idle();
         }
         true
     }

@@ -31,16 +31,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr, user: &str, app: &str) -> Result<Client, DbError> {
         let mut stream = TcpStream::connect(addr).await.map_err(io_error)?;
-        let mut body = (3u32 << 16).to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", "postgres"), ("application_name", app)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
+        let packet = crate::protocol::startup::encode_startup(&[
+            ("user", user),
+            ("database", "postgres"),
+            ("application_name", app),
+        ]);
         stream.write_all(&packet).await.map_err(io_error)?;
         let mut client = Client { stream, backend_pid: 0 };
         loop {

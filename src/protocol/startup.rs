@@ -126,6 +126,21 @@ fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
+/// Encodes a protocol 3.0 StartupMessage with `params` (clients of pgwarden's own: the demo, the tests).
+pub fn encode_startup(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Encodes a CancelRequest for `pid` and `key` (what pgwarden sends upstream when a client vanishes).
 pub fn encode_cancel(pid: i32, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + key.len());

@@ -1,17 +1,8 @@
 use super::*;
 
 fn startup_message(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&((3u32 << 16) | minor as u32).to_be_bytes());
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
+    let mut out = encode_startup(params);
+    out[4..8].copy_from_slice(&((3u32 << 16) | minor as u32).to_be_bytes());
     out
 }
 

@@ -224,23 +224,15 @@ async fn configmap_named_by_the_pod_is_read_from_its_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_identity_from_the_downward_api() {
-    use crate::lifecycle::{bin, wait_listening};
-    use crate::support::pg::{free_port, pg};
-    let (port, admin) = (free_port(), free_port());
-    let mut child = bin()
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream", &format!("127.0.0.1:{}", pg().port)])
-        .env("PGWARDEN_CONFIG_YAML", "upstream_tls: disable\nclient_key: [namespace, workload, application_name]\n")
-        .env("PGWARDEN_POD_NAME", "checkout-api-7d9f8c6b5-x2x7q")
-        .env("PGWARDEN_POD_NAMESPACE", "shop")
-        .env("PGWARDEN_WORKLOAD", "checkout-api")
-        .env("PGWARDEN_NODE_NAME", "node-3")
-        .env("PGWARDEN_SERVICE_ACCOUNT", "checkout")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let env = [
+        ("PGWARDEN_POD_NAME", "checkout-api-7d9f8c6b5-x2x7q"),
+        ("PGWARDEN_POD_NAMESPACE", "shop"),
+        ("PGWARDEN_WORKLOAD", "checkout-api"),
+        ("PGWARDEN_NODE_NAME", "node-3"),
+        ("PGWARDEN_SERVICE_ACCOUNT", "checkout"),
+    ];
+    let yaml = "upstream_tls: disable\nclient_key: [namespace, workload, application_name]\n";
+    let (mut child, port, admin) = crate::lifecycle::spawn_proxy_binary(yaml, &env, std::process::Stdio::null()).await;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1").port(port).user("postgres").dbname("postgres").application_name("api");
     let c = crate::support::proxy::connect(cfg).await.unwrap();

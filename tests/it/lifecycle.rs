@@ -10,6 +10,23 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgwarden"))
 }
 
+/// Runs the real binary as a proxy in front of the test PostgreSQL with `yaml` as its config and `env`;
+/// returns it once it listens, with its listen and admin ports.
+pub async fn spawn_proxy_binary(yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> (std::process::Child, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let child = bin()
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--upstream", &format!("127.0.0.1:{}", pg().port)])
+        .env("PGWARDEN_CONFIG_YAML", yaml)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    (child, port, admin)
+}
+
 pub async fn wait_listening(port: u16) {
     let until = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -20,16 +37,8 @@ pub async fn wait_listening(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_exits_zero() {
-    let (port, admin) = (free_port(), free_port());
-    let mut child = bin()
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", pg().port)])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .env("PGWARDEN_CONFIG_YAML", "upstream_tls: disable\nshutdown_grace: 10s\n")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let (mut child, port, admin) =
+        spawn_proxy_binary("upstream_tls: disable\nshutdown_grace: 10s\n", &[], Stdio::null()).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut idle = Raw::connect(addr, "postgres", "life-idle").await;
     let mut cfg = tokio_postgres::Config::new();
@@ -64,15 +73,8 @@ async fn sigterm_drains_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
-    let port = free_port();
-    let mut child = bin()
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", pg().port)])
-        .env("PGWARDEN_CONFIG_YAML", "upstream_tls: disable\nshutdown_grace: 1s\n")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let (mut child, port, _) =
+        spawn_proxy_binary("upstream_tls: disable\nshutdown_grace: 1s\n", &[], Stdio::null()).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut stuck = Raw::connect(addr, "postgres", "life-stuck").await;
     stuck.send(&raw::query("begin")).await;

@@ -1,8 +1,7 @@
 //! Log lines of the real binary: one WARN when a client becomes a leak suspect, one INFO when it recovers,
 //! never one per poll; report-only mode detects too.
 
-use crate::lifecycle::{bin, wait_listening};
-use crate::support::pg::{free_port, pg};
+use crate::lifecycle::spawn_proxy_binary;
 use crate::support::raw::{self, Raw};
 use std::io::Read;
 use std::process::Stdio;
@@ -10,19 +9,9 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_warn_per_transition_in_report_only_mode() {
-    let (port, admin) = (free_port(), free_port());
     let yaml =
         "upstream_tls: disable\nenforce: false\nlog_format: json\nleak:\n  idle_in_transaction_threshold: 500ms\n";
-    let mut child = bin()
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream", &format!("127.0.0.1:{}", pg().port)])
-        .env("PGWARDEN_CONFIG_YAML", yaml)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let (mut child, port, _) = spawn_proxy_binary(yaml, &[("RUST_LOG", "info")], Stdio::piped()).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Raw::connect(addr, "postgres", "logs-app").await;
     c.send(&raw::query("begin; select 'card 4111111111111111'")).await;

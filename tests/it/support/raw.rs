@@ -12,17 +12,7 @@ pub struct Raw {
 }
 
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    pgwarden::protocol::startup::encode_startup(params)
 }
 
 pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
