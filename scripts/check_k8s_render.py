@@ -352,33 +352,29 @@ class Checker:
         return not self.errors
 
 
-def pgwarden_check_config(text: str) -> str | None:
-    """Runs `$PGWARDEN_BIN check-config` on a config file's text; the error, or None when it passes
-    (or when PGWARDEN_BIN is not set)."""
+def pgwarden_run(args: list[str], text: str) -> str | None:
+    """Runs `$PGWARDEN_BIN <args> <file holding text>`; the error, or None when it passes (or when
+    PGWARDEN_BIN is not set)."""
     binary = os.environ.get("PGWARDEN_BIN")
     if not binary:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(text)
         f.flush()
-        r = subprocess.run([binary, "check-config", f.name], capture_output=True, text=True, check=False)
+        r = subprocess.run([binary, *args, f.name], capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        return f"pgwarden check-config exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
+        return f"pgwarden {' '.join(args)} exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
     return None
+
+
+def pgwarden_check_config(text: str) -> str | None:
+    """`pgwarden check-config` on a config file's text."""
+    return pgwarden_run(["check-config"], text)
 
 
 def pgwarden_check_inject(text: str) -> str | None:
-    """Runs `$PGWARDEN_BIN inject --check --config` on the injector's config; the error, or None."""
-    binary = os.environ.get("PGWARDEN_BIN")
-    if not binary:
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(text)
-        f.flush()
-        r = subprocess.run([binary, "inject", "--check", "--config", f.name], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        return f"pgwarden inject --check exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
-    return None
+    """`pgwarden inject --check --config` on the injector's config."""
+    return pgwarden_run(["inject", "--check", "--config"], text)
 
 
 def check_env_configs(files: list[str]) -> bool:

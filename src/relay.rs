@@ -12,6 +12,7 @@
 //! Every await in the loop either completes a read whose bytes are then handled in full, or is a timer or
 //! the shutdown token; partial messages live in the scanners, so no select branch can lose bytes.
 
+mod flow;
 pub mod tracker;
 
 use crate::clients::ClientEntry;
@@ -22,6 +23,7 @@ use crate::protocol::{error_response, sqlstate};
 use crate::proxy::{Proxy, Settings};
 use crate::registry::{signal, CancelTarget, Conn, ConnState};
 use crate::upstream::Upstream;
+use flow::{Flow, BUF_SIZE};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -29,17 +31,11 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
 use tracker::Tracker;
-
-/// Read buffer per direction while data flows.
-const BUF_SIZE: usize = 16 * 1024;
-/// Read buffer per direction while the session is idle or exchanging small messages: an idle session holds
-/// 2 × this, not 2 × `BUF_SIZE` (the memory target is 16 KiB per idle client connection in all).
-const SMALL_BUF: usize = 512;
 
 /// Why a session ended; the names are the `reason` label of the closed counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,64 +128,6 @@ fn statement_cap(settings: &Settings) -> usize {
     match settings.config.stats.statement_text {
         crate::config::StatementText::Off => 0,
         _ => settings.config.stats.statement_max_length as usize,
-    }
-}
-
-/// One direction's bytes in flight: read into `buf[..len]`, written out from `buf[sent..len]`. Nothing more
-/// is read in that direction until all of it is written (backpressure), but the other direction goes on.
-struct Flow {
-    buf: Vec<u8>,
-    len: usize,
-    sent: usize,
-    /// Written but not yet flushed (TLS buffers records until flushed).
-    unflushed: bool,
-    /// The last read filled the small buffer: more is coming, read in large chunks once this is written.
-    grow: bool,
-}
-
-impl Flow {
-    fn new() -> Flow {
-        Flow { buf: vec![0; SMALL_BUF], len: 0, sent: 0, unflushed: false, grow: false }
-    }
-
-    /// Gives a large buffer back once the session is idle and nothing is in flight.
-    fn shrink_if_idle(&mut self) {
-        if self.len == 0 && self.buf.len() > SMALL_BUF {
-            self.buf = vec![0; SMALL_BUF];
-        }
-    }
-
-    /// Writes what is pending to `w` without blocking the caller on it.
-    fn poll_flush_to<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>> {
-        while self.sent < self.len {
-            match Pin::new(&mut *w).poll_write(cx, &self.buf[self.sent..self.len]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.sent += n;
-                    self.unflushed = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.len = 0;
-        self.sent = 0;
-        if std::mem::take(&mut self.grow) {
-            self.buf = vec![0; BUF_SIZE];
-        }
-        if self.unflushed {
-            match Pin::new(&mut *w).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Writes everything pending (used when closing, under a deadline).
-    async fn drain_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
-        poll_fn(|cx| self.poll_flush_to(cx, w)).await
     }
 }
 
