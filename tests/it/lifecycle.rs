@@ -98,3 +98,33 @@ async fn reqwest_status(base: &str, path: &str) -> u16 {
     s.read_to_string(&mut resp).await.unwrap();
     resp.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// Shutdown grace expiring while rows stream: the client reads whole messages up to a boundary, then the
+/// 57P01 ErrorResponse, never a torn message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_close_mid_stream_ends_at_a_message_boundary() {
+    let mut config = crate::support::test_config();
+    config.shutdown_grace = pgwarden::config::Timeout(Some(Duration::from_millis(500)));
+    let p = crate::support::start_proxy(config).await;
+    let mut c = Raw::connect(p.addr, "postgres", "life-stream").await;
+    c.send(&raw::query("select pg_sleep(0.0005), repeat('x', 3000) from generate_series(1, 200000)")).await;
+    // Let rows flow, then shut down; the grace runs out mid-stream.
+    let (tag, _) = raw::read_message(&mut c.stream).await.unwrap();
+    assert_eq!(tag, b'T', "RowDescription");
+    p.shutdown.cancel();
+    let mut rows = 0;
+    let mut codes = Vec::new();
+    let read_all = async {
+        while let Some((tag, body)) = raw::read_message(&mut c.stream).await {
+            match tag {
+                b'D' => rows += 1,
+                b'E' => codes.push(raw::error_code(&body)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read_all).await.expect("closed in time");
+    assert!(rows > 0, "rows were streaming");
+    assert_eq!(codes.last().map(String::as_str), Some("57P01"), "ends with 57P01 after whole messages: {codes:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(10), p.task).await;
+}

@@ -129,3 +129,25 @@ async fn reload_request_and_timeouts_of_live_connections() {
     reloader.abort();
     p.stop().await;
 }
+
+/// The rollout the README recommends: report-only first, then enforcement. A connection already counted as
+/// would-close is closed once enforcement is switched on.
+#[tokio::test]
+async fn switching_enforcement_on_acts_on_what_was_only_counted() {
+    let mut config = test_config();
+    config.enforce = false;
+    config.defaults.idle_in_transaction_timeout = pgwarden::config::Timeout(Some(Duration::from_millis(500)));
+    let p = start_proxy(config.clone()).await;
+    let mut c = crate::support::raw::Raw::connect(p.addr, "postgres", "reload-enforce").await;
+    c.send(&crate::support::raw::query("begin")).await;
+    assert_eq!(c.until_ready().await.1, b'T');
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    config.enforce = true;
+    p.proxy.update_settings(pgwarden::proxy::Settings::new(config).unwrap());
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(5), crate::support::raw::read_message(&mut c.stream))
+        .await
+        .expect("closed once enforcement is on")
+        .unwrap();
+    assert_eq!((tag, crate::support::raw::error_code(&body).as_str()), (b'E', "25P03"));
+    p.stop().await;
+}
