@@ -17,7 +17,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -43,7 +42,8 @@ impl Settings {
 pub struct Proxy {
     registry: Arc<Registry>,
     clients: Arc<Clients>,
-    settings: watch::Sender<Arc<Settings>>,
+    /// Read once per connection (and on reload), never per message.
+    settings: std::sync::RwLock<Arc<Settings>>,
     pod: PodIdentity,
     detector: Mutex<Detector>,
     metrics: Metrics,
@@ -58,7 +58,7 @@ impl Proxy {
         Arc::new(Proxy {
             registry: Arc::default(),
             clients: Arc::default(),
-            settings: watch::Sender::new(Arc::new(settings)),
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             metrics: Metrics::new(&pod),
             pod,
             detector: Mutex::default(),
@@ -110,14 +110,14 @@ impl Proxy {
 
     /// The settings new connections use now.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.borrow().clone()
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Replaces the settings: new connections use them at once; live ones recompute their policy and timers
     /// (caps are checked at admission only, so lowering a cap closes nothing).
     pub fn update_settings(&self, settings: Settings) {
         let config = settings.config.clone();
-        self.settings.send_replace(Arc::new(settings));
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         self.clients
             .recheck(|id| crate::policy::effective(&config, id).0.max_connections.0, config.max_total_connections.0);
         self.registry.signal_all(signal::RELOAD);
@@ -127,10 +127,6 @@ impl Proxy {
     /// was a suspect.
     pub fn session_closed(&self, conn: &Arc<crate::registry::Conn>) {
         self.detector().closing(conn, Instant::now(), &self.settings().config.leak);
-    }
-
-    pub fn watch_settings(&self) -> watch::Receiver<Arc<Settings>> {
-        self.settings.subscribe()
     }
 
     /// Serves clients and the admin API until `shutdown`; the admin API outlives the drain (so `/readyz`

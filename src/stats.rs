@@ -4,7 +4,7 @@
 //! The same types deserialize the JSON again for `pgwarden top` and `pgwarden leaks`.
 
 use crate::clients::{ClientEntry, RefuseReason};
-use crate::identity::{ClientId, Field, PodIdentity};
+use crate::identity::{Field, PodIdentity};
 use crate::leak::{Detector, LeakReason};
 use crate::proxy::Proxy;
 use crate::redact;
@@ -242,11 +242,6 @@ impl Snapshot {
                 .then(b.stats.open.cmp(&a.stats.open))
         });
         LeaksResponse { leaks }
-    }
-
-    /// Live suspect count per client key.
-    pub fn suspects_of(&self, client: &ClientId) -> usize {
-        self.conns.iter().filter(|c| c.client.display() == client.display() && self.live.contains_key(&c.id)).count()
     }
 }
 

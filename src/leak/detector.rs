@@ -48,10 +48,6 @@ impl Detector {
         self.live.values()
     }
 
-    pub fn live_reason(&self, conn_id: u64) -> Option<LeakReason> {
-        self.live.get(&conn_id).map(|s| s.reason)
-    }
-
     /// Suspects closed within `leak.keep_closed_suspects`, newest first.
     pub fn closed(&self) -> impl Iterator<Item = &ClosedSuspect> {
         self.closed.iter().rev()
