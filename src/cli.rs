@@ -7,7 +7,9 @@ use crate::config::overrides::Overrides;
 use crate::config::source::ConfigSource;
 use crate::config::ConfigError;
 use crate::identity::PodIdentity;
-use crate::proxy::{Proxy, Settings};
+use crate::server::{reload, signals, Server};
+use crate::state::{Settings, State};
+use crate::views::report;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use thiserror::Error;
@@ -41,7 +43,7 @@ pub enum Command {
     /// Live per-client table from a running proxy's admin API.
     Top {
         /// The proxy's admin URL.
-        #[arg(long, env = "PGWARDEN_ADMIN", default_value = crate::report::DEFAULT_ADMIN)]
+        #[arg(long, env = "PGWARDEN_ADMIN", default_value = report::DEFAULT_ADMIN)]
         admin: String,
         /// Print the table once and exit.
         #[arg(long)]
@@ -50,7 +52,7 @@ pub enum Command {
     /// One-shot leak report: exit 0 when clean, 3 when leaks are suspected.
     Leaks {
         /// The proxy's admin URL.
-        #[arg(long, env = "PGWARDEN_ADMIN", default_value = crate::report::DEFAULT_ADMIN)]
+        #[arg(long, env = "PGWARDEN_ADMIN", default_value = report::DEFAULT_ADMIN)]
         admin: String,
         /// Print the `/leaks` JSON instead of the table.
         #[arg(long)]
@@ -121,13 +123,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Proxy(source) => run_proxy(source),
         Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
         Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
-        Command::Demo { keep_running } => crate::demo::run(keep_running),
+        Command::Demo { keep_running } => Ok(crate::demo::run(keep_running)?),
         Command::Inject { check: true, config, .. } => {
             let cfg = match config {
-                Some(path) => crate::inject::config::InjectConfig::read_file(&path)?,
+                Some(path) => crate::k8s::inject::config::InjectConfig::read_file(&path)?,
                 None => Default::default(),
             };
-            let proxy = crate::inject::proxy_config(&cfg, &Default::default(), None)
+            let proxy = crate::k8s::inject::proxy_config(&cfg, &Default::default(), None)
                 .map_err(|m| ConfigError::invalid("--config", m))?;
             print!("{}", proxy.to_yaml());
             Ok(())
@@ -163,8 +165,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 async fn top(admin: &str, once: bool) -> Result<(), Failure> {
     loop {
-        let clients: crate::stats::ClientsResponse = crate::report::get_json(admin, "/clients").await?;
-        let table = crate::report::clients_table(&clients);
+        let clients: crate::views::stats::ClientsResponse = report::get_json(admin, "/clients").await?;
+        let table = report::clients_table(&clients);
         if once {
             print!("{table}");
             return Ok(());
@@ -179,13 +181,13 @@ async fn top(admin: &str, once: bool) -> Result<(), Failure> {
 }
 
 async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
-    let report: crate::stats::LeaksResponse = crate::report::get_json(admin, "/leaks").await?;
+    let found: crate::views::stats::LeaksResponse = report::get_json(admin, "/leaks").await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+        println!("{}", serde_json::to_string_pretty(&found).map_err(anyhow::Error::from)?);
     } else {
-        print!("{}", crate::report::leaks_report(&report));
+        print!("{}", report::leaks_report(&found));
     }
-    if report.leaks.is_empty() {
+    if found.leaks.is_empty() {
         Ok(())
     } else {
         Err(Failure::LeaksFound)
@@ -195,7 +197,7 @@ async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
 fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
     let config = source.load()?;
     crate::logging::init(config.log_format);
-    crate::lifecycle::raise_nofile_limit();
+    signals::raise_nofile_limit();
     let settings = Settings::new(config.clone())?;
     runtime()?.block_on(async move {
         let listener = TcpListener::bind((config.listen.host.as_str(), config.listen.port))
@@ -205,18 +207,19 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin_listen): {e}", config.admin_listen))?;
         let pod = PodIdentity::from_lookup(|k| std::env::var(k).ok());
-        let proxy = Proxy::new(settings, pod);
+        let state = State::new(settings, pod);
+        let mut server = Server::new(state.clone());
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
-        crate::lifecycle::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
-        crate::reload::spawn(proxy.clone(), source, reload_rx, crate::reload::POLL_INTERVAL);
+        signals::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
+        server.supervise("config reload", reload::watch(state, source, reload_rx, reload::POLL_INTERVAL));
         info!(
             listen = %listener.local_addr().map_err(anyhow::Error::from)?,
             admin = %config.admin_listen,
             upstream = %config.upstream,
             "pgwarden proxy ready"
         );
-        proxy.run(listener, admin_listener, shutdown).await;
+        server.run(listener, admin_listener, shutdown).await.map_err(anyhow::Error::from)?;
         Ok(())
     })
 }
@@ -228,7 +231,7 @@ fn run_inject(
     config: Option<&std::path::Path>,
     log_format: &str,
 ) -> Result<(), Failure> {
-    use crate::inject::{config::InjectConfig, server, tls::ReloadingCert};
+    use crate::k8s::inject::{config::InjectConfig, server, tls::ReloadingCert};
     let format = match log_format {
         "text" => crate::config::LogFormat::Text,
         "json" => crate::config::LogFormat::Json,
@@ -259,7 +262,7 @@ fn run_inject(
         let injector = std::sync::Arc::new(server::Injector { config: inject_config, kube });
         let stop = CancellationToken::new();
         let (reload_tx, _reload_rx) = mpsc::channel(1);
-        crate::lifecycle::spawn_signal_handlers(stop.clone(), reload_tx).map_err(anyhow::Error::from)?;
+        signals::spawn_signal_handlers(stop.clone(), reload_tx).map_err(anyhow::Error::from)?;
         info!(listen = %listen_addr, "pgwarden injector ready");
         server::serve(injector, listener, cert, stop).await?;
         Ok(())

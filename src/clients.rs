@@ -8,31 +8,12 @@
 
 use crate::config::Limit;
 use crate::identity::ClientId;
+use crate::vocab::{CloseCounts, RefuseCounts, RefuseReason};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-/// Why a connection was (or in report-only mode would have been) refused; the `reason` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RefuseReason {
-    ClientLimit,
-    TotalLimit,
-    WaitTimeout,
-}
-
-impl RefuseReason {
-    pub const ALL: [RefuseReason; 3] = [RefuseReason::ClientLimit, RefuseReason::TotalLimit, RefuseReason::WaitTimeout];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefuseReason::ClientLimit => "client_limit",
-            RefuseReason::TotalLimit => "total_limit",
-            RefuseReason::WaitTimeout => "wait_timeout",
-        }
-    }
-}
 
 /// Counters of one client; read without locks by the stats endpoints.
 #[derive(Debug, Default)]
@@ -40,21 +21,10 @@ pub struct ClientCounters {
     pub open: AtomicU32,
     pub waiting: AtomicU32,
     pub opened: AtomicU64,
-    pub refused: [AtomicU64; 3],
-    pub would_refuse: [AtomicU64; 3],
-    /// Closed connections by `relay::CloseReason` index.
-    pub closed: [AtomicU64; 8],
-    pub would_close: [AtomicU64; 8],
-}
-
-impl ClientCounters {
-    pub fn refused(&self, r: RefuseReason) -> u64 {
-        self.refused[r as usize].load(Relaxed)
-    }
-
-    pub fn would_refuse(&self, r: RefuseReason) -> u64 {
-        self.would_refuse[r as usize].load(Relaxed)
-    }
+    pub refused: RefuseCounts,
+    pub would_refuse: RefuseCounts,
+    pub closed: CloseCounts,
+    pub would_close: CloseCounts,
 }
 
 /// One client's entry: its identity and counters. Shared with every connection of the client.
@@ -160,7 +130,7 @@ impl Clients {
         match full {
             None => Admission::Granted { slot: self.take(&mut t, client), would_refuse: None },
             Some(reason) if !caps.enforce => {
-                t.slots(client).entry.counters.would_refuse[reason as usize].fetch_add(1, Relaxed);
+                t.slots(client).entry.counters.would_refuse.add(reason);
                 Admission::Granted { slot: self.take(&mut t, client), would_refuse: Some(reason) }
             }
             Some(_) if caps.wait => {
@@ -174,7 +144,7 @@ impl Clients {
                 Admission::Queued(WaitTicket { clients: self.clone(), client: client.clone(), seq, rx: Some(rx) })
             }
             Some(reason) => {
-                t.slots(client).entry.counters.refused[reason as usize].fetch_add(1, Relaxed);
+                t.slots(client).entry.counters.refused.add(reason);
                 Admission::Refused(reason)
             }
         }
@@ -182,7 +152,7 @@ impl Clients {
 
     /// Counts a refusal that happened outside `admit` (a wait that timed out).
     pub fn count_refusal(&self, client: &Arc<ClientId>, reason: RefuseReason) {
-        self.entry(client).counters.refused[reason as usize].fetch_add(1, Relaxed);
+        self.entry(client).counters.refused.add(reason);
     }
 
     /// Every client entry (for stats), in no particular order.
@@ -368,5 +338,4 @@ impl Drop for WaitTicket {
 }
 
 #[cfg(test)]
-#[path = "clients_tests.rs"]
 mod tests;

@@ -9,11 +9,11 @@ pub mod client;
 pub mod postgres;
 pub mod services;
 
-use crate::cli::Failure;
 use crate::config::Config;
 use crate::identity::PodIdentity;
-use crate::proxy::{Proxy, Settings};
-use crate::stats::Snapshot;
+use crate::server::Server;
+use crate::state::{Settings, State};
+use crate::views::stats::Snapshot;
 use anyhow::{anyhow, Context};
 use postgres::TempPostgres;
 use services::Tally;
@@ -59,14 +59,14 @@ impl Drop for PgGuard {
     }
 }
 
-pub fn run(keep_running: bool) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from)?;
+pub fn run(keep_running: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         tokio::select! {
-            r = demo(keep_running) => r.map_err(Failure::from),
+            r = demo(keep_running) => r,
             _ = tokio::signal::ctrl_c() => {
                 // `demo` is dropped here: its guards stop PostgreSQL and remove the files.
-                Err(Failure::from(anyhow!("interrupted; everything the demo started was stopped and removed")))
+                Err(anyhow!("interrupted; everything the demo started was stopped and removed"))
             }
         }
     })
@@ -86,15 +86,12 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
 
     let mut config = Config::from_yaml(POLICY, "demo policy").context("demo policy")?;
     config.upstream = crate::config::HostPort { host: "127.0.0.1".into(), port: pg.0.port };
-    let proxy = Proxy::new(Settings::new(config)?, PodIdentity::default());
+    let state = State::new(Settings::new(config)?, PodIdentity::default());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let (addr, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let proxy_task = tokio::spawn({
-        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        async move { proxy.run(listener, admin_listener, shutdown).await }
-    });
+    let proxy_task = tokio::spawn(Server::new(state.clone()).run(listener, admin_listener, shutdown.clone()));
     println!("pgwarden proxy on {addr}, admin API on http://{admin}\n\nDemo policy:\n{POLICY}");
 
     let stop = CancellationToken::new();
@@ -109,12 +106,12 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < RUN_FOR {
         tokio::time::sleep(TABLE_EVERY.min(RUN_FOR.saturating_sub(started.elapsed()))).await;
-        let snap = Snapshot::take(&proxy);
+        let snap = Snapshot::take(&state);
         println!("t={:>2}s", started.elapsed().as_secs());
-        print!("{}", crate::report::clients_table(&snap.clients_response(proxy.pod())));
+        print!("{}", crate::views::report::clients_table(&snap.clients_response(&state.pod)));
         println!();
     }
-    let verdict = verdict(&proxy, &pg.0, &tallies);
+    let verdict = verdict(&state, &pg.0, &tallies);
     println!("{}", verdict.as_ref().map_or_else(|e| format!("{e:#}"), |v| v.clone()));
     if keep_running {
         println!("\n--keep-running: explore with `pgwarden top --admin http://{admin}` or `pgwarden leaks --admin http://{admin}`;");
@@ -129,7 +126,7 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
         let _ = s.await;
     }
     shutdown.cancel();
-    let _ = proxy_task.await;
+    proxy_task.await??;
     let dir = pg.0.dir.clone();
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     println!("\nStopped PostgreSQL and the proxy; removed {}.", dir.display());
@@ -142,11 +139,11 @@ fn version(pg: &TempPostgres) -> String {
 
 /// The verdict, from the same stats `/leaks` and `/clients` serve. An error if the demo did not show what
 /// it should (the test suite runs the demo and relies on that).
-fn verdict(proxy: &Proxy, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyhow::Result<String> {
+fn verdict(state: &State, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let snap = Snapshot::take(proxy);
+    let snap = Snapshot::take(state);
     let leaks = snap.leaks_response();
-    let clients = snap.clients_response(proxy.pod());
+    let clients = snap.clients_response(&state.pod);
     let find = |name: &str| leaks.leaks.iter().find(|l| l.stats.application_name.as_deref() == Some(name));
     let mut out = String::from("VERDICT\n");
     let image = find("image-processor").ok_or_else(|| anyhow!("the demo did not flag image-processor"))?;

@@ -15,7 +15,7 @@
 //!
 //! Connections that ran LISTEN are never `idle_while_*` suspects: idling is their job.
 
-use crate::registry::ConnState;
+use crate::vocab::ConnState;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -122,5 +122,4 @@ pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresh
 }
 
 #[cfg(test)]
-#[path = "leak_tests.rs"]
 mod tests;

@@ -2,29 +2,37 @@
 //! idle-in-transaction connections, and names the client that leaks them.
 //!
 //! The binary (`main.rs`) only parses the command line; everything runs from this library so tests drive
-//! it in-process: build [`proxy::Settings`] from a [`config::Config`], make a [`proxy::Proxy`] and call
-//! [`proxy::Proxy::serve`] with a listener and a shutdown token.
+//! it in-process: build [`state::Settings`] from a [`config::Config`], make a [`state::State`], and call
+//! [`server::Server::run`] with a listener, an admin listener and a shutdown token.
+//!
+//! # Layers
+//! Each module imports only from its own layer or lower ones (a test, `tests/it/layers.rs`, enforces it):
+//!
+//! 0. **foundations**: `vocab` (reasons, states, SQLSTATEs, `Fatal`), `protocol` (wire decoders, no I/O),
+//!    `config`, `identity`, `redact`, `logging`;
+//! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
+//!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config);
+//! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
+//! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
+//! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`);
+//! 5. **composition root**: `server` (listeners, accept loop, supervised tasks, reload, signals, drain);
+//! 6. **commands**: `demo`, `cli`.
 
-pub mod admin;
 pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod identity;
-pub mod inject;
+pub mod k8s;
 pub mod leak;
-pub mod lifecycle;
 pub mod logging;
-pub mod metrics;
 pub mod policy;
 pub mod protocol;
-pub mod proxy;
 pub mod redact;
 pub mod registry;
-pub mod relay;
-pub mod reload;
-pub mod report;
+pub mod server;
 pub mod session;
-pub mod stats;
+pub mod state;
 pub mod tls;
-pub mod upstream;
+pub mod views;
+pub mod vocab;

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Policy, Rule};
 use crate::identity::ClientId;
-use crate::registry::ConnState;
+use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
 
 /// The policy that applies to `client`: `defaults`, overridden by the first matching rule's fields.
@@ -116,5 +116,4 @@ pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
 }
 
 #[cfg(test)]
-#[path = "policy_tests.rs"]
 mod tests;

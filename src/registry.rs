@@ -5,6 +5,7 @@
 //! Does not own: per-client counters or policy decisions.
 
 use crate::identity::ClientId;
+use crate::vocab::ConnState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -19,47 +20,6 @@ pub mod signal {
     pub const RELOAD: u8 = 1;
     /// The proxy is draining.
     pub const SHUTDOWN: u8 = 2;
-}
-
-/// The connection states of SPEC "Connection state".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ConnState {
-    Startup = 0,
-    Waiting = 1,
-    Active = 2,
-    Idle = 3,
-    IdleInTransaction = 4,
-    IdleInFailedTransaction = 5,
-}
-
-impl ConnState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnState::Startup => "startup",
-            ConnState::Waiting => "waiting",
-            ConnState::Active => "active",
-            ConnState::Idle => "idle",
-            ConnState::IdleInTransaction => "idle_in_transaction",
-            ConnState::IdleInFailedTransaction => "idle_in_failed_transaction",
-        }
-    }
-
-    fn from_u8(v: u8) -> ConnState {
-        match v {
-            1 => ConnState::Waiting,
-            2 => ConnState::Active,
-            3 => ConnState::Idle,
-            4 => ConnState::IdleInTransaction,
-            5 => ConnState::IdleInFailedTransaction,
-            _ => ConnState::Startup,
-        }
-    }
-
-    /// Idle inside a transaction, failed or not (they count alike for policy and leaks).
-    pub fn in_transaction(self) -> bool {
-        matches!(self, ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction)
-    }
 }
 
 /// Where a session's backend lives, so a CancelRequest carrying its key can be forwarded there.

@@ -4,9 +4,10 @@
 //! [`suspect_reason`](super::suspect_reason).
 
 use super::{suspect_reason, ClientHistory, ConnView, LeakReason, Thresholds};
-use crate::clients::{ClientEntry, RefuseReason};
+use crate::clients::ClientEntry;
 use crate::config::{Leak, Stats};
 use crate::registry::Conn;
+use crate::vocab::RefuseReason;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl Detector {
         // History is kept back to the oldest idle connection of each client, whose baseline it holds.
         let mut oldest_idle: HashMap<&str, Instant> = HashMap::new();
         for conn in conns {
-            if conn.state() == crate::registry::ConnState::Idle {
+            if conn.state() == crate::vocab::ConnState::Idle {
                 let since = conn.state_since();
                 let e = oldest_idle.entry(conn.client.display()).or_insert(since);
                 *e = (*e).min(since);
@@ -77,9 +78,9 @@ impl Detector {
             let key = entry.id.display().to_string();
             let c = &entry.counters;
             let open = c.open.load(Relaxed);
-            let cap_events = c.refused(RefuseReason::ClientLimit)
-                + c.refused(RefuseReason::WaitTimeout)
-                + c.would_refuse(RefuseReason::ClientLimit);
+            let cap_events = c.refused.get(RefuseReason::ClientLimit)
+                + c.refused.get(RefuseReason::WaitTimeout)
+                + c.would_refuse.get(RefuseReason::ClientLimit);
             let t = self.clients.entry(key.clone()).or_insert_with(|| Tracked {
                 history: ClientHistory::new(now, open),
                 cap_events,

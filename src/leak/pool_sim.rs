@@ -2,7 +2,7 @@
 //! load on simulated time, as seen from the proxy (the client's open count and each connection's idle time).
 
 use super::{suspect_reason, ClientHistory, ConnView, LeakReason, Thresholds};
-use crate::registry::ConnState;
+use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

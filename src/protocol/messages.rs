@@ -22,9 +22,7 @@ pub mod backend {
     pub const READY_FOR_QUERY: u8 = b'Z';
     pub const BACKEND_KEY_DATA: u8 = b'K';
     pub const ERROR_RESPONSE: u8 = b'E';
-    pub const NOTIFICATION: u8 = b'A';
     pub const COPY_IN_RESPONSE: u8 = b'G';
-    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
 
 /// Transaction status from ReadyForQuery.
@@ -80,23 +78,6 @@ pub fn backend_key_data(body: &[u8]) -> Option<(i32, &[u8])> {
     Some((i32::from_be_bytes([body[0], body[1], body[2], body[3]]), &body[4..]))
 }
 
-/// NegotiateProtocolVersion: the newest minor version the server supports and the options it did not know.
-pub fn negotiate_protocol_version(body: &[u8]) -> Option<(i32, Vec<&[u8]>)> {
-    if body.len() < 8 {
-        return None;
-    }
-    let minor = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    let count = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    let mut rest = &body[8..];
-    let mut options = Vec::new();
-    for _ in 0..count.max(0) {
-        let end = rest.iter().position(|&b| b == 0)?;
-        options.push(&rest[..end]);
-        rest = &rest[end + 1..];
-    }
-    Some((minor, options))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,20 +107,6 @@ mod tests {
         for cut in 0..8 {
             assert_eq!(backend_key_data(&body[..cut]), None);
         }
-    }
-
-    #[test]
-    fn negotiate_protocol_version_every_prefix() {
-        let mut body = 0i32.to_be_bytes().to_vec();
-        body.extend_from_slice(&1i32.to_be_bytes());
-        body.extend_from_slice(b"_pq_.x\0");
-        assert_eq!(negotiate_protocol_version(&body), Some((0, vec![&b"_pq_.x"[..]])));
-        for cut in 0..body.len() {
-            assert_eq!(negotiate_protocol_version(&body[..cut]), None, "prefix {cut}");
-        }
-        let mut none = 2i32.to_be_bytes().to_vec();
-        none.extend_from_slice(&0i32.to_be_bytes());
-        assert_eq!(negotiate_protocol_version(&none), Some((2, vec![])));
     }
 
     #[test]

@@ -155,5 +155,4 @@ pub fn encode_cancel(pid: i32, key: &[u8]) -> Vec<u8> {
 pub const SSL_REQUEST_PACKET: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 #[cfg(test)]
-#[path = "startup_tests.rs"]
 mod tests;

@@ -3,9 +3,9 @@
 //! through a mocked Kubernetes API.
 
 use base64::Engine as _;
-use pgwarden::inject::config::InjectConfig;
-use pgwarden::inject::server::{serve, Injector};
-use pgwarden::inject::tls::ReloadingCert;
+use pgwarden::k8s::inject::config::InjectConfig;
+use pgwarden::k8s::inject::server::{serve, Injector};
+use pgwarden::k8s::inject::tls::ReloadingCert;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -145,7 +145,7 @@ async fn webhook_over_https_patches_validate_and_certificates_rotate() {
     let legacy = InjectConfig { native_sidecar: false, ..InjectConfig::default() };
     let request: Value = serde_json::from_slice(&fixture("bare-pod-no-annotations.json")).unwrap();
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(request["request"]["object"].clone()).unwrap();
-    let ops = pgwarden::inject::mutate(&pod, &legacy, None).unwrap().unwrap();
+    let ops = pgwarden::k8s::inject::mutate(&pod, &legacy, None).unwrap().unwrap();
     let mut doc = request["request"]["object"].clone();
     json_patch::patch(&mut doc, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).unwrap();
     validate_1_33(&doc);
@@ -238,7 +238,7 @@ async fn sidecar_identity_from_the_downward_api() {
     let c = crate::support::proxy::connect(cfg).await.unwrap();
     c.simple_query("select 1").await.unwrap();
     let url = format!("http://127.0.0.1:{admin}");
-    let clients: Value = pgwarden::report::get_json(&url, "/clients").await.unwrap();
+    let clients: Value = pgwarden::views::report::get_json(&url, "/clients").await.unwrap();
     assert_eq!(
         clients["identity"],
         json!({"pod": "checkout-api-7d9f8c6b5-x2x7q", "namespace": "shop", "workload": "checkout-api", "node": "node-3", "service_account": "checkout"})

@@ -5,11 +5,11 @@ use crate::support::proxy::{connect, eventually, sqlstate};
 use crate::support::raw::{self, Raw};
 use crate::support::{start_proxy, test_config, TestProxy};
 use futures_util::future::join_all;
-use pgwarden::clients::RefuseReason;
 use pgwarden::config::{Config, Limit, OnLimit, Timeout};
 use pgwarden::identity::{ClientId, Field};
-use pgwarden::registry::ConnState;
-use pgwarden::relay::CloseReason;
+use pgwarden::vocab::CloseReason;
+use pgwarden::vocab::ConnState;
+use pgwarden::vocab::RefuseReason;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ fn secs(s: f64) -> Timeout {
 
 fn entry(p: &TestProxy, app: &str) -> Arc<pgwarden::clients::ClientEntry> {
     let id = Arc::new(ClientId::new(vec![(Field::ApplicationName, app.into()), (Field::User, "postgres".into())]));
-    p.proxy.clients().entry(&id)
+    p.state.clients.entry(&id)
 }
 
 #[tokio::test]
@@ -55,7 +55,7 @@ async fn cap_refuses_the_fourth_and_frees_on_close() {
     };
     let _new = tokio::time::timeout(Duration::from_secs(5), again).await.expect("accepted once one closed");
     let e = entry(&p, "policy-cap");
-    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 1);
+    assert_eq!(e.counters.refused.get(RefuseReason::ClientLimit), 1);
     assert_eq!(e.counters.open.load(Relaxed), 3);
     drop(other);
     p.stop().await;
@@ -99,7 +99,7 @@ async fn connect_race_never_exceeds_the_cap() {
     let ok = results.iter().filter(|r| **r).count();
     assert!((3..60).contains(&ok), "{ok} admitted");
     let e = entry(&p, app);
-    assert_eq!(e.counters.refused(RefuseReason::ClientLimit) as usize, 60 - ok);
+    assert_eq!(e.counters.refused.get(RefuseReason::ClientLimit) as usize, 60 - ok);
     p.stop().await;
 }
 
@@ -145,7 +145,7 @@ async fn wait_queue_admits_on_release_and_times_out() {
     assert!(err.as_db_error().unwrap().message().contains("waited 1s"), "{err:?}");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
-    assert_eq!(entry(&p, short).counters.refused(RefuseReason::WaitTimeout), 1);
+    assert_eq!(entry(&p, short).counters.refused.get(RefuseReason::WaitTimeout), 1);
     p.stop().await;
 }
 
@@ -181,7 +181,7 @@ async fn idle_timeout_closes_idle_but_not_a_long_query() {
     let (msgs, status) = busy.until_ready().await;
     assert!(msgs.iter().any(|(t, _)| *t == b'C'), "the 4 s query completed");
     assert_eq!(status, b'I');
-    assert_eq!(entry(&p, "policy-idle").counters.closed[CloseReason::IdleTimeout as usize].load(Relaxed), 1);
+    assert_eq!(entry(&p, "policy-idle").counters.closed.get(CloseReason::IdleTimeout), 1);
     p.stop().await;
 }
 
@@ -236,7 +236,7 @@ async fn max_total_connections_caps_the_sum() {
     let err = p.connect("policy-total-d").await.err().expect("over the total");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     assert!(err.as_db_error().unwrap().message().contains("max_total_connections 3"));
-    assert_eq!(entry(&p, "policy-total-d").counters.refused(RefuseReason::TotalLimit), 1);
+    assert_eq!(entry(&p, "policy-total-d").counters.refused.get(RefuseReason::TotalLimit), 1);
     p.stop().await;
 }
 
@@ -252,19 +252,15 @@ async fn report_only_counts_instead_of_acting() {
         held.push(p.connect(app).await.expect("report-only refuses nothing"));
     }
     let e = entry(&p, app);
-    assert_eq!(e.counters.would_refuse(RefuseReason::ClientLimit), 1);
-    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 0);
+    assert_eq!(e.counters.would_refuse.get(RefuseReason::ClientLimit), 1);
+    assert_eq!(e.counters.refused.get(RefuseReason::ClientLimit), 0);
     let mut idle = Raw::connect(p.addr, "postgres", "policy-report-idle").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     idle.send(&raw::query("select 1")).await;
     let (msgs, _) = idle.until_ready().await;
     assert!(msgs.iter().all(|(t, _)| *t != b'E'), "still open past idle_timeout");
     let e = entry(&p, "policy-report-idle");
-    assert_eq!(
-        e.counters.would_close[CloseReason::IdleTimeout as usize].load(Relaxed),
-        1,
-        "counted once per connection"
-    );
+    assert_eq!(e.counters.would_close.get(CloseReason::IdleTimeout), 1, "counted once per connection");
     for c in &held {
         assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     }

@@ -3,7 +3,7 @@
 use crate::support::raw::{self, Raw};
 use crate::support::{start_proxy, test_config};
 use futures_util::{future::join_all, SinkExt, StreamExt};
-use pgwarden::registry::ConnState;
+use pgwarden::vocab::ConnState;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 

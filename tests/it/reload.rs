@@ -40,7 +40,7 @@ async fn lowering_the_cap(dir: &Path, path: PathBuf, app: &str, lower: impl FnOn
     let config = Config::read_file(&path).unwrap();
     let p = start_proxy(config).await;
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
-    let reloader = pgwarden::reload::spawn(p.proxy.clone(), source(&path), rx, Duration::from_millis(100));
+    let reloader = pgwarden::server::reload::spawn(p.state.clone(), source(&path), rx, Duration::from_millis(100));
     let a = p.connect(app).await.unwrap();
     let b = p.connect(app).await.unwrap();
     lower();
@@ -59,7 +59,7 @@ async fn lowering_the_cap(dir: &Path, path: PathBuf, app: &str, lower: impl FnOn
     tokio::time::sleep(Duration::from_millis(400)).await;
     let err = p.connect(app).await.err().expect("still capped at 1");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert_eq!(p.proxy.settings().config.defaults.max_connections, Limit(Some(1)));
+    assert_eq!(p.state.settings().config.defaults.max_connections, Limit(Some(1)));
     reloader.abort();
     p.stop().await;
 }
@@ -114,7 +114,7 @@ async fn reload_request_and_timeouts_of_live_connections() {
     let p = start_proxy(Config::read_file(&path).unwrap()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     // A long poll interval: only the request triggers the reload.
-    let reloader = pgwarden::reload::spawn(p.proxy.clone(), source(&path), rx, Duration::from_secs(3600));
+    let reloader = pgwarden::server::reload::spawn(p.state.clone(), source(&path), rx, Duration::from_secs(3600));
     let mut idle = crate::support::raw::Raw::connect(p.addr, "postgres", "reload-live").await;
     let mut c = test_config();
     c.defaults.max_connections = Limit(Some(5));
@@ -143,7 +143,7 @@ async fn switching_enforcement_on_acts_on_what_was_only_counted() {
     assert_eq!(c.until_ready().await.1, b'T');
     tokio::time::sleep(Duration::from_millis(1200)).await;
     config.enforce = true;
-    p.proxy.update_settings(pgwarden::proxy::Settings::new(config).unwrap());
+    p.state.update_settings(pgwarden::state::Settings::new(config).unwrap());
     let (tag, body) = tokio::time::timeout(Duration::from_secs(5), crate::support::raw::read_message(&mut c.stream))
         .await
         .expect("closed once enforcement is on")

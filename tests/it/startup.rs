@@ -42,7 +42,7 @@ async fn bad_input_gets_08p01_and_others_are_unaffected() {
         assert_eq!(expect_error_after(p.addr, &bytes, half_close).await, "08P01", "{name}");
     }
     assert_eq!(healthy.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
-    assert!(p.proxy.registry().snapshot().iter().all(|c| c.client.display() != "-/-"), "refused clients hold no entry");
+    assert!(p.state.registry.snapshot().iter().all(|c| c.client.display() != "-/-"), "refused clients hold no entry");
     p.stop().await;
 }
 
@@ -100,7 +100,7 @@ async fn assert_cancelled_quickly(p: &crate::support::TestProxy, via_ssl_request
     let app = if via_ssl_request { "startup-cancel-ssl" } else { "startup-cancel" };
     let mut session = Raw::connect(p.addr, "postgres", app).await;
     session.send(&raw::query("select pg_sleep(20)")).await;
-    p.wait_state(app, pgwarden::registry::ConnState::Active).await;
+    p.wait_state(app, pgwarden::vocab::ConnState::Active).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let mut cancel = TcpStream::connect(p.addr).await.unwrap();
@@ -128,7 +128,7 @@ async fn cancel_request_reaches_the_backend() {
     let c = p.connect("startup-cancel-driver").await.unwrap();
     let token = c.cancel_token();
     let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(20)").await });
-    p.wait_state("startup-cancel-driver", pgwarden::registry::ConnState::Active).await;
+    p.wait_state("startup-cancel-driver", pgwarden::vocab::ConnState::Active).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     token.cancel_query_raw(TcpStream::connect(p.addr).await.unwrap(), tokio_postgres::NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(2), sleeper).await.unwrap().unwrap().unwrap_err();

@@ -5,7 +5,7 @@ use crate::support::proxy::eventually;
 use crate::support::raw::{self, message, Raw};
 use crate::support::{start_proxy, test_config};
 use futures_util::SinkExt;
-use pgwarden::registry::ConnState;
+use pgwarden::vocab::ConnState;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -15,7 +15,7 @@ async fn refused_upstream_gets_08001() {
     let err = p.connect("up-refused").await.err().expect("refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
     assert!(format!("{err:?}").contains("upstream"), "{err:?}");
-    assert!(p.proxy.registry().is_empty());
+    assert!(p.state.registry.is_empty());
     p.stop().await;
 }
 

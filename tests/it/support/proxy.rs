@@ -3,8 +3,10 @@
 use super::pg::pg;
 use pgwarden::config::{Config, HostPort, TlsMode};
 use pgwarden::identity::PodIdentity;
-use pgwarden::proxy::{Proxy, Settings};
-use pgwarden::registry::{Conn, ConnState};
+use pgwarden::registry::Conn;
+use pgwarden::server::Server;
+use pgwarden::state::{Settings, State};
+use pgwarden::vocab::ConnState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// The admin API (`http://{admin}`).
     pub admin: SocketAddr,
-    pub proxy: Arc<Proxy>,
+    pub state: Arc<State>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -33,15 +35,16 @@ pub async fn start_proxy(config: Config) -> TestProxy {
     let settings = Settings::new(config).expect("valid test config");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let proxy = Proxy::new(settings, PodIdentity::default());
+    let state = State::new(settings, PodIdentity::default());
     let shutdown = CancellationToken::new();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
     let task = tokio::spawn({
-        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        async move { proxy.run(listener, admin_listener, shutdown).await }
+        let server = Server::new(state.clone());
+        let shutdown = shutdown.clone();
+        async move { server.run(listener, admin_listener, shutdown).await.expect("no background task failed") }
     });
-    TestProxy { addr, admin, proxy, shutdown, task }
+    TestProxy { addr, admin, state, shutdown, task }
 }
 
 impl TestProxy {
@@ -59,8 +62,8 @@ impl TestProxy {
 
     /// The live connections of `app` in the registry.
     pub fn conns_of(&self, app: &str) -> Vec<Arc<Conn>> {
-        self.proxy
-            .registry()
+        self.state
+            .registry
             .snapshot()
             .into_iter()
             .filter(|c| c.client.get(pgwarden::identity::Field::ApplicationName) == Some(app))
@@ -92,7 +95,7 @@ impl TestProxy {
 
     /// GETs an admin endpoint as JSON.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        pgwarden::report::get_json(&self.admin_url(), path).await.unwrap()
+        pgwarden::views::report::get_json(&self.admin_url(), path).await.unwrap()
     }
 
     /// Waits until `app` has `n` connections past startup.

@@ -31,7 +31,7 @@ fn cap_refuses_then_frees() {
     let e = clients.entry(&a);
     assert_eq!(e.counters.open.load(Relaxed), 2);
     assert_eq!(e.counters.opened.load(Relaxed), 3);
-    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 1);
+    assert_eq!(e.counters.refused.get(RefuseReason::ClientLimit), 1);
     drop(other);
     assert_eq!(clients.total_open(), 2);
 }
@@ -140,8 +140,8 @@ fn report_only_grants_and_counts_would_refuse() {
         panic!()
     };
     let e = clients.entry(&a);
-    assert_eq!(e.counters.would_refuse(RefuseReason::ClientLimit), 1);
-    assert_eq!(e.counters.refused(RefuseReason::ClientLimit), 0);
+    assert_eq!(e.counters.would_refuse.get(RefuseReason::ClientLimit), 1);
+    assert_eq!(e.counters.refused.get(RefuseReason::ClientLimit), 0);
     assert_eq!(e.counters.open.load(Relaxed), 2);
 }
 

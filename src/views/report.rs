@@ -2,7 +2,7 @@
 //!
 //! Owns: the tiny HTTP GET client for the admin URL and the pure table renderers (unit-tested).
 
-use crate::stats::{ClientsResponse, LeaksResponse};
+use super::stats::{ClientsResponse, LeaksResponse};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -145,7 +145,7 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{ClientStats, ConnectionStats, LeakReport};
+    use crate::views::stats::{ClientStats, ConnectionStats, LeakReport};
 
     fn client(name: &str, open: u32, suspects: u32) -> ClientStats {
         ClientStats {

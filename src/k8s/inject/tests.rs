@@ -8,11 +8,11 @@ fn pod(fixture: &str) -> Pod {
     serde_json::from_value(review["request"]["object"].clone()).unwrap()
 }
 
-const STATEFULSET: &str = include_str!("../tests/fixtures/statefulset-pod-with-init.json");
-const DEPLOYMENT: &str = include_str!("../tests/fixtures/deployment-pod-no-init.json");
-const BARE: &str = include_str!("../tests/fixtures/bare-pod-no-annotations.json");
-const OPTED_OUT: &str = include_str!("../tests/fixtures/opted-out-pod.json");
-const BAD: &str = include_str!("../tests/fixtures/bad-annotation-pod.json");
+const STATEFULSET: &str = include_str!("../../../tests/fixtures/statefulset-pod-with-init.json");
+const DEPLOYMENT: &str = include_str!("../../../tests/fixtures/deployment-pod-no-init.json");
+const BARE: &str = include_str!("../../../tests/fixtures/bare-pod-no-annotations.json");
+const OPTED_OUT: &str = include_str!("../../../tests/fixtures/opted-out-pod.json");
+const BAD: &str = include_str!("../../../tests/fixtures/bad-annotation-pod.json");
 
 /// Applies the patch to the pod's JSON.
 fn patched(p: &Pod, ops: &[Value]) -> Value {

@@ -3,13 +3,13 @@
 //!
 //! The same types deserialize the JSON again for `pgwarden top` and `pgwarden leaks`.
 
-use crate::clients::{ClientEntry, RefuseReason};
+use crate::clients::ClientEntry;
 use crate::identity::{Field, PodIdentity};
 use crate::leak::{Detector, LeakReason};
-use crate::proxy::Proxy;
 use crate::redact;
-use crate::registry::{Conn, ConnState};
-use crate::relay::CloseReason;
+use crate::registry::Conn;
+use crate::state::State;
+use crate::vocab::{CloseReason, ConnState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -102,16 +102,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(proxy: &Proxy) -> Snapshot {
+    pub fn take(state: &State) -> Snapshot {
         let now = Instant::now();
-        let settings = proxy.settings();
-        let detector = proxy.detector();
+        let settings = state.settings();
+        let detector = state.detector();
         let (live, closed) = snapshot_detector(&detector);
         drop(detector);
         Snapshot {
             now,
-            conns: proxy.registry().snapshot(),
-            clients: proxy.clients().entries(),
+            conns: state.registry.snapshot(),
+            clients: state.clients.entries(),
             live,
             closed,
             statement: (settings.config.stats.statement_text, settings.config.stats.statement_max_length as usize),
@@ -168,7 +168,7 @@ impl Snapshot {
                 .reduce(f64::max)
         };
         let c = &entry.counters;
-        let closed = |r: CloseReason| c.closed[r as usize].load(Relaxed);
+        let closed = |r: CloseReason| c.closed.get(r);
         let suspects: Vec<LeakReason> = mine.iter().filter_map(|conn| self.live.get(&conn.id).copied()).collect();
         let mut reasons: BTreeSet<LeakReason> = suspects.iter().copied().collect();
         reasons.extend(self.closed.iter().filter(|s| s.0.client.display() == key).map(|s| s.1));
@@ -184,12 +184,12 @@ impl Snapshot {
             waiting: c.waiting.load(Relaxed),
             max_connections: *entry.max_connections.lock().unwrap_or_else(|e| e.into_inner()),
             opened_total: c.opened.load(Relaxed),
-            closed_total: c.closed.iter().map(|v| v.load(Relaxed)).sum(),
-            refused_total: RefuseReason::ALL.iter().map(|r| c.refused(*r)).sum(),
+            closed_total: c.closed.total(),
+            refused_total: c.refused.total(),
             timed_out_total: closed(CloseReason::IdleTimeout) + closed(CloseReason::IdleInTransactionTimeout),
             abandoned_total: closed(CloseReason::Abandoned),
-            would_refuse_total: RefuseReason::ALL.iter().map(|r| c.would_refuse(*r)).sum(),
-            would_close_total: c.would_close.iter().map(|v| v.load(Relaxed)).sum(),
+            would_refuse_total: c.would_refuse.total(),
+            would_close_total: c.would_close.total(),
             oldest_idle_seconds: oldest(&|s| s == ConnState::Idle),
             oldest_idle_in_transaction_seconds: oldest(&|s: ConnState| s.in_transaction()),
             leak_suspected: !suspects.is_empty(),

@@ -1,26 +1,23 @@
-//! Prometheus metrics (prefix `pgwarden_`) in one explicit registry owned by the proxy.
+//! Prometheus metrics (prefix `pgwarden_`) in one explicit registry, owned by the admin server that serves
+//! them.
 //!
 //! Per-client series are rebuilt from the stats snapshot at every scrape, so they never drift from
 //! `/clients`. The `client` label is bounded: the first `max_tracked_clients` clients seen keep their own
 //! label for as long as they are known (a client with no connection for 10 minutes is forgotten); the rest
 //! share `other`; a client with leak suspects always gets its own label. Upstream dial metrics are recorded
-//! when they happen.
+//! when they happen (in `state::DialMetrics`) and registered here.
 
-use crate::clients::RefuseReason;
-use crate::identity::PodIdentity;
-use crate::relay::CloseReason;
-use crate::stats::{ClientStats, Snapshot};
-use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use super::stats::{ClientStats, Snapshot};
+use crate::clients::ClientEntry;
+use crate::state::State;
+use crate::vocab::{CloseReason, RefuseReason};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
-use std::time::Duration;
 
 pub const OTHER: &str = "other";
 
-pub struct Metrics {
+pub struct Exporter {
     registry: Registry,
     connections: IntGaugeVec,
     max_connections: IntGaugeVec,
@@ -31,8 +28,6 @@ pub struct Metrics {
     would_close: IntCounterVec,
     leak_suspects: IntGaugeVec,
     oldest_iit: GaugeVec,
-    pub upstream_connect_duration: Histogram,
-    pub upstream_connect_errors: IntCounter,
     /// Clients with their own label; serialises scrapes.
     tracked: Mutex<HashSet<String>>,
 }
@@ -49,9 +44,12 @@ macro_rules! register {
     }};
 }
 
-impl Metrics {
-    pub fn new(pod: &PodIdentity) -> Metrics {
+impl Exporter {
+    pub fn new(state: &State) -> Exporter {
+        let pod = &state.pod;
         let r = Registry::new();
+        r.register(Box::new(state.dials.duration.clone())).expect("unique metric");
+        r.register(Box::new(state.dials.errors.clone())).expect("unique metric");
         let client = &["client"];
         let client_reason = &["client", "reason"];
         let build = register!(r, IntGaugeVec::new(opts("build_info", "pgwarden build (value 1)"), &["version"]));
@@ -64,7 +62,7 @@ impl Metrics {
             let v = |s: &Option<String>| s.clone().unwrap_or_default();
             info.with_label_values(&[v(&pod.pod), v(&pod.namespace), v(&pod.workload)]).set(1);
         }
-        Metrics {
+        Exporter {
             connections: register!(
                 r,
                 IntGaugeVec::new(opts("client_connections", "connections by client and state"), &["client", "state"])
@@ -110,39 +108,20 @@ impl Metrics {
                     client
                 )
             ),
-            upstream_connect_duration: register!(
-                r,
-                Histogram::with_opts(
-                    HistogramOpts::new("upstream_connect_duration_seconds", "resolve + connect + TLS to the upstream")
-                        .namespace("pgwarden")
-                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
-                )
-            ),
-            upstream_connect_errors: register!(
-                r,
-                IntCounter::with_opts(opts("upstream_connect_errors_total", "failed upstream dials"))
-            ),
             registry: r,
             tracked: Mutex::new(HashSet::new()),
-        }
-    }
-
-    pub fn observe_connect(&self, took: Duration, ok: bool) {
-        self.upstream_connect_duration.observe(took.as_secs_f64());
-        if !ok {
-            self.upstream_connect_errors.inc();
         }
     }
 
     /// Rebuilds the per-client series from `snap` and encodes everything in the text format.
     pub fn render(&self, snap: &Snapshot, max_tracked: usize) -> String {
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        let stats: Vec<(ClientStats, &crate::clients::ClientEntry)> =
+        let stats: Vec<(ClientStats, &ClientEntry)> =
             snap.clients.iter().map(|e| (snap.client(e), e.as_ref())).collect();
         // Forget labels of clients that are gone; keep the others stable.
         let known: HashSet<&str> = stats.iter().map(|(s, _)| s.client.as_str()).collect();
         tracked.retain(|c| known.contains(c.as_str()));
-        let mut sorted: Vec<&(ClientStats, &crate::clients::ClientEntry)> = stats.iter().collect();
+        let mut sorted: Vec<&(ClientStats, &ClientEntry)> = stats.iter().collect();
         sorted.sort_by_key(|(s, _)| std::cmp::Reverse(s.opened_total));
         let mut label: HashMap<&str, String> = HashMap::new();
         for (s, _) in &sorted {
@@ -178,13 +157,13 @@ impl Metrics {
                 }
             }
             self.opened.with_label_values(&[l]).inc_by(s.opened_total);
-            for r in RefuseReason::ALL {
-                add(&self.refused, l, r.as_str(), c.refused(r));
-                add(&self.would_refuse, l, r.as_str(), c.would_refuse(r));
+            for &r in RefuseReason::ALL {
+                add(&self.refused, l, r.as_str(), c.refused.get(r));
+                add(&self.would_refuse, l, r.as_str(), c.would_refuse.get(r));
             }
-            for r in CloseReason::ALL {
-                add(&self.closed, l, r.as_str(), c.closed[r as usize].load(Relaxed));
-                add(&self.would_close, l, r.as_str(), c.would_close[r as usize].load(Relaxed));
+            for &r in CloseReason::ALL {
+                add(&self.closed, l, r.as_str(), c.closed.get(r));
+                add(&self.would_close, l, r.as_str(), c.would_close.get(r));
             }
             self.leak_suspects.with_label_values(&[l]).add(s.suspect_connections as i64);
             if let Some(secs) = s.oldest_idle_in_transaction_seconds {

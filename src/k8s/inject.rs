@@ -154,5 +154,4 @@ pub fn escape(segment: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "inject_tests.rs"]
 mod tests;

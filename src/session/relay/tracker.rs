@@ -6,7 +6,7 @@
 
 use crate::protocol::messages::{self, backend, frontend, TxStatus};
 use crate::protocol::{error_response, scanner::Frame};
-use crate::registry::ConnState;
+use crate::vocab::ConnState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -245,5 +245,4 @@ fn starts_with_listen(text: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-#[path = "tracker_tests.rs"]
 mod tests;

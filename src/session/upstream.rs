@@ -1,10 +1,11 @@
 //! Dialling the upstream database: resolve on every dial, connect within the timeout, negotiate TLS.
 //!
-//! Owns: the [`Upstream`] stream type (plain or TLS) and [`DialError`]. Does not own: what is sent after the
+//! Owns: [`dial`], the [`Upstream`] stream type (plain or TLS) and [`DialError`]. Does not own: what is sent after the
 //! connection is up (the session forwards the client's own startup packet).
 
 use crate::config::{HostPort, TlsMode};
 use crate::protocol::startup::SSL_REQUEST_PACKET;
+use crate::state::Settings;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,27 +38,30 @@ pub enum DialError {
     Io(#[from] io::Error),
 }
 
-/// How to reach the upstream, rebuilt whenever the settings change.
-#[derive(Clone)]
-pub struct Dialer {
-    pub target: HostPort,
-    pub mode: TlsMode,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub timeout: Duration,
-}
-
 /// A connected upstream: the stream and the address it reached (where cancel requests for it go).
 pub struct Connected {
     pub stream: Upstream,
     pub addr: SocketAddr,
 }
 
-impl Dialer {
-    pub async fn dial(&self) -> Result<Connected, DialError> {
-        tokio::time::timeout(self.timeout, self.dial_inner()).await.map_err(|_| DialError::Timeout(self.timeout))?
-    }
+/// Dials the upstream the settings name: resolve (again, every time), connect and negotiate TLS, all within
+/// `upstream_connect_timeout`.
+pub async fn dial(settings: &Settings) -> Result<Connected, DialError> {
+    let config = &settings.config;
+    let timeout = config.upstream_connect_timeout.0.unwrap_or(Duration::from_secs(5));
+    let dialer = Dialer { target: &config.upstream, mode: config.upstream_tls, tls: settings.upstream_tls.as_ref() };
+    tokio::time::timeout(timeout, dialer.dial()).await.map_err(|_| DialError::Timeout(timeout))?
+}
 
-    async fn dial_inner(&self) -> Result<Connected, DialError> {
+/// How to reach the upstream, borrowed from the settings for one dial.
+struct Dialer<'a> {
+    target: &'a HostPort,
+    mode: TlsMode,
+    tls: Option<&'a Arc<rustls::ClientConfig>>,
+}
+
+impl Dialer<'_> {
+    async fn dial(&self) -> Result<Connected, DialError> {
         let host = self.target.host.as_str();
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.target.port))
             .await
@@ -78,7 +82,7 @@ impl Dialer {
     }
 
     async fn negotiate_tls(&self, mut tcp: TcpStream) -> Result<Upstream, DialError> {
-        let (Some(tls), mode) = (&self.tls, self.mode) else {
+        let (Some(tls), mode) = (self.tls, self.mode) else {
             return Ok(Upstream::Plain(tcp));
         };
         tcp.write_all(&SSL_REQUEST_PACKET).await?;

@@ -9,10 +9,11 @@
 //! | `GET /connections` | `{"connections": [...]}` |
 //! | `GET /leaks` | `{"leaks": [...]}`, worst first |
 //!
-//! Paths are matched in [`route`], the one place that knows them. Other methods get 405.
+//! Paths are matched in `Admin::route`, the one place that knows them. Other methods get 405.
 
-use crate::proxy::Proxy;
-use crate::stats::Snapshot;
+use super::metrics::Exporter;
+use super::stats::Snapshot;
+use crate::state::State;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -27,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Serves until `stop` is cancelled.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve(state: Arc<State>, listener: TcpListener, stop: CancellationToken) {
+    let admin = Arc::new(Admin { exporter: Exporter::new(&state), state });
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -40,11 +42,11 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationT
                 }
             },
         };
-        let proxy = proxy.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(&proxy, &req)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.route(&req)) }
             });
             if let Err(e) =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -55,32 +57,42 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationT
     }
 }
 
-/// Answers one request.
-pub fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    const PATHS: [&str; 6] = ["/metrics", "/healthz", "/readyz", "/clients", "/connections", "/leaks"];
-    let path = req.uri().path();
-    if !PATHS.contains(&path) {
-        return text(StatusCode::NOT_FOUND, format!("not found; endpoints: {}\n", PATHS.join(" ")));
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "read-only: use GET\n".into());
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if proxy.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-        "/readyz" => text(StatusCode::OK, "ready\n".into()),
-        "/metrics" => {
-            let body =
-                proxy.metrics().render(&Snapshot::take(proxy), proxy.settings().config.max_tracked_clients as usize);
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-            r
+/// What the admin server answers from: the shared state and the metrics exporter.
+struct Admin {
+    state: Arc<State>,
+    exporter: Exporter,
+}
+
+impl Admin {
+    /// Answers one request.
+    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        const PATHS: [&str; 6] = ["/metrics", "/healthz", "/readyz", "/clients", "/connections", "/leaks"];
+        let state = &self.state;
+        let path = req.uri().path();
+        if !PATHS.contains(&path) {
+            return text(StatusCode::NOT_FOUND, format!("not found; endpoints: {}\n", PATHS.join(" ")));
         }
-        "/clients" => json(&Snapshot::take(proxy).clients_response(proxy.pod())),
-        "/connections" => json(&Snapshot::take(proxy).connections_response()),
-        _ => json(&Snapshot::take(proxy).leaks_response()),
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "read-only: use GET\n".into());
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if state.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+            "/readyz" => text(StatusCode::OK, "ready\n".into()),
+            "/metrics" => {
+                let max_tracked = state.settings().config.max_tracked_clients as usize;
+                let body = self.exporter.render(&Snapshot::take(state), max_tracked);
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r
+            }
+            "/clients" => json(&Snapshot::take(state).clients_response(&state.pod)),
+            "/connections" => json(&Snapshot::take(state).connections_response()),
+            _ => json(&Snapshot::take(state).leaks_response()),
+        }
     }
 }
 

@@ -1,0 +1,423 @@
+//! The relay: bytes flow both ways unchanged while the scanner and tracker watch message headers.
+//!
+//! One task per session moves bytes both ways at once: each [`Direction`] has its own buffer and scanner;
+//! bytes read are scanned (header by header) and then written on, and a direction whose receiver is slow
+//! stops reading only its own source, so neither side can block the other (a pipelining client and a server
+//! busy writing never deadlock). After each chunk the relay publishes the state the tracker derives. Timers
+//! (login, idle, idle in transaction, max age, drain grace) come from `policy::next_timer`.
+//! Owns: the loop and the timers' effects. Closing a session properly (ErrorResponse at a message boundary,
+//! Terminate to the server, a CancelRequest first when a query is still running) is in `relay::close`.
+//!
+//! # Cancellation safety
+//! Every await in the loop either completes a read whose bytes are then handled in full, or is a timer or
+//! the shutdown token; partial messages live in the scanners, so no select branch can lose bytes.
+
+mod close;
+mod flow;
+pub mod tracker;
+
+use super::upstream::Upstream;
+use crate::clients::ClientEntry;
+use crate::config::{Policy, StatementText};
+use crate::policy::{self, Timer, TimerInput};
+use crate::protocol::scanner::Scanner;
+use crate::registry::{signal, CancelTarget, Conn};
+use crate::state::State;
+use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
+use flow::{Flow, BUF_SIZE};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Span};
+use tracker::Tracker;
+
+/// What the relay needs from the session.
+pub struct RelayContext<'a> {
+    pub conn: &'a Conn,
+    /// The client's counters (would-close).
+    pub entry: &'a ClientEntry,
+    /// For the settings on reload and at the drain.
+    pub state: &'a State,
+    /// The policy at admission; recomputed on reload.
+    pub policy: Policy,
+    pub upstream_addr: SocketAddr,
+    pub shutdown: &'a CancellationToken,
+    pub login_deadline: Option<Instant>,
+}
+
+/// One direction of the relay: the bytes in flight and the scanner that finds message boundaries in them.
+struct Direction {
+    flow: Flow,
+    scanner: Scanner,
+}
+
+impl Direction {
+    fn new() -> Direction {
+        Direction { flow: Flow::new(), scanner: Scanner::default() }
+    }
+
+    /// The session went idle: give large buffers back.
+    fn shrink(&mut self) {
+        self.scanner.shrink();
+        self.flow.shrink_if_idle();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Relays until the session ends; `early` holds client bytes that arrived with the startup packet.
+pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Upstream, early: &[u8]) -> CloseReason {
+    let config = ctx.state.settings().config.clone();
+    let statement_cap = match config.stats.statement_text {
+        StatementText::Off => 0,
+        _ => config.stats.statement_max_length as usize,
+    };
+    let mut relay = Relay {
+        ctx,
+        tracker: Tracker::new(statement_cap),
+        statement_cap,
+        to_server: Direction::new(),
+        to_client: Direction::new(),
+        policy: ctx.policy,
+        enforce: config.enforce,
+        would_closed: false,
+        would_close_counted: false,
+        published: ConnState::Startup,
+        drain_deadline: None,
+    };
+    if !early.is_empty() {
+        let flow = &mut relay.to_server.flow;
+        if early.len() > flow.buf.len() {
+            flow.buf = vec![0; early.len().max(BUF_SIZE)];
+        }
+        flow.buf[..early.len()].copy_from_slice(early);
+        flow.len = early.len();
+        if let Err(fatal) = relay.client_bytes(early.len()) {
+            return relay.close(client, server, fatal).await;
+        }
+    }
+    relay.run(client, server).await
+}
+
+/// What the I/O poll found.
+enum Io {
+    /// `n` new bytes from the client, in `to_server.flow.buf[..n]`.
+    Client(usize),
+    /// `n` new bytes from the server, in `to_client.flow.buf[..n]`.
+    Server(usize),
+    ClientClosed,
+    ServerClosed,
+}
+
+struct Relay<'a, 'c> {
+    ctx: &'a RelayContext<'c>,
+    tracker: Tracker,
+    /// Bytes of statement text kept (0: none), from the settings at admission.
+    statement_cap: usize,
+    to_server: Direction,
+    to_client: Direction,
+    policy: Policy,
+    enforce: bool,
+    /// Report-only: a timeout fired in the current idle period (its timers are not rearmed until activity).
+    would_closed: bool,
+    /// Report-only: this connection was counted in `would_close` (SPEC: once per connection).
+    would_close_counted: bool,
+    published: ConnState,
+    drain_deadline: Option<Instant>,
+}
+
+impl Relay<'_, '_> {
+    async fn run(&mut self, client: &mut TcpStream, server: &mut Upstream) -> CloseReason {
+        let conn = self.ctx.conn;
+        let mut signalled = pin!(conn.signalled());
+        let mut draining = self.ctx.shutdown.is_cancelled();
+        if draining {
+            self.drain_deadline = Some(Instant::now() + self.grace());
+        }
+        let mut timer = self.next_timer();
+        let mut sleep = pin!(tokio::time::sleep_until(far_future(timer)));
+        let mut armed = timer.map(|t| t.0);
+        let mut server_first = false;
+        loop {
+            if self.publish_state() {
+                timer = self.next_timer();
+                arm(sleep.as_mut(), &mut armed, timer);
+            }
+            if draining && matches!(self.published, ConnState::Idle | ConnState::Startup) {
+                return self.close(client, server, Fatal::shutdown("pgwarden is shutting down")).await;
+            }
+            server_first = !server_first;
+            let event = tokio::select! {
+                biased;
+                _ = &mut signalled => {
+                    signalled.set(conn.signalled());
+                    let bits = conn.take_signals();
+                    if bits & signal::RELOAD != 0 {
+                        self.reload();
+                    }
+                    if !draining && (bits & signal::SHUTDOWN != 0 || self.ctx.shutdown.is_cancelled()) {
+                        draining = true;
+                        self.drain_deadline = Some(Instant::now() + self.grace());
+                    }
+                    timer = self.next_timer();
+                    arm(sleep.as_mut(), &mut armed, timer);
+                    continue;
+                }
+                _ = &mut sleep, if timer.is_some() => {
+                    let Some((_, which)) = timer else { continue };
+                    if let Some(fatal) = self.on_timer(which) {
+                        return self.close(client, server, fatal).await;
+                    }
+                    timer = self.next_timer();
+                    arm(sleep.as_mut(), &mut armed, timer);
+                    continue;
+                }
+                event = poll_fn(|cx| self.poll_io(cx, client, server, server_first)) => event,
+            };
+            let handled = match event {
+                Ok(Io::Client(n)) => self.client_bytes(n),
+                Ok(Io::Server(n)) => self.server_bytes(n),
+                Ok(Io::ClientClosed) => return self.client_gone(server).await,
+                Ok(Io::ServerClosed) => return self.server_gone(client).await,
+                Err((Side::Client, e)) => {
+                    debug!(error = %e, "client write failed");
+                    return self.client_gone(server).await;
+                }
+                Err((Side::Server, e)) => {
+                    debug!(error = %e, "upstream write failed");
+                    return self.server_gone(client).await;
+                }
+            };
+            if let Err(fatal) = handled {
+                return self.close(client, server, fatal).await;
+            }
+        }
+    }
+
+    /// Moves bytes both ways: writes what is pending in each direction, then reads wherever the buffer is
+    /// free. A direction whose peer is slow to read stops reading its source, and only that direction waits.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut TcpStream,
+        server: &mut Upstream,
+        server_first: bool,
+    ) -> Poll<Result<Io, (Side, io::Error)>> {
+        if let Poll::Ready(Err(e)) = self.to_server.flow.poll_flush_to(cx, server) {
+            return Poll::Ready(Err((Side::Server, e)));
+        }
+        if let Poll::Ready(Err(e)) = self.to_client.flow.poll_flush_to(cx, client) {
+            return Poll::Ready(Err((Side::Client, e)));
+        }
+        let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
+        for side in order {
+            let (flow, polled) = match side {
+                Side::Client if self.to_server.flow.len == 0 => {
+                    let flow = &mut self.to_server.flow;
+                    let mut rb = ReadBuf::new(&mut flow.buf);
+                    let polled = Pin::new(&mut *client).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
+                    (flow, polled)
+                }
+                Side::Server if self.to_client.flow.len == 0 => {
+                    let flow = &mut self.to_client.flow;
+                    let mut rb = ReadBuf::new(&mut flow.buf);
+                    let polled = Pin::new(&mut *server).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
+                    (flow, polled)
+                }
+                _ => continue,
+            };
+            match (side, polled) {
+                (_, Poll::Pending) => {}
+                (Side::Client, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ClientClosed)),
+                (Side::Server, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ServerClosed)),
+                (side, Poll::Ready(Ok(n))) => {
+                    flow.len = n;
+                    flow.grow = n == flow.buf.len() && n < BUF_SIZE;
+                    return Poll::Ready(Ok(if side == Side::Client { Io::Client(n) } else { Io::Server(n) }));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn grace(&self) -> Duration {
+        self.ctx.state.settings().config.shutdown_grace.0.unwrap_or_default()
+    }
+
+    /// New settings: the policy and enforcement of this connection follow them (its slot stays).
+    fn reload(&mut self) {
+        let settings = self.ctx.state.settings();
+        self.policy = policy::effective(&settings.config, &self.ctx.conn.client).0;
+        if settings.config.enforce && !self.enforce {
+            // Enforcement switched on: what was only counted is acted on now.
+            self.would_closed = false;
+        }
+        self.enforce = settings.config.enforce;
+    }
+
+    /// Stores a changed state in the registry; true if it changed.
+    fn publish_state(&mut self) -> bool {
+        let state = self.tracker.state();
+        if state == self.published {
+            return false;
+        }
+        self.ctx.conn.set_state(state, Instant::now());
+        self.published = state;
+        // A new idle period: report-only counts each connection once, but a used connection starts afresh.
+        if state == ConnState::Active {
+            self.would_closed = false;
+        }
+        if state == ConnState::Idle {
+            self.to_server.shrink();
+            self.to_client.shrink();
+        }
+        true
+    }
+
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        policy::next_timer(&TimerInput {
+            state: self.published,
+            state_since: self.ctx.conn.state_since(),
+            opened: self.ctx.conn.opened,
+            login_deadline: self.ctx.login_deadline,
+            drain_deadline: self.drain_deadline,
+            policy: &self.policy,
+            idle_timers_spent: self.would_closed,
+        })
+    }
+
+    /// Decides what a fired timer does: `Some` closes with that error; `None` goes on (report-only: counted
+    /// and logged instead).
+    fn on_timer(&mut self, which: Timer) -> Option<Fatal> {
+        let client_key = self.ctx.conn.client.display();
+        let fatal = match which {
+            Timer::Login => Fatal::protocol(format!(
+                "pgwarden: client \"{client_key}\" did not finish startup within client_login_timeout"
+            )),
+            Timer::DrainGrace => Fatal::shutdown(format!(
+                "pgwarden is shutting down: shutdown_grace is over for client \"{client_key}\""
+            )),
+            Timer::Idle => Fatal::closed(
+                CloseReason::IdleTimeout,
+                SqlState::IDLE_SESSION_TIMEOUT,
+                format!("pgwarden: terminating connection of client \"{client_key}\" due to idle_timeout"),
+            ),
+            Timer::IdleInTransaction => Fatal::closed(
+                CloseReason::IdleInTransactionTimeout,
+                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                format!(
+                    "pgwarden: terminating connection of client \"{client_key}\" due to idle_in_transaction_timeout"
+                ),
+            ),
+            Timer::MaxAge => Fatal::closed(
+                CloseReason::MaxAge,
+                SqlState::ADMIN_SHUTDOWN,
+                format!("pgwarden: terminating connection of client \"{client_key}\" due to max_connection_age"),
+            ),
+        };
+        let policy_timer = matches!(which, Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge);
+        if policy_timer && !self.enforce {
+            self.would_closed = true;
+            if !std::mem::replace(&mut self.would_close_counted, true) {
+                self.report_would_close(&fatal);
+            }
+            return None;
+        }
+        Some(fatal)
+    }
+
+    /// Report-only: counts and logs the close that enforcement would have made.
+    fn report_would_close(&self, fatal: &Fatal) {
+        let reason = fatal.close_reason();
+        self.ctx.entry.counters.would_close.add(reason);
+        let stats = &self.ctx.state.settings().config.stats;
+        let last = crate::redact::render(
+            &self.ctx.conn.last_statement(),
+            stats.statement_text,
+            stats.statement_max_length as usize,
+        );
+        tracing::warn!(
+            reason = reason.as_str(),
+            state = self.published.as_str(),
+            last_statement = last.as_deref().unwrap_or(""),
+            "report-only: would close connection: {}",
+            fatal.message
+        );
+    }
+
+    /// Scans `n` new client bytes in `to_server.flow.buf`; they are written to the server by the I/O poll.
+    fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
+        let cap = self.statement_cap;
+        let tracker = &mut self.tracker;
+        let Direction { flow, scanner } = &mut self.to_server;
+        if let Err(e) = scanner.feed(&flow.buf[..n], |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f)) {
+            // Nothing of this chunk reaches the server.
+            flow.len = 0;
+            return Err(Fatal::protocol(format!("pgwarden: protocol violation: {e}")));
+        }
+        let conn = self.ctx.conn;
+        if let Some(text) = self.tracker.take_statement() {
+            conn.set_last_statement(text);
+        }
+        if self.tracker.listening && !conn.listening() {
+            conn.set_listening();
+        }
+        conn.queries.store(self.tracker.queries, Relaxed);
+        conn.bytes_in.fetch_add(n as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Scans `n` new server bytes in `to_client.flow.buf`; they are written to the client by the I/O poll.
+    fn server_bytes(&mut self, n: usize) -> Result<(), Fatal> {
+        let tracker = &mut self.tracker;
+        let had_key = tracker.backend_key.is_some();
+        let Direction { flow, scanner } = &mut self.to_client;
+        if let Err(e) = scanner.feed(&flow.buf[..n], Tracker::server_want, |f| tracker.on_server(f)) {
+            tracing::warn!(error = %e, "protocol violation from upstream");
+            flow.len = 0;
+            let message = format!("pgwarden: protocol violation by the upstream server: {e}");
+            return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
+        }
+        if !had_key {
+            if let Some((pid, key)) = &self.tracker.backend_key {
+                self.ctx.conn.set_cancel_target(CancelTarget {
+                    pid: *pid,
+                    key: key.clone(),
+                    addr: self.ctx.upstream_addr,
+                });
+                Span::current().record("backend_pid", pid);
+            }
+        }
+        self.ctx.conn.bytes_out.fetch_add(n as u64, Relaxed);
+        Ok(())
+    }
+}
+
+/// Points the sleep at `timer`'s deadline, touching the timer wheel only when the deadline changes (state
+/// changes happen twice per query; most of them need no timer at all).
+fn arm(sleep: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Instant>, timer: Option<(Instant, Timer)>) {
+    let want = timer.map(|t| t.0);
+    if want.is_some() && want != *armed {
+        sleep.reset(far_future(timer));
+        *armed = want;
+    }
+}
+
+/// A far deadline for a disabled timer (the branch is also switched off, this only keeps the Sleep valid).
+fn far_future(timer: Option<(Instant, Timer)>) -> tokio::time::Instant {
+    match timer {
+        Some((at, _)) => at.into(),
+        None => (Instant::now() + Duration::from_secs(86_400 * 365)).into(),
+    }
+}

@@ -1,0 +1,112 @@
+//! How a relayed session ends: the client went away, the server went away, or pgwarden closes it.
+//!
+//! Owns: delivering the last bytes each way under [`CLOSE_WRITE_TIMEOUT`], the ErrorResponse at a message
+//! boundary, Terminate to the server, and a CancelRequest first when a query is still running, so pgwarden
+//! never leaves a backend behind.
+
+use super::{Direction, Relay, Tracker};
+use crate::protocol::error_response;
+use crate::protocol::scanner::TERMINATE;
+use crate::session::upstream::Upstream;
+use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// How long closing may spend delivering the last bytes and the ErrorResponse to a peer that does not read.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Relay<'_, '_> {
+    /// The client closed or reset its socket.
+    pub(super) async fn client_gone(&mut self, server: &mut Upstream) -> CloseReason {
+        // Bytes it sent before closing (a Terminate, say) still go to the server.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.to_server.flow.drain_to(server)).await;
+        if self.tracker.terminated {
+            let _ = server.shutdown().await;
+            return CloseReason::Client;
+        }
+        self.cancel_running_query().await;
+        if self.to_server.scanner.at_boundary() {
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_flush(server, &TERMINATE)).await;
+        }
+        let _ = server.shutdown().await;
+        CloseReason::Abandoned
+    }
+
+    /// The server closed its side.
+    pub(super) async fn server_gone(&mut self, client: &mut TcpStream) -> CloseReason {
+        // What it sent last (often a FATAL ErrorResponse) still goes to the client.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.to_client.flow.drain_to(client)).await;
+        if self.tracker.terminated {
+            return CloseReason::Client;
+        }
+        if !self.tracker.server_fatal && self.to_client.scanner.at_boundary() {
+            let e = error_response::fatal(
+                SqlState::CONNECTION_FAILURE.code(),
+                "pgwarden: the server closed the connection unexpectedly",
+            );
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, client.write_all(&e)).await;
+        }
+        let _ = client.shutdown().await;
+        CloseReason::Server
+    }
+
+    /// Closes both sides on pgwarden's initiative, telling the client why at a message boundary: what the
+    /// server already sent is delivered up to the end of its current message, then the ErrorResponse.
+    pub(super) async fn close(&mut self, client: &mut TcpStream, server: &mut Upstream, fatal: Fatal) -> CloseReason {
+        self.cancel_running_query().await;
+        let finish = async {
+            let Direction { flow, scanner } = &mut self.to_client;
+            let _ = flow.drain_to(client).await;
+            // Complete the server's current message (the cancel above makes a long result end soon).
+            while !scanner.at_boundary() {
+                let want = scanner.bytes_to_boundary().clamp(1, flow.buf.len());
+                let n = match server.read(&mut flow.buf[..want]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let tracker = &mut self.tracker;
+                if scanner.feed(&flow.buf[..n], Tracker::server_want, |f| tracker.on_server(f)).is_err() {
+                    break;
+                }
+                if client.write_all(&flow.buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            if scanner.at_boundary() {
+                let _ = client.write_all(&fatal.encode()).await;
+            }
+            let _ = self.to_server.flow.drain_to(server).await;
+            if self.to_server.scanner.at_boundary() {
+                let _ = write_flush(server, &TERMINATE).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await;
+        let _ = server.shutdown().await;
+        let _ = client.shutdown().await;
+        fatal.close_reason()
+    }
+
+    /// If a query is running, asks the server to stop it so the backend does not run on.
+    async fn cancel_running_query(&self) {
+        if self.tracker.state() != ConnState::Active {
+            return;
+        }
+        if let Some(target) = self.ctx.conn.cancel_target() {
+            debug!(pid = target.pid, "cancelling the running query");
+            if let Err(e) =
+                crate::session::upstream::send_cancel(target.addr, target.pid, &target.key, Duration::from_secs(2))
+                    .await
+            {
+                debug!(error = %e, "cancel request failed");
+            }
+        }
+    }
+}
+
+async fn write_flush(server: &mut Upstream, bytes: &[u8]) -> io::Result<()> {
+    server.write_all(bytes).await?;
+    server.flush().await
+}

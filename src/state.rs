@@ -1,0 +1,145 @@
+//! The shared state every session, view and background task receives: the current settings, the registry
+//! of live connections, the client table, the leak detector, the upstream dial metrics, the pod identity and
+//! whether the proxy is draining.
+//!
+//! Owns: [`Settings`] (a validated config plus what is derived from it once), [`State`] and the operations
+//! on it that span its parts (a settings update, a session's close, a round of housekeeping). Does not own:
+//! any socket, task or loop (see `server`), nor what a session does (see `session`).
+
+use crate::clients::Clients;
+use crate::config::{Config, ConfigError};
+use crate::identity::PodIdentity;
+use crate::leak::Detector;
+use crate::registry::{signal, Conn, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// A validated config plus what is derived from it once (the upstream TLS setup).
+pub struct Settings {
+    pub config: Arc<Config>,
+    /// TLS towards the upstream (`None` for `upstream_tls: disable`).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Settings {
+    pub fn new(config: Config) -> Result<Settings, ConfigError> {
+        let upstream_tls = crate::tls::client_config(&config)?;
+        Ok(Settings { config: Arc::new(config), upstream_tls })
+    }
+}
+
+/// Upstream dial metrics, recorded where dials happen; the metrics view exports them.
+pub struct DialMetrics {
+    pub duration: Histogram,
+    pub errors: IntCounter,
+}
+
+impl Default for DialMetrics {
+    fn default() -> Self {
+        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        DialMetrics {
+            duration: Histogram::with_opts(
+                HistogramOpts::new("upstream_connect_duration_seconds", "resolve + connect + TLS to the upstream")
+                    .namespace("pgwarden")
+                    .buckets(buckets),
+            )
+            .expect("valid histogram"),
+            errors: IntCounter::with_opts(
+                Opts::new("upstream_connect_errors_total", "failed upstream dials").namespace("pgwarden"),
+            )
+            .expect("valid counter"),
+        }
+    }
+}
+
+impl DialMetrics {
+    pub fn observe(&self, took: Duration, ok: bool) {
+        self.duration.observe(took.as_secs_f64());
+        if !ok {
+            self.errors.inc();
+        }
+    }
+}
+
+/// Clients with no connection for this long are forgotten (and leave the metrics).
+pub const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(600);
+
+pub struct State {
+    pub registry: Arc<Registry>,
+    pub clients: Arc<Clients>,
+    pub pod: PodIdentity,
+    pub dials: DialMetrics,
+    /// Read once per connection (and on reload), never per message.
+    settings: RwLock<Arc<Settings>>,
+    detector: Mutex<Detector>,
+    draining: AtomicBool,
+}
+
+impl State {
+    pub fn new(settings: Settings, pod: PodIdentity) -> Arc<State> {
+        Arc::new(State {
+            registry: Arc::default(),
+            clients: Arc::default(),
+            pod,
+            dials: DialMetrics::default(),
+            settings: RwLock::new(Arc::new(settings)),
+            detector: Mutex::default(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings new connections use now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the settings: new connections use them at once; live ones recompute their policy and timers
+    /// (caps are checked at admission only, so lowering a cap closes nothing).
+    pub fn update_settings(&self, settings: Settings) {
+        let config = settings.config.clone();
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        self.clients
+            .recheck(|id| crate::policy::effective(&config, id).0.max_connections.0, config.max_total_connections.0);
+        self.registry.signal_all(signal::RELOAD);
+    }
+
+    pub fn detector(&self) -> MutexGuard<'_, Detector> {
+        self.detector.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once shutdown began (`/readyz` fails).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Shutdown began: `/readyz` fails from now on and every session is told.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Relaxed);
+        self.registry.signal_all(signal::SHUTDOWN);
+    }
+
+    /// A session ends: its connection leaves the registry next; the leak detector keeps it as evidence if it
+    /// was a suspect.
+    pub fn session_closed(&self, conn: &Arc<Conn>) {
+        self.detector().closing(conn, Instant::now(), &self.settings().config.leak);
+    }
+
+    /// One round of housekeeping: leak detection and forgetting long-idle clients.
+    pub fn housekeeping(&self, now: Instant) {
+        let evidence = self.detector().clients_with_evidence();
+        self.clients.prune(now, FORGET_IDLE_CLIENTS, |key| evidence.contains(key));
+        let settings = self.settings();
+        let conns = self.registry.snapshot();
+        let clients = self.clients.entries();
+        self.detector().tick(now, &conns, &clients, &settings.config.leak, &settings.config.stats);
+    }
+
+    /// How often housekeeping runs: often enough for the leak thresholds, at most once a second.
+    pub fn housekeeping_interval(&self) -> Duration {
+        let leak = &self.settings().config.leak;
+        let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0].into_iter().flatten().min();
+        shortest.map_or(Duration::from_secs(1), |t| (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+    }
+}
