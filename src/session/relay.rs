@@ -14,12 +14,13 @@
 
 mod close;
 mod flow;
+mod timers;
 pub mod tracker;
 
 use super::upstream::Upstream;
 use crate::clients::ClientEntry;
 use crate::config::{Policy, StatementText};
-use crate::policy::{self, Timer, TimerInput};
+use crate::policy;
 use crate::protocol::scanner::Scanner;
 use crate::registry::{signal, CancelTarget, Conn};
 use crate::state::State;
@@ -32,6 +33,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use timers::{arm, far_future};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -285,77 +287,6 @@ impl Relay<'_, '_> {
         true
     }
 
-    fn next_timer(&self) -> Option<(Instant, Timer)> {
-        policy::next_timer(&TimerInput {
-            state: self.published,
-            state_since: self.ctx.conn.state_since(),
-            opened: self.ctx.conn.opened,
-            login_deadline: self.ctx.login_deadline,
-            drain_deadline: self.drain_deadline,
-            policy: &self.policy,
-            idle_timers_spent: self.would_closed,
-        })
-    }
-
-    /// Decides what a fired timer does: `Some` closes with that error; `None` goes on (report-only: counted
-    /// and logged instead).
-    fn on_timer(&mut self, which: Timer) -> Option<Fatal> {
-        let client_key = self.ctx.conn.client.display();
-        let fatal = match which {
-            Timer::Login => Fatal::protocol(format!(
-                "pgwarden: client \"{client_key}\" did not finish startup within client_login_timeout"
-            )),
-            Timer::DrainGrace => Fatal::shutdown(format!(
-                "pgwarden is shutting down: shutdown_grace is over for client \"{client_key}\""
-            )),
-            Timer::Idle => Fatal::closed(
-                CloseReason::IdleTimeout,
-                SqlState::IDLE_SESSION_TIMEOUT,
-                format!("pgwarden: terminating connection of client \"{client_key}\" due to idle_timeout"),
-            ),
-            Timer::IdleInTransaction => Fatal::closed(
-                CloseReason::IdleInTransactionTimeout,
-                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
-                format!(
-                    "pgwarden: terminating connection of client \"{client_key}\" due to idle_in_transaction_timeout"
-                ),
-            ),
-            Timer::MaxAge => Fatal::closed(
-                CloseReason::MaxAge,
-                SqlState::ADMIN_SHUTDOWN,
-                format!("pgwarden: terminating connection of client \"{client_key}\" due to max_connection_age"),
-            ),
-        };
-        let policy_timer = matches!(which, Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge);
-        if policy_timer && !self.enforce {
-            self.would_closed = true;
-            if !std::mem::replace(&mut self.would_close_counted, true) {
-                self.report_would_close(&fatal);
-            }
-            return None;
-        }
-        Some(fatal)
-    }
-
-    /// Report-only: counts and logs the close that enforcement would have made.
-    fn report_would_close(&self, fatal: &Fatal) {
-        let reason = fatal.close_reason();
-        self.ctx.entry.counters.would_close.add(reason);
-        let stats = &self.ctx.state.settings().config.stats;
-        let last = crate::redact::render(
-            &self.ctx.conn.last_statement(),
-            stats.statement_text,
-            stats.statement_max_length as usize,
-        );
-        tracing::warn!(
-            reason = reason.as_str(),
-            state = self.published.as_str(),
-            last_statement = last.as_deref().unwrap_or(""),
-            "report-only: would close connection: {}",
-            fatal.message
-        );
-    }
-
     /// Scans `n` new client bytes in `to_server.flow.buf`; they are written to the server by the I/O poll.
     fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let cap = self.statement_cap;
@@ -401,23 +332,5 @@ impl Relay<'_, '_> {
         }
         self.ctx.conn.bytes_out.fetch_add(n as u64, Relaxed);
         Ok(())
-    }
-}
-
-/// Points the sleep at `timer`'s deadline, touching the timer wheel only when the deadline changes (state
-/// changes happen twice per query; most of them need no timer at all).
-fn arm(sleep: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Instant>, timer: Option<(Instant, Timer)>) {
-    let want = timer.map(|t| t.0);
-    if want.is_some() && want != *armed {
-        sleep.reset(far_future(timer));
-        *armed = want;
-    }
-}
-
-/// A far deadline for a disabled timer (the branch is also switched off, this only keeps the Sleep valid).
-fn far_future(timer: Option<(Instant, Timer)>) -> tokio::time::Instant {
-    match timer {
-        Some((at, _)) => at.into(),
-        None => (Instant::now() + Duration::from_secs(86_400 * 365)).into(),
     }
 }

@@ -59,7 +59,7 @@ const CONNECTION_FIELDS: &[&str] = &[
     "leak_reason",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn clients_and_connections_match_pg_stat_activity() {
     let mut config = test_config();
     config.defaults.max_connections = pgwarden::config::Limit(Some(7));
@@ -168,7 +168,7 @@ const SPEC_METRICS: &[&str] = &[
     "pgwarden_info",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn metrics_parse_and_client_labels_are_bounded() {
     let mut config = test_config();
     config.max_tracked_clients = 50;
@@ -269,7 +269,7 @@ fn run_cli(args: Vec<String>) -> std::process::Output {
     bin().args(args).env_remove("PGWARDEN_ADMIN").output().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn leaks_and_top_commands() {
     let mut config = test_config();
     config.leak.idle_in_transaction_threshold = Timeout(Some(Duration::from_millis(500)));

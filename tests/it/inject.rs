@@ -88,7 +88,7 @@ fn patch_of(response: &Value) -> Option<Vec<Value>> {
     serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn webhook_over_https_patches_validate_and_certificates_rotate() {
     let dir = tempfile::tempdir().unwrap();
     let ca1 = write_cert(dir.path(), "pgwarden test CA 1");
@@ -222,7 +222,7 @@ async fn configmap_named_by_the_pod_is_read_from_its_namespace() {
     assert!(message.contains("pgwarden.io/config") && message.contains("shop/nope"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn sidecar_identity_from_the_downward_api() {
     let env = [
         ("PGWARDEN_POD_NAME", "checkout-api-7d9f8c6b5-x2x7q"),

@@ -35,7 +35,7 @@ async fn wait_flagged(p: &TestProxy, app: &str, reason: &str, within: Duration) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn pool_leaking_one_connection_per_second_is_flagged_within_two_thresholds() {
     let threshold = 4.0;
     let p = start_proxy(leak_config(threshold, 30.0)).await;
@@ -118,7 +118,7 @@ async fn open_transaction_is_flagged_then_reclaimed_with_evidence_kept() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn client_starved_at_its_cap_is_flagged_and_refusals_counted() {
     let mut config = leak_config(2.0, 30.0);
     config.rules = serde_norway::from_str("- match: { application_name: 'leak-cap' }\n  max_connections: 5").unwrap();
@@ -155,7 +155,7 @@ async fn client_starved_at_its_cap_is_flagged_and_refusals_counted() {
 }
 
 /// Healthy behaviours, each for 10 × the threshold: none may ever be flagged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn healthy_pools_are_never_flagged() {
     let threshold = Duration::from_secs(1);
     let p = start_proxy(leak_config(threshold.as_secs_f64(), 1.0)).await;

@@ -35,7 +35,7 @@ pub async fn wait_listening(port: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn sigterm_drains_then_exits_zero() {
     let (mut child, port, admin) =
         spawn_proxy_binary("upstream_tls: disable\nshutdown_grace: 10s\n", &[], Stdio::null()).await;
@@ -71,7 +71,7 @@ async fn sigterm_drains_then_exits_zero() {
     assert_eq!(pg().psql("select count(*) from life_t"), "2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
     let (mut child, port, _) =
         spawn_proxy_binary("upstream_tls: disable\nshutdown_grace: 1s\n", &[], Stdio::null()).await;
@@ -101,7 +101,7 @@ async fn reqwest_status(base: &str, path: &str) -> u16 {
 
 /// Shutdown grace expiring while rows stream: the client reads whole messages up to a boundary, then the
 /// 57P01 ErrorResponse, never a torn message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn forced_close_mid_stream_ends_at_a_message_boundary() {
     let mut config = crate::support::test_config();
     config.shutdown_grace = pgwarden::config::Timeout(Some(Duration::from_millis(500)));
@@ -127,4 +127,32 @@ async fn forced_close_mid_stream_ends_at_a_message_boundary() {
     assert!(rows > 0, "rows were streaming");
     assert_eq!(codes.last().map(String::as_str), Some("57P01"), "ends with 57P01 after whole messages: {codes:?}");
     let _ = tokio::time::timeout(Duration::from_secs(10), p.task).await;
+}
+
+#[tokio::test]
+async fn a_background_task_that_panics_drains_the_proxy_and_fails_run() {
+    use pgwarden::server::Server;
+    use pgwarden::state::{Settings, State};
+    let state = State::new(Settings::new(crate::support::test_config()).unwrap(), Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = Server::new(state.clone());
+    server.supervise("doomed", async move {
+        let _ = rx.await;
+        panic!("the task broke");
+    });
+    let run = tokio::spawn(server.run(listener, admin, tokio_util::sync::CancellationToken::new()));
+    // Serving meanwhile; an open session is drained (idle: closed at once with 57P01).
+    let mut idle = Raw::connect(addr, "postgres", "lifecycle-supervised").await;
+    tx.send(()).unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(10), run).await.expect("run returns").unwrap();
+    let failed = failed.expect_err("a failed task fails run");
+    assert_eq!(failed.task, "doomed");
+    assert!(failed.how.contains("panicked: the task broke"), "{}", failed.how);
+    let (tag, body) = raw::read_message(&mut idle.stream).await.expect("an ErrorResponse before the close");
+    assert_eq!((tag, raw::error_code(&body).as_str()), (b'E', "57P01"));
+    assert!(state.draining());
+    assert!(state.registry.is_empty());
 }

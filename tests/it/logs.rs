@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn one_warn_per_transition_in_report_only_mode() {
     let yaml =
         "upstream_tls: disable\nenforce: false\nlog_format: json\nleak:\n  idle_in_transaction_threshold: 500ms\n";

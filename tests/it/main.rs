@@ -10,6 +10,7 @@ mod admin;
 mod config_cli;
 mod demo;
 mod inject;
+mod layers;
 mod leaks;
 mod lifecycle;
 mod logs;

@@ -61,7 +61,7 @@ async fn cap_refuses_the_fourth_and_frees_on_close() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn connect_race_never_exceeds_the_cap() {
     let p = start_proxy(capped(3)).await;
     let app = "policy-burst";
@@ -103,7 +103,7 @@ async fn connect_race_never_exceeds_the_cap() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn wait_queue_admits_on_release_and_times_out() {
     let mut config = capped(1);
     config.defaults.on_limit = OnLimit::Wait;

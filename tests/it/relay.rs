@@ -7,7 +7,7 @@ use pgwarden::vocab::ConnState;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn simple_extended_pipelined_and_prepared() {
     let p = start_proxy(test_config()).await;
     let c = p.connect("relay-basic").await.unwrap();
@@ -48,7 +48,7 @@ fn copy_rows(total: usize) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn copy_in_and_out_64_mib_is_byte_exact() {
     let p = start_proxy(test_config()).await;
     let c = p.connect("relay-copy").await.unwrap();
@@ -77,7 +77,7 @@ async fn copy_in_and_out_64_mib_is_byte_exact() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn bytea_32_mib_round_trip() {
     let p = start_proxy(test_config()).await;
     let c = p.connect("relay-bytea").await.unwrap();
@@ -119,7 +119,7 @@ async fn listen_notify_delivers_while_idle() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn hundred_concurrent_clients_twenty_queries_each() {
     let p = start_proxy(test_config()).await;
     let tasks = (0..100).map(|i| {
@@ -141,7 +141,7 @@ async fn hundred_concurrent_clients_twenty_queries_each() {
 
 /// A client that pipelines megabytes of queries while it reads the megabytes of results (as libpq's
 /// pipeline mode does): both directions are full at once, and the relay must not stall either.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn full_duplex_flood_does_not_deadlock() {
     use tokio::io::AsyncWriteExt;
     let p = start_proxy(test_config()).await;

@@ -64,7 +64,7 @@ async fn lowering_the_cap(dir: &Path, path: PathBuf, app: &str, lower: impl FnOn
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn in_place_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgwarden.yaml");
@@ -72,7 +72,7 @@ async fn in_place_write() {
     lowering_the_cap(dir.path(), path.clone(), "reload-inplace", || std::fs::write(&path, yaml(1)).unwrap()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn rename_over() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgwarden.yaml");
@@ -95,7 +95,7 @@ fn swap_configmap(dir: &Path, content: &str) {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn configmap_symlink_swap() {
     let dir = tempfile::tempdir().unwrap();
     swap_configmap(dir.path(), &yaml(3));
@@ -105,7 +105,7 @@ async fn configmap_symlink_swap() {
     lowering_the_cap(dir.path(), path.clone(), "reload-symlink", move || swap_configmap(&d, &yaml(1))).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn reload_request_and_timeouts_of_live_connections() {
     // SIGHUP sends on the request channel; live connections pick up new timeouts.
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn states_pid_and_last_statement() {
     let p = start_proxy(test_config()).await;
     let app = "state-basic";
@@ -90,7 +90,7 @@ fn psql_through(port: u16, app: &str) -> std::process::Child {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn killed_client_in_transaction_leaves_no_backend_and_no_commit() {
     let p = start_proxy(test_config()).await;
     let app = "state-killed-tx";
@@ -109,7 +109,7 @@ async fn killed_client_in_transaction_leaves_no_backend_and_no_commit() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn killed_client_during_a_query_cancels_it() {
     let p = start_proxy(test_config()).await;
     let app = "state-killed-sleep";

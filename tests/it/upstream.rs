@@ -57,7 +57,7 @@ async fn ssl_in_use(p: &crate::support::TestProxy, app: &str) -> bool {
     c.query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[]).await.unwrap().get(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn tls_modes_against_the_test_server() {
     // verify-full with the test CA and the name in the certificate.
     let mut config = test_config();
