@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes delivery: Helm chart, deploy/ manifests, Dockerfile, YAML style.
-# Needs the tools from scripts/install-k8s-tools.sh; no cluster, no network.
+# Needs the tools scripts/install-k8s-tools.sh puts into $REPO/.tools (helm and kubectl in .tools/bin,
+# the Python tools in the virtualenv .tools/venv); no cluster, no network.
 #
 #   scripts/install-k8s-tools.sh && scripts/check-k8s.sh
+#
+# PGWARDEN_BIN: a pgwarden binary for the check-config checks. Unset: target/release/pgwarden or
+# target/debug/pgwarden when built. Set to the empty string: those checks are skipped.
 #
 # Every check runs even after a failure; the exit status is 1 if any failed.
 set -euo pipefail
@@ -16,8 +20,8 @@ NAMESPACE=pgwarden-system
 KUBE_VERSIONS=(1.29.0 1.33.0)
 
 # Optional: a built pgwarden binary, to check that it accepts the proxy configs the chart and
-# deploy/ produce (found in target/ unless PGWARDEN_BIN is set; skipped when there is none).
-if [[ -z "${PGWARDEN_BIN:-}" ]]; then
+# deploy/ produce (see PGWARDEN_BIN above).
+if [[ -z "${PGWARDEN_BIN+set}" ]]; then
   for candidate in target/release/pgwarden target/debug/pgwarden; do
     if [[ -x "$candidate" ]]; then
       PGWARDEN_BIN="$REPO/$candidate"
@@ -27,8 +31,9 @@ if [[ -z "${PGWARDEN_BIN:-}" ]]; then
 fi
 export PGWARDEN_BIN="${PGWARDEN_BIN:-}"
 
-PY_SCRIPTS="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-export PATH="$REPO/.tools/bin:$PY_SCRIPTS:$PATH"
+# The repository's own tools first. `python3` below is then the virtualenv's, which has PyYAML (a
+# dependency of yamllint and kubernetes-validate) for the Python checks.
+export PATH="$REPO/.tools/bin:$REPO/.tools/venv/bin:$PATH"
 
 for tool in helm kubernetes-validate hadolint yamllint shellcheck openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -36,6 +41,10 @@ for tool in helm kubernetes-validate hadolint yamllint shellcheck openssl; do
     exit 1
   fi
 done
+if [[ "$(command -v python3)" != "$REPO/.tools/venv/bin/python3" ]]; then
+  echo "check-k8s: no virtualenv in .tools/venv; run scripts/install-k8s-tools.sh first" >&2
+  exit 1
+fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -90,6 +99,19 @@ render() { # render OUT KUBE_VERSION [helm args...]
   helm template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --kube-version "$version" "$@" >"$out"
 }
 
+# contains FILE LINE...: every LINE is a whole line of FILE.
+contains() {
+  local file="$1" line
+  shift
+  for line in "$@"; do
+    grep -qxF -- "$line" "$file" || {
+      echo "no line '$line' in:"
+      cat "$file"
+      return 1
+    }
+  done
+}
+
 # --- scripts, Dockerfile, plain YAML ---------------------------------------------------------
 check "shellcheck scripts/*.sh" shellcheck scripts/*.sh
 check "hadolint Dockerfile" hadolint --failure-threshold warning Dockerfile
@@ -126,6 +148,32 @@ if ((${#rendered[@]})); then
     python3 scripts/check_k8s_render.py "$NAMESPACE" "${rendered[@]}"
 fi
 
+# --- Grafana dashboard (monitoring.grafanaDashboard; deploy/values/production.yaml enables it, so the
+# loop above validated its ConfigMap and check_k8s_render.py its expressions) ---------------------
+DASHBOARD="$CHART/dashboards/pgwarden.json"
+SHOW_DASHBOARD=(--show-only templates/grafana-dashboard.yaml)
+python3 scripts/check_k8s_render.py --spec-metrics >"$WORK/spec-metrics.txt"
+check "grafana dashboard: JSON parses, SPEC metrics only, queries through \${datasource}" \
+  python3 scripts/dashboard_metrics.py "$DASHBOARD" --names-file "$WORK/spec-metrics.txt"
+sed 's/pgwarden_client_leak_suspects/pgwarden_client_leaks/' "$DASHBOARD" >"$WORK/bad-dashboard.json"
+check_fails "dashboard check rejects a metric pgwarden does not export" \
+  "pgwarden_client_leaks is not an exported metric" \
+  python3 scripts/dashboard_metrics.py "$WORK/bad-dashboard.json" --names-file "$WORK/spec-metrics.txt"
+check_fails "no dashboard ConfigMap by default" "could not find template" \
+  render "$WORK/x.yaml" 1.33.0 "${SHOW_DASHBOARD[@]}"
+dashboard_args=(--set monitoring.grafanaDashboard.enabled=true --set monitoring.grafanaDashboard.namespace=grafana
+  --set monitoring.grafanaDashboard.label=dashboards.example.com/grafana
+  --set-string monitoring.grafanaDashboard.labelValue=pgwarden)
+check "helm template (dashboard in its own namespace, custom label)" \
+  render "$WORK/dashboard.yaml" 1.33.0 "${dashboard_args[@]}" "${SHOW_DASHBOARD[@]}"
+if $last_ok; then
+  check "dashboard ConfigMap: namespace and label from values" \
+    contains "$WORK/dashboard.yaml" "  namespace: grafana" '    dashboards.example.com/grafana: "pgwarden"'
+  check "kubernetes-validate --strict -k 1.33.0 (dashboard ConfigMap)" validate 1.33.0 "$WORK/dashboard.yaml"
+fi
+check_fails "schema rejects a dashboard label value that is no label value" "/monitoring/grafanaDashboard/labelValue" \
+  render "$WORK/x.yaml" 1.33.0 --set monitoring.grafanaDashboard.labelValue="not a label"
+
 # The guards must reject bad values, not only accept good ones.
 printf 'proxy:\n  defaults:\n    idle_timeout: off\n' >"$WORK/bare-off.yaml"
 printf 'proxy:\n  defaults:\n    idle_timeout: on\n' >"$WORK/bare-on.yaml"
@@ -158,7 +206,7 @@ if [[ -n "$PGWARDEN_BIN" ]]; then
   check "pgwarden check-config on deploy/ PGWARDEN_CONFIG_YAML" \
     python3 scripts/check_k8s_render.py --env-configs "${manifests[@]}"
 else
-  echo "skip  pgwarden check-config (no pgwarden binary in target/; set PGWARDEN_BIN)"
+  echo "skip  pgwarden check-config (PGWARDEN_BIN empty, or no pgwarden binary in target/)"
 fi
 
 # --- summary ---------------------------------------------------------------------------------

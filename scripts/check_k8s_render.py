@@ -15,11 +15,15 @@ and knows nothing about what pgwarden needs, so this script checks:
   the release namespace excluded.
 - Injector ConfigMap: inject.yaml has the injector keys and every SPEC "Config file" key under
   `proxy`; with PGWARDEN_BIN set, `$PGWARDEN_BIN check-config` accepts that `proxy` block.
+- Grafana dashboard ConfigMaps (a `*.json` data key): the JSON parses, its panels query through the
+  `${datasource}` variable, and every expression passes the PrometheusRule checks above (SPEC
+  metrics and labels), through scripts/dashboard_metrics.py.
 
 With --env-configs, checks instead that every PGWARDEN_CONFIG_YAML in the given manifests passes
-`$PGWARDEN_BIN check-config`.
+`$PGWARDEN_BIN check-config`. With --spec-metrics, prints the SPEC metric names, one a line (a
+histogram once, without _bucket/_sum/_count), for `dashboard_metrics.py --names-file`.
 
-Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml...
+Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml... | --spec-metrics
 Exit status 0 when every file passes, 1 otherwise.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -35,6 +40,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+import dashboard_metrics
 
 # SPEC.md "Metrics" (prefix pgwarden_): name -> labels. Keep in sync with SPEC.md.
 SPEC_METRICS: dict[str, set[str]] = {
@@ -345,10 +352,31 @@ class Checker:
         elif os.environ.get("PGWARDEN_BIN"):
             self.notes.append("pgwarden inject --check accepts inject.yaml")
 
+    # --- Grafana dashboard ----------------------------------------------------------------
+    def check_dashboards(self) -> None:
+        spec_names = {dashboard_metrics.base_name(n) for n in SPEC_METRICS}
+        for cm in self.by_kind.get("ConfigMap", []):
+            for key, text in (cm.get("data") or {}).items():
+                if not key.endswith(".json"):
+                    continue
+                where = f"ConfigMap {cm['metadata']['name']} {key}"
+                try:
+                    dash = json.loads(text)
+                except json.JSONDecodeError as e:
+                    self.error(f"{where}: not JSON: {e}")
+                    continue
+                for e in dashboard_metrics.compare(dash, spec_names):
+                    self.error(f"{where}: {e}")
+                exprs = dashboard_metrics.expressions(dash)
+                for name, expr in exprs:
+                    self.check_expr(f"{where} {name}", expr)
+                self.notes.append(f"dashboard {key}: {len(exprs)} expression(s) checked")
+
     def run(self) -> bool:
         self.check_rules()
         self.check_webhook()
         self.check_injector_config()
+        self.check_dashboards()
         return not self.errors
 
 
@@ -412,6 +440,9 @@ def walk(d: dict, prefix: str = ""):
 
 
 def main(argv: list[str]) -> int:
+    if argv[1:] == ["--spec-metrics"]:
+        print("\n".join(sorted({dashboard_metrics.base_name(n) for n in SPEC_METRICS})))
+        return 0
     if len(argv) < 3:
         print(__doc__.strip().splitlines()[-2], file=sys.stderr)
         return 64

