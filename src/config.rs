@@ -2,7 +2,7 @@
 //! environment variables and command-line flags combine into one validated [`Config`].
 //!
 //! Owns: parsing, validation, precedence (flag > env > file), and rendering the effective settings.
-//! Does not own: watching the file for changes (see `reload`) or acting on any setting.
+//! Does not own: watching the file for changes (see `server::reload`) or acting on any setting.
 
 pub mod overrides;
 pub mod source;
