@@ -41,9 +41,10 @@ pub async fn run(state: Arc<State>, mut client: TcpStream, peer: SocketAddr, shu
     let (params, used) = match startup::read(&state, &mut client, &mut inbuf, login_deadline, &shutdown).await {
         Ok(Some(found)) => found,
         Ok(None) => return,
-        Err(fatal) => {
-            debug!(%peer, code = fatal.sqlstate.code(), message = %fatal.message, "startup refused");
-            refuse(&mut client, &fatal).await;
+        Err(refused) => {
+            debug!(%peer, ?refused, "startup refused");
+            let _ = client.write_all(&refused.bytes()).await;
+            let _ = client.shutdown().await;
             return;
         }
     };

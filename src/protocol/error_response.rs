@@ -21,6 +21,17 @@ pub fn encode(severity: &str, sqlstate: &str, message: &str) -> Vec<u8> {
     out
 }
 
+/// An error in the format before protocol 3.0 (`E`, the text, NUL), what PostgreSQL sends a 1.x or 2.x
+/// client it refuses.
+pub fn old_style_fatal(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 10);
+    out.push(b'E');
+    out.extend_from_slice(b"FATAL:  ");
+    out.extend(message.bytes().filter(|&b| b != 0));
+    out.extend_from_slice(b"\n\0");
+    out
+}
+
 /// The fields of an ErrorResponse body that pgwarden looks at.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ErrorFields<'a> {

@@ -1,7 +1,9 @@
 //! Decoding of the first packet a client sends (untagged: `Int32 length`, `Int32 code`, body).
 //!
 //! The decoder validates the length before it looks at anything else, so an absurd length is refused as soon
-//! as four bytes have arrived and nothing is ever allocated from a length the client chose.
+//! as four bytes have arrived and nothing is ever allocated from a length the client chose. Each error says
+//! what PostgreSQL answers to it ([`StartupError::answer`]): drivers are tested against PostgreSQL, so in
+//! the startup phase pgwarden answers exactly what it does.
 
 use thiserror::Error;
 
@@ -19,9 +21,9 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 /// What a client's untagged packet asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {
-    /// SSLRequest: the client wants TLS; pgwarden answers `N` for now.
+    /// SSLRequest: the client wants TLS.
     Ssl,
-    /// GSSENCRequest: answered `N`.
+    /// GSSENCRequest: answered `N` (pgwarden has no GSSAPI).
     GssEnc,
     /// CancelRequest for the backend `pid` with its secret `key` (4 bytes in 3.0, up to 256 in 3.2).
     Cancel { pid: i32, key: Vec<u8> },
@@ -44,14 +46,45 @@ impl StartupParams {
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StartupError {
-    #[error("invalid startup packet length {0} (must be between {MIN_LEN} and {MAX_LEN})")]
+    #[error("invalid length of startup packet ({0}; must be between {MIN_LEN} and {MAX_LEN})")]
     BadLength(i64),
-    #[error("unsupported frontend protocol or request code {major}.{minor}")]
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2")]
     UnknownCode { major: u16, minor: u16 },
-    #[error("invalid length {len} for a {what}")]
-    BadRequestLength { what: &'static str, len: usize },
-    #[error("malformed startup message: {0}")]
+    #[error("invalid length of query cancel packet ({len})")]
+    BadCancelLength { len: usize },
+    #[error("invalid startup packet layout: expected terminator as last byte")]
     Malformed(&'static str),
+}
+
+/// What PostgreSQL answers to a bad startup packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupAnswer {
+    /// Nothing: it logs the problem and closes the connection.
+    Close,
+    /// A FATAL ErrorResponse `0A000` (feature not supported), then the close.
+    Unsupported,
+    /// A FATAL ErrorResponse `08P01` (protocol violation), then the close.
+    Violation,
+    /// Protocol 1.x and 2.x clients: the pre-3.0 error format (`E`, the text, NUL), then the close.
+    OldStyleFatal,
+}
+
+impl StartupError {
+    pub fn answer(&self) -> StartupAnswer {
+        match self {
+            StartupError::BadLength(_) | StartupError::BadCancelLength { .. } => StartupAnswer::Close,
+            StartupError::UnknownCode { major, .. } if *major < 3 => StartupAnswer::OldStyleFatal,
+            StartupError::UnknownCode { .. } => StartupAnswer::Unsupported,
+            StartupError::Malformed(_) => StartupAnswer::Violation,
+        }
+    }
+}
+
+/// The request codes of SSLRequest and GSSENCRequest seen as protocol versions: what PostgreSQL names a
+/// second request of the same kind (it answers it as an unsupported protocol).
+pub fn repeated_request(request: &Startup) -> StartupError {
+    let code = if matches!(request, Startup::GssEnc) { GSSENC_REQUEST } else { SSL_REQUEST };
+    StartupError::UnknownCode { major: (code >> 16) as u16, minor: code as u16 }
 }
 
 /// Decodes one startup packet from the front of `buf`.
@@ -71,17 +104,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Startup, usize)>, StartupError> {
         return Ok(None);
     }
     let code = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let expect = |what, ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(StartupError::BadRequestLength { what, len })
-        }
-    };
     match code {
-        SSL_REQUEST => expect("SSLRequest", len == 8)?,
-        GSSENC_REQUEST => expect("GSSENCRequest", len == 8)?,
-        CANCEL_REQUEST => expect("CancelRequest", (16..=12 + MAX_CANCEL_KEY).contains(&len))?,
+        // PostgreSQL does not check the length of these two.
+        SSL_REQUEST | GSSENC_REQUEST => {}
+        CANCEL_REQUEST if !(16..=12 + MAX_CANCEL_KEY).contains(&len) => {
+            return Err(StartupError::BadCancelLength { len })
+        }
+        CANCEL_REQUEST => {}
         _ if code >> 16 == 3 => {}
         _ => return Err(StartupError::UnknownCode { major: (code >> 16) as u16, minor: code as u16 }),
     }

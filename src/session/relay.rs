@@ -21,6 +21,7 @@ use super::upstream::Upstream;
 use crate::clients::ClientEntry;
 use crate::config::{Policy, StatementText};
 use crate::policy;
+use crate::protocol::auth::AuthFilter;
 use crate::protocol::scanner::Scanner;
 use crate::registry::{signal, CancelTarget, Conn};
 use crate::state::State;
@@ -91,6 +92,7 @@ pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Up
         statement_cap,
         to_server: Direction::new(),
         to_client: Direction::new(),
+        auth: Some(AuthFilter::default()),
         policy: ctx.policy,
         enforce: config.enforce,
         would_closed: false,
@@ -129,6 +131,8 @@ struct Relay<'a, 'c> {
     statement_cap: usize,
     to_server: Direction,
     to_client: Direction,
+    /// Until AuthenticationOk: takes SCRAM-SHA-256-PLUS out of the server's mechanisms (see `protocol::auth`).
+    auth: Option<AuthFilter>,
     policy: Policy,
     enforce: bool,
     /// Report-only: a timeout fired in the current idle period (its timers are not rearmed until activity).
@@ -309,8 +313,33 @@ impl Relay<'_, '_> {
         Ok(())
     }
 
+    /// Passes the `n` new server bytes through the authentication filter: the bytes to forward replace them
+    /// in the buffer (an incomplete message is held back); returns how many there are now.
+    fn filter_auth(&mut self, n: usize) -> Result<usize, Fatal> {
+        let Some(filter) = &mut self.auth else { return Ok(n) };
+        let flow = &mut self.to_client.flow;
+        let mut out = Vec::with_capacity(n);
+        if let Err(e) = filter.push(&flow.buf[..n], &mut out) {
+            flow.len = 0;
+            let message = format!("pgwarden: protocol violation by the upstream server: {e}");
+            return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
+        }
+        if filter.done() {
+            self.auth = None;
+        }
+        if out.len() > flow.buf.len() {
+            flow.buf.resize(out.len(), 0);
+        }
+        flow.buf[..out.len()].copy_from_slice(&out);
+        flow.len = out.len();
+        Ok(out.len())
+    }
+
     /// Scans `n` new server bytes in `to_client.flow.buf`; they are written to the client by the I/O poll.
-    fn server_bytes(&mut self, n: usize) -> Result<(), Fatal> {
+    fn server_bytes(&mut self, mut n: usize) -> Result<(), Fatal> {
+        if self.auth.is_some() {
+            n = self.filter_auth(n)?;
+        }
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
         let Direction { flow, scanner } = &mut self.to_client;

@@ -1,20 +1,56 @@
-//! The startup phase before a session has a client: SSLRequest and GSSENCRequest answered `N`, CancelRequest
+//! The startup phase before a session has a client: SSLRequest and GSSENCRequest answered, CancelRequest
 //! routed to the backend that owns the key, and the startup packet read under `client_login_timeout`.
 //!
+//! Drivers are written and tested against PostgreSQL, so here pgwarden answers exactly what PostgreSQL
+//! answers: an invalid length or a truncated packet is closed without a word, an unsupported protocol gets
+//! `0A000` (in the pre-3.0 format for a pre-3.0 client), a malformed packet `08P01`, data sent after an
+//! encryption request `N` and then `08P01`, a second request of one kind `0A000`.
 //! Owns: the I/O around `protocol::startup::decode` (which does none). Does not own: what happens once the
 //! startup packet is known (see `session`).
 
-use crate::protocol::startup::{self, Startup, StartupParams};
+use crate::protocol::error_response;
+use crate::protocol::startup::{self, Startup, StartupAnswer, StartupError, StartupParams};
 use crate::state::State;
-use crate::vocab::Fatal;
+use crate::vocab::{CloseReason, Fatal, SqlState};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// SSLRequest and GSSENCRequest each may come once, in either order, as PostgreSQL allows.
-const MAX_NEGOTIATIONS: usize = 2;
+/// How the startup phase ended without a startup packet.
+#[derive(Debug)]
+pub enum Refused {
+    /// Close without a word (what PostgreSQL does for an invalid length or a truncated packet).
+    Silently(StartupError),
+    /// Send this FATAL ErrorResponse, then close.
+    With(Fatal),
+    /// Send this pre-3.0 error text, then close.
+    OldStyle(String),
+}
+
+impl Refused {
+    /// What the client is sent before the close.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Refused::Silently(_) => Vec::new(),
+            Refused::With(fatal) => fatal.encode(),
+            Refused::OldStyle(text) => error_response::old_style_fatal(text),
+        }
+    }
+
+    fn from_decode(e: StartupError) -> Refused {
+        let message = e.to_string();
+        match e.answer() {
+            StartupAnswer::Close => Refused::Silently(e),
+            StartupAnswer::OldStyleFatal => Refused::OldStyle(message),
+            StartupAnswer::Unsupported => {
+                Refused::With(Fatal::closed(CloseReason::Error, SqlState::FEATURE_NOT_SUPPORTED, message))
+            }
+            StartupAnswer::Violation => Refused::With(Fatal::protocol(message)),
+        }
+    }
+}
 
 /// Reads the startup packet, answering SSL/GSS negotiation and routing CancelRequests.
 /// `Ok(None)`: nothing more to do (cancel forwarded, client gone). `Ok(Some((params, used)))`: the startup
@@ -25,23 +61,25 @@ pub async fn read(
     inbuf: &mut Vec<u8>,
     login_deadline: Option<Instant>,
     shutdown: &CancellationToken,
-) -> Result<Option<(StartupParams, usize)>, Fatal> {
-    let mut negotiations = 0;
+) -> Result<Option<(StartupParams, usize)>, Refused> {
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         match startup::decode(inbuf) {
-            Err(e) => return Err(Fatal::protocol(format!("pgwarden: {e}"))),
-            Ok(Some((Startup::Ssl | Startup::GssEnc, used))) => {
-                negotiations += 1;
-                if negotiations > MAX_NEGOTIATIONS {
-                    return Err(Fatal::protocol("pgwarden: too many encryption requests"));
+            Err(e) => return Err(Refused::from_decode(e)),
+            Ok(Some((request @ (Startup::Ssl | Startup::GssEnc), used))) => {
+                let done = if request == Startup::Ssl { &mut ssl_done } else { &mut gss_done };
+                if std::mem::replace(done, true) {
+                    // PostgreSQL reads a second request of one kind as a startup packet of protocol 1234.x.
+                    return Err(Refused::from_decode(startup::repeated_request(&request)));
                 }
                 inbuf.drain(..used);
-                if !inbuf.is_empty() {
-                    // The client must wait for our answer; bytes sent before it are a violation (as in PostgreSQL).
-                    return Err(Fatal::protocol("pgwarden: unencrypted data after encryption request"));
-                }
                 if client.write_all(b"N").await.is_err() {
                     return Ok(None);
+                }
+                if !inbuf.is_empty() {
+                    // The client must wait for the answer; bytes sent before it may have been injected.
+                    let what = if request == Startup::Ssl { "SSL request" } else { "GSSAPI encryption request" };
+                    return Err(Refused::With(Fatal::protocol(format!("received unencrypted data after {what}"))));
                 }
             }
             Ok(Some((Startup::Cancel { pid, key }, _))) => {
@@ -59,12 +97,12 @@ pub async fn read(
                 let mut chunk = [0u8; 1024];
                 tokio::select! {
                     read = client.read(&mut chunk) => match read {
-                        Ok(0) if !inbuf.is_empty() => return Err(Fatal::protocol("pgwarden: incomplete startup packet")),
+                        // A truncated packet: PostgreSQL logs "incomplete startup packet" and closes.
                         Ok(0) | Err(_) => return Ok(None),
                         Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
                     },
-                    _ = timeout => return Err(Fatal::protocol("pgwarden: startup timeout (client_login_timeout)")),
-                    _ = shutdown.cancelled() => return Err(Fatal::shutdown("pgwarden is shutting down")),
+                    _ = timeout => return Err(Refused::With(Fatal::protocol("pgwarden: startup timeout (client_login_timeout)"))),
+                    _ = shutdown.cancelled() => return Err(Refused::With(Fatal::shutdown("pgwarden is shutting down"))),
                 }
             }
         }

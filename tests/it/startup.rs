@@ -1,4 +1,4 @@
-//! Startup: bad input gets 08P01, SSL/GSS negotiation, cancel requests, authentication passthrough.
+//! Startup: bad input gets what PostgreSQL answers, SSL/GSS negotiation, cancel requests, authentication passthrough.
 
 use crate::support::pg::{pg, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER};
 use crate::support::proxy::{connect, sqlstate};
@@ -9,40 +9,110 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// What a server answered to a startup-phase input: nothing, a v3 ErrorResponse (its SQLSTATE), a pre-3.0
+/// error, or other bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Silent,
+    Error(String),
+    OldStyleError,
+    Bytes(Vec<u8>),
+}
+
+/// Sends `bytes` (then half-closes when asked) and reads until the server closes.
+async fn answer_of(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> Answer {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    if out.is_empty() {
+        return Answer::Silent;
+    }
+    if out.starts_with(b"EFATAL:  ") && out.ends_with(b"\n\0") {
+        return Answer::OldStyleError;
+    }
+    if out[0] == b'E' && out.len() > 5 {
+        let len = i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
+        if len + 1 == out.len() {
+            return Answer::Error(raw::error_code(&out[5..]));
+        }
+    }
+    Answer::Bytes(out)
+}
+
 #[tokio::test]
-async fn bad_input_gets_08p01_and_others_are_unaffected() {
+async fn bad_startup_input_gets_what_postgresql_answers_and_others_are_unaffected() {
     let p = start_proxy(test_config()).await;
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
     let healthy = p.connect("startup-healthy").await.unwrap();
-    let mut cases: Vec<(&str, Vec<u8>, bool)> = vec![
+    let full = startup_packet(&[("user", "postgres")]);
+    let cancel_short = [&[0, 0, 0, 12][..], &80_877_102i32.to_be_bytes(), b"abcd"].concat();
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("garbage", b"\x00\x00\x00\x10\xde\xad\xbe\xef\x01\x02\x03\x04\x05\x06\x07\x08".to_vec(), false),
         ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
         ("absurd length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], false),
         ("negative length", vec![0xff, 0xff, 0xff, 0xf0], false),
         ("too short", vec![0, 0, 0, 4, 0, 3, 0, 0], false),
         ("protocol 2", vec![0, 0, 0, 8, 0, 2, 0, 0], false),
+        ("protocol 4", vec![0, 0, 0, 8, 0, 4, 0, 0], false),
         ("malformed params", [&[0, 0, 0, 13][..], &[0, 3, 0, 0], b"user\0"].concat(), false),
+        ("truncated startup", full[..full.len() - 3].to_vec(), true),
+        ("half a length", vec![0, 0], true),
+        ("cancel of 12 bytes", cancel_short, false),
+        // node-postgres' quick disconnect: Terminate before the StartupMessage.
+        ("terminate first", [&b"X\0\0\0\x04"[..], &full].concat(), false),
     ];
-    let full = startup_packet(&[("user", "postgres")]);
-    cases.push(("truncated startup", full[..full.len() - 3].to_vec(), true));
-    cases.push(("bad message length after startup", [full.clone(), vec![b'Q', 0, 0, 0, 1]].concat(), false));
-    for (name, bytes, half_close) in cases {
-        if name == "bad message length after startup" {
-            // The startup completes first (auth ok, ready), then the bad header gets 08P01.
-            let mut s = TcpStream::connect(p.addr).await.unwrap();
-            s.write_all(&bytes).await.unwrap();
-            let mut code = None;
-            while let Some((tag, body)) = raw::read_message(&mut s).await {
-                if tag == b'E' {
-                    code = Some(raw::error_code(&body));
-                }
-            }
-            assert_eq!(code.as_deref(), Some("08P01"), "{name}");
-            continue;
-        }
-        assert_eq!(expect_error_after(p.addr, &bytes, half_close).await, "08P01", "{name}");
+    for (name, bytes, half_close) in &cases {
+        let want = answer_of(direct, bytes, *half_close).await;
+        let got = answer_of(p.addr, bytes, *half_close).await;
+        assert_eq!(got, want, "{name}: pgwarden answered {got:?}, PostgreSQL {want:?}");
     }
+    // Spot checks that the comparison compares something.
+    assert_eq!(answer_of(p.addr, &cases[2].1, false).await, Answer::Silent);
+    assert_eq!(answer_of(p.addr, &cases[5].1, false).await, Answer::OldStyleError);
+    assert_eq!(answer_of(p.addr, &cases[7].1, false).await, Answer::Error("08P01".into()));
+    // After the startup, a bad message length gets 08P01 (SPEC: bad input gets 08P01).
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[full.clone(), vec![b'Q', 0, 0, 0, 1]].concat()).await.unwrap();
+    let mut code = None;
+    while let Some((tag, body)) = raw::read_message(&mut s).await {
+        if tag == b'E' {
+            code = Some(raw::error_code(&body));
+        }
+    }
+    assert_eq!(code.as_deref(), Some("08P01"), "bad message length after startup");
     assert_eq!(healthy.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     assert!(p.state.registry.snapshot().iter().all(|c| c.client.display() != "-/-"), "refused clients hold no entry");
+    p.stop().await;
+}
+
+/// What PostgreSQL with `ssl=off` answers (pgwarden's client_tls: disable is that server): `N`, then for
+/// data sent before the answer `08P01`, for a second SSLRequest `0A000` (protocol 1234.5679).
+#[tokio::test]
+async fn encryption_requests_are_answered_as_postgresql_without_ssl_answers() {
+    let p = start_proxy(test_config()).await;
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut with_data = ssl.to_vec();
+    with_data.push(b'x');
+    match answer_of(p.addr, &with_data, false).await {
+        Answer::Bytes(b) => {
+            assert_eq!(b[0], b'N');
+            assert_eq!(raw::error_code(&b[6..]), "08P01");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&ssl).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    s.write_all(&ssl).await.unwrap();
+    let (tag, body) = raw::read_message(&mut s).await.expect("an error");
+    assert_eq!((tag, raw::error_code(&body).as_str()), (b'E', "0A000"));
     p.stop().await;
 }
 

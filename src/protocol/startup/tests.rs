@@ -59,7 +59,8 @@ fn cancel_requests_3_0_and_3_2_keys() {
 fn cancel_request_bad_lengths() {
     for key_len in [0usize, 3, 257] {
         let packet = encode_cancel(1, &vec![7; key_len]);
-        assert!(matches!(decode(&packet), Err(StartupError::BadRequestLength { .. })), "key {key_len}");
+        assert!(matches!(decode(&packet), Err(StartupError::BadCancelLength { .. })), "key {key_len}");
+        assert_eq!(decode(&packet).unwrap_err().answer(), StartupAnswer::Close);
     }
 }
 
@@ -68,6 +69,7 @@ fn bad_lengths_rejected_after_four_bytes() {
     for len in [-1i32, 0, 4, 7, 10_001, i32::MAX] {
         let bytes = len.to_be_bytes();
         assert_eq!(decode(&bytes), Err(StartupError::BadLength(len.into())));
+        assert_eq!(StartupError::BadLength(len.into()).answer(), StartupAnswer::Close, "as PostgreSQL: no answer");
     }
 }
 
@@ -76,8 +78,13 @@ fn unknown_codes_and_http() {
     assert!(matches!(decode(b"GET / HTTP/1.1\r\n"), Err(StartupError::BadLength(_))));
     let proto2 = [0, 0, 0, 8, 0, 2, 0, 0];
     assert_eq!(decode(&proto2), Err(StartupError::UnknownCode { major: 2, minor: 0 }));
+    assert_eq!(decode(&proto2).unwrap_err().answer(), StartupAnswer::OldStyleFatal);
+    let proto4 = [0, 0, 0, 8, 0, 4, 0, 0];
+    assert_eq!(decode(&proto4).unwrap_err().answer(), StartupAnswer::Unsupported);
+    // PostgreSQL does not check an SSLRequest's length.
     let ssl_long = [0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f, 0];
-    assert!(matches!(decode(&ssl_long), Err(StartupError::BadRequestLength { .. })));
+    assert_eq!(decode(&ssl_long), Ok(Some((Startup::Ssl, 9))));
+    assert_eq!(repeated_request(&Startup::Ssl).to_string(), "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.2");
 }
 
 #[test]

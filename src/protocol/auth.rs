@@ -1,0 +1,203 @@
+//! The server's side of the authentication exchange, filtered so channel binding is never offered: the
+//! mechanism `SCRAM-SHA-256-PLUS` is taken out of AuthenticationSASL. No I/O.
+//!
+//! Channel binding ties SCRAM to the TLS connection the client sees. Through a proxy that ends or starts TLS
+//! the server's TLS connection is not the client's, so `-PLUS` can never succeed; worse, libpq refuses a
+//! server that offers it over a plaintext link ("server offered SCRAM-SHA-256-PLUS authentication over a
+//! non-SSL connection"). Without it, the client picks plain `SCRAM-SHA-256`, which passes through intact.
+//!
+//! [`AuthFilter`] sees the server's bytes from the start of the session until AuthenticationOk. It holds back
+//! an incomplete message (bounded by [`MAX_AUTH_MESSAGE`]) so a message split across reads is rewritten whole,
+//! and lets everything from AuthenticationOk on through unchanged.
+
+use thiserror::Error;
+
+/// The mechanism channel binding needs; never offered to clients.
+pub const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+/// Longest server message before AuthenticationOk pgwarden holds (GSS tokens and errors are far smaller).
+pub const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+
+const AUTHENTICATION: u8 = b'R';
+const AUTH_OK: i32 = 0;
+const AUTH_SASL: i32 = 10;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuthFilterError {
+    #[error("invalid message length {len} for message type {tag:?} during authentication")]
+    BadLength { tag: char, len: i64 },
+}
+
+/// Rewrites the server's authentication messages; see the module doc.
+#[derive(Debug, Default)]
+pub struct AuthFilter {
+    held: Vec<u8>,
+    done: bool,
+}
+
+impl AuthFilter {
+    /// True once AuthenticationOk has passed: the filter has nothing more to do.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Appends to `out` what of `input` can go to the client now: every complete message (AuthenticationSASL
+    /// without `SCRAM-SHA-256-PLUS`), and after AuthenticationOk everything unchanged.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), AuthFilterError> {
+        if self.done {
+            out.extend_from_slice(input);
+            return Ok(());
+        }
+        self.held.extend_from_slice(input);
+        let mut at = 0;
+        while !self.done {
+            let rest = &self.held[at..];
+            if rest.len() < 5 {
+                break;
+            }
+            let tag = rest[0];
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            if len < 4 || len as usize > MAX_AUTH_MESSAGE {
+                return Err(AuthFilterError::BadLength { tag: tag as char, len: len.into() });
+            }
+            let total = 1 + len as usize;
+            if rest.len() < total {
+                break;
+            }
+            let message = &rest[..total];
+            let body = &message[5..];
+            match auth_code(tag, body) {
+                Some(AUTH_SASL) => out.extend_from_slice(&without_channel_binding(body)),
+                Some(AUTH_OK) => {
+                    out.extend_from_slice(message);
+                    self.done = true;
+                }
+                _ => out.extend_from_slice(message),
+            }
+            at += total;
+        }
+        if self.done {
+            out.extend_from_slice(&self.held[at..]);
+            self.held = Vec::new();
+        } else {
+            self.held.drain(..at);
+        }
+        Ok(())
+    }
+}
+
+fn auth_code(tag: u8, body: &[u8]) -> Option<i32> {
+    if tag != AUTHENTICATION || body.len() < 4 {
+        return None;
+    }
+    Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+}
+
+/// The whole AuthenticationSASL message for `body` (code 10, then NUL-terminated mechanism names, then a
+/// NUL) with `SCRAM-SHA-256-PLUS` left out. A body that does not parse is passed on as it was.
+fn without_channel_binding(body: &[u8]) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(body.len());
+    kept.extend_from_slice(&body[..4]);
+    let mut rest = &body[4..];
+    let mut parsed = false;
+    while let Some(nul) = rest.iter().position(|&b| b == 0) {
+        let name = &rest[..nul];
+        rest = &rest[nul + 1..];
+        if name.is_empty() {
+            parsed = rest.is_empty();
+            break;
+        }
+        if name != SCRAM_PLUS {
+            kept.extend_from_slice(name);
+            kept.push(0);
+        }
+    }
+    kept.push(0);
+    // Nothing left but PLUS would leave the client no mechanism: pass the server's list on unchanged.
+    let body = if parsed && kept.len() > 5 { &kept[..] } else { body };
+    crate::protocol::scanner::encode(AUTHENTICATION, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::scanner::encode;
+
+    fn sasl(mechanisms: &[&[u8]]) -> Vec<u8> {
+        let mut body = AUTH_SASL.to_be_bytes().to_vec();
+        for m in mechanisms {
+            body.extend_from_slice(m);
+            body.push(0);
+        }
+        body.push(0);
+        encode(b'R', &body)
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut s = sasl(&[b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"]);
+        s.extend(encode(b'R', &[0, 0, 0, 11, b'r', b'=', b'x']));
+        s.extend(encode(b'R', &[0, 0, 0, 12, b'v', b'=', b'y']));
+        s.extend(encode(b'R', &AUTH_OK.to_be_bytes()));
+        s.extend(encode(b'S', b"server_version\x0015\0"));
+        s.extend(encode(b'Z', b"I"));
+        s
+    }
+
+    fn expected() -> Vec<u8> {
+        let mut s = sasl(&[b"SCRAM-SHA-256"]);
+        s.extend_from_slice(&stream()[sasl(&[b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"]).len()..]);
+        s
+    }
+
+    #[test]
+    fn plus_is_removed_and_the_rest_passes_unchanged() {
+        let mut f = AuthFilter::default();
+        let mut out = Vec::new();
+        f.push(&stream(), &mut out).unwrap();
+        assert_eq!(out, expected());
+        assert!(f.done());
+        let mut more = Vec::new();
+        f.push(b"anything", &mut more).unwrap();
+        assert_eq!(more, b"anything");
+    }
+
+    #[test]
+    fn every_split_gives_the_same_bytes() {
+        let s = stream();
+        for cut in 0..=s.len() {
+            let mut f = AuthFilter::default();
+            let mut out = Vec::new();
+            f.push(&s[..cut], &mut out).unwrap();
+            f.push(&s[cut..], &mut out).unwrap();
+            assert_eq!(out, expected(), "split at {cut}");
+        }
+        let mut f = AuthFilter::default();
+        let mut out = Vec::new();
+        for b in s.chunks(1) {
+            f.push(b, &mut out).unwrap();
+        }
+        assert_eq!(out, expected());
+    }
+
+    #[test]
+    fn other_lists_and_errors() {
+        // Without PLUS: unchanged. Only PLUS: unchanged (nothing else to offer).
+        for list in [&[&b"SCRAM-SHA-256"[..]][..], &[b"SCRAM-SHA-256-PLUS"]] {
+            let mut out = Vec::new();
+            AuthFilter::default().push(&sasl(list), &mut out).unwrap();
+            assert_eq!(out, sasl(list));
+        }
+        // An error during authentication passes whole; the filter stays on.
+        let e = crate::protocol::error_response::fatal("28P01", "password authentication failed");
+        let mut f = AuthFilter::default();
+        let mut out = Vec::new();
+        f.push(&e, &mut out).unwrap();
+        assert_eq!(out, e);
+        assert!(!f.done());
+        // Lengths are checked before anything is held.
+        for len in [3i32, -1, (MAX_AUTH_MESSAGE + 1) as i32] {
+            let mut bad = vec![b'R'];
+            bad.extend_from_slice(&len.to_be_bytes());
+            assert!(AuthFilter::default().push(&bad, &mut Vec::new()).is_err(), "{len}");
+        }
+    }
+}
