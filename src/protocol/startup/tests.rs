@@ -84,7 +84,10 @@ fn unknown_codes_and_http() {
     // PostgreSQL does not check an SSLRequest's length.
     let ssl_long = [0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f, 0];
     assert_eq!(decode(&ssl_long), Ok(Some((Startup::Ssl, 9))));
-    assert_eq!(repeated_request(&Startup::Ssl).to_string(), "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.2");
+    assert_eq!(
+        repeated_request(&Startup::Ssl).to_string(),
+        "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.2"
+    );
 }
 
 #[test]
