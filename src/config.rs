@@ -45,6 +45,7 @@ pub enum TlsMode {
     Disable,
     Prefer,
     Require,
+    VerifyCa,
     VerifyFull,
 }
 

@@ -1,7 +1,8 @@
-//! TLS towards the upstream database (rustls with the ring provider).
+//! TLS configurations built from the config (rustls with the ring provider), once per settings change.
 //!
-//! `prefer` and `require` encrypt without checking the certificate, as libpq's modes of the same names do;
-//! `verify-full` checks the chain against `upstream_ca_file` (or the system roots) and the host name.
+//! Towards the upstream: `prefer` and `require` encrypt without checking the certificate, as libpq's modes
+//! of the same names do; `verify-ca` checks the chain against `upstream_ca_file` (or the system roots),
+//! `verify-full` the chain and the host name, both as libpq does (see `tls::verify`).
 
 use crate::config::{Config, ConfigError, TlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -9,6 +10,8 @@ use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+mod verify;
 use std::sync::Arc;
 
 /// Builds the client TLS config the settings ask for (`None` for `disable`).
@@ -23,13 +26,27 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
             .with_no_client_auth(),
-        TlsMode::VerifyFull => builder.with_root_certificates(roots(config)?).with_no_client_auth(),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            let root_certs = root_certs(config)?;
+            let mut roots = RootCertStore::empty();
+            for cert in &root_certs {
+                // A certificate webpki cannot use as a trust anchor may still be trusted as itself (verify).
+                let _ = roots.add(cert.clone());
+            }
+            let verifier = verify::LibpqVerifier {
+                roots: Arc::new(roots),
+                root_certs,
+                check_host: config.upstream_tls == TlsMode::VerifyFull,
+                provider,
+            };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
     };
     Ok(Some(Arc::new(tls)))
 }
 
-fn roots(config: &Config) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore::empty();
+/// The trusted certificates: `upstream_ca_file`, else the system's.
+fn root_certs(config: &Config) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     match &config.upstream_ca_file {
         Some(path) => {
             let origin = || format!("config key `upstream_ca_file` ({})", path.display());
@@ -40,23 +57,19 @@ fn roots(config: &Config) -> Result<RootCertStore, ConfigError> {
             if certs.is_empty() {
                 return Err(ConfigError::invalid(origin(), "holds no PEM certificate"));
             }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ConfigError::invalid(origin(), e.to_string()))?;
-            }
+            Ok(certs)
         }
         None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
+            let certs = rustls_native_certs::load_native_certs().certs;
+            if certs.is_empty() {
                 return Err(ConfigError::invalid(
                     "config key `upstream_tls`",
-                    "verify-full needs upstream_ca_file: no system root certificates were found",
+                    "verify-ca and verify-full need upstream_ca_file: no system root certificates were found",
                 ));
             }
+            Ok(certs)
         }
     }
-    Ok(roots)
 }
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {

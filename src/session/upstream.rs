@@ -96,6 +96,7 @@ impl Dialer<'_> {
             b'N' => match mode {
                 TlsMode::Prefer | TlsMode::Disable => Ok(Upstream::Plain(tcp)),
                 TlsMode::Require => Err(DialError::TlsRefused("require")),
+                TlsMode::VerifyCa => Err(DialError::TlsRefused("verify-ca")),
                 TlsMode::VerifyFull => Err(DialError::TlsRefused("verify-full")),
             },
             other => Err(DialError::BadSslAnswer(other)),

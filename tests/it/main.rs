@@ -21,3 +21,4 @@ mod reload;
 mod startup;
 mod state;
 mod upstream;
+mod upstream_tls;

@@ -6,5 +6,6 @@ pub mod libpq;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
+pub mod tls_front;
 
 pub use proxy::{start_proxy, test_config, TestProxy};
