@@ -11,6 +11,8 @@ need_apt=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client-15)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The dead-upstream test drops its own port's packets with a filter rule.
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup: missing ${need_apt[*]}; install them with apt-get (needs root)" >&2

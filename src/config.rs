@@ -23,6 +23,10 @@ pub struct Config {
     pub upstream_tls: TlsMode,
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_connect_timeout: Timeout,
+    /// Unacknowledged data to the upstream for this long means the link is dead (`TCP_USER_TIMEOUT`).
+    pub upstream_tcp_user_timeout: Timeout,
+    /// TCP keepalive on client and upstream sockets, so a peer that vanished without a reset is noticed.
+    pub tcp_keepalive: Keepalive,
     pub client_login_timeout: Timeout,
     pub admin_listen: HostPort,
     pub log_format: LogFormat,
@@ -91,6 +95,16 @@ pub struct Policy {
     pub max_connection_age: Timeout,
 }
 
+/// TCP keepalive: probe after `idle` without traffic, every `interval`, give up after `count` unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// `off` disables keepalive.
+    pub idle: Timeout,
+    pub interval: Timeout,
+    pub count: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Leak {
@@ -138,6 +152,8 @@ impl Default for Config {
             upstream_tls: TlsMode::Prefer,
             upstream_ca_file: None,
             upstream_connect_timeout: secs(5),
+            upstream_tcp_user_timeout: secs(60),
+            tcp_keepalive: Keepalive::default(),
             client_login_timeout: secs(15),
             admin_listen: addr("127.0.0.1", 9187),
             log_format: LogFormat::Text,
@@ -170,6 +186,13 @@ impl Default for Policy {
             idle_in_transaction_timeout: Timeout(None),
             max_connection_age: Timeout(None),
         }
+    }
+}
+
+impl Default for Keepalive {
+    /// A dead peer is noticed within a minute: 30 s idle, then 3 probes 10 s apart.
+    fn default() -> Self {
+        Keepalive { idle: secs(30), interval: secs(10), count: 3 }
     }
 }
 
@@ -246,6 +269,24 @@ impl Config {
         }
         if self.upstream_connect_timeout.0 == Some(std::time::Duration::ZERO) {
             return fail("upstream_connect_timeout", "must be greater than 0");
+        }
+        // Linux's limits for TCP_KEEPIDLE/TCP_KEEPINTVL (32767 s) and TCP_KEEPCNT (127).
+        let ka = &self.tcp_keepalive;
+        let keepalive_secs =
+            |t: Timeout| t.0.is_some_and(|d| d >= std::time::Duration::from_secs(1) && d.as_secs() <= 32_767);
+        if ka.idle.0.is_some() {
+            if !keepalive_secs(ka.idle) {
+                return fail("tcp_keepalive.idle", "must be off or between 1s and 32767s");
+            }
+            if !keepalive_secs(ka.interval) {
+                return fail("tcp_keepalive.interval", "must be between 1s and 32767s");
+            }
+            if !(1..=127).contains(&ka.count) {
+                return fail("tcp_keepalive.count", "must be between 1 and 127");
+            }
+        }
+        if self.upstream_tcp_user_timeout.0.is_some_and(|d| d.is_zero() || d.as_millis() > u32::MAX as u128) {
+            return fail("upstream_tcp_user_timeout", "must be off or between 1ms and 49 days");
         }
         // PgBouncer reads 0 as "disabled"; here 0 would close every connection at once. Say so.
         let zero = |t: Timeout| t.0 == Some(std::time::Duration::ZERO);

@@ -8,6 +8,7 @@
 
 pub mod admit;
 pub mod relay;
+pub mod sockopt;
 pub mod startup;
 pub mod upstream;
 
@@ -33,7 +34,7 @@ async fn refuse(client: &mut TcpStream, fatal: &Fatal) {
 pub async fn run(state: Arc<State>, mut client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let accepted = Instant::now();
     let settings = state.settings();
-    let _ = client.set_nodelay(true);
+    sockopt::client(&client, &settings.config);
     let login_timeout = settings.config.client_login_timeout.0;
     let mut inbuf = Vec::with_capacity(256);
 

@@ -9,6 +9,11 @@ upstream: 127.0.0.1:5432
 upstream_tls: prefer
 upstream_ca_file: null
 upstream_connect_timeout: 5s
+upstream_tcp_user_timeout: 60s
+tcp_keepalive:
+  idle: 30s
+  interval: 10s
+  count: 3
 client_login_timeout: 15s
 admin_listen: 127.0.0.1:9187
 log_format: text

@@ -121,7 +121,8 @@ enum Io {
     /// `n` new bytes from the server, in `to_client.flow.buf[..n]`.
     Server(usize),
     ClientClosed,
-    ServerClosed,
+    /// The server closed (`None`) or the link to it failed (a reset, a keepalive or user timeout).
+    ServerClosed(Option<io::Error>),
 }
 
 struct Relay<'a, 'c> {
@@ -195,14 +196,14 @@ impl Relay<'_, '_> {
                 Ok(Io::Client(n)) => self.client_bytes(n),
                 Ok(Io::Server(n)) => self.server_bytes(n),
                 Ok(Io::ClientClosed) => return self.client_gone(server).await,
-                Ok(Io::ServerClosed) => return self.server_gone(client).await,
+                Ok(Io::ServerClosed(error)) => return self.server_gone(client, error).await,
                 Err((Side::Client, e)) => {
                     debug!(error = %e, "client write failed");
                     return self.client_gone(server).await;
                 }
                 Err((Side::Server, e)) => {
                     debug!(error = %e, "upstream write failed");
-                    return self.server_gone(client).await;
+                    return self.server_gone(client, Some(e)).await;
                 }
             };
             if let Err(fatal) = handled {
@@ -246,7 +247,8 @@ impl Relay<'_, '_> {
             match (side, polled) {
                 (_, Poll::Pending) => {}
                 (Side::Client, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ClientClosed)),
-                (Side::Server, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ServerClosed)),
+                (Side::Server, Poll::Ready(Ok(0))) => return Poll::Ready(Ok(Io::ServerClosed(None))),
+                (Side::Server, Poll::Ready(Err(e))) => return Poll::Ready(Ok(Io::ServerClosed(Some(e)))),
                 (side, Poll::Ready(Ok(n))) => {
                     flow.len = n;
                     flow.grow = n == flow.buf.len() && n < BUF_SIZE;

@@ -49,12 +49,14 @@ pub struct Connected {
 pub async fn dial(settings: &Settings) -> Result<Connected, DialError> {
     let config = &settings.config;
     let timeout = config.upstream_connect_timeout.0.unwrap_or(Duration::from_secs(5));
-    let dialer = Dialer { target: &config.upstream, mode: config.upstream_tls, tls: settings.upstream_tls.as_ref() };
+    let dialer =
+        Dialer { config, target: &config.upstream, mode: config.upstream_tls, tls: settings.upstream_tls.as_ref() };
     tokio::time::timeout(timeout, dialer.dial()).await.map_err(|_| DialError::Timeout(timeout))?
 }
 
 /// How to reach the upstream, borrowed from the settings for one dial.
 struct Dialer<'a> {
+    config: &'a crate::config::Config,
     target: &'a HostPort,
     mode: TlsMode,
     tls: Option<&'a Arc<rustls::ClientConfig>>,
@@ -71,7 +73,7 @@ impl Dialer<'_> {
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(tcp) => {
-                    tcp.set_nodelay(true)?;
+                    super::sockopt::upstream(&tcp, self.config)?;
                     let stream = self.negotiate_tls(tcp).await?;
                     return Ok(Connected { stream, addr });
                 }

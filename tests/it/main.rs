@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod config_cli;
+mod deadpeer;
 mod demo;
 mod dropin;
 mod inject;

@@ -35,18 +35,22 @@ impl Relay<'_, '_> {
         CloseReason::Abandoned
     }
 
-    /// The server closed its side.
-    pub(super) async fn server_gone(&mut self, client: &mut TcpStream) -> CloseReason {
+    /// The server closed its side, or the link to it failed with `error`.
+    pub(super) async fn server_gone(&mut self, client: &mut TcpStream, error: Option<io::Error>) -> CloseReason {
         // What it sent last (often a FATAL ErrorResponse) still goes to the client.
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.to_client.flow.drain_to(client)).await;
         if self.tracker.terminated {
             return CloseReason::Client;
         }
         if !self.tracker.server_fatal && self.to_client.scanner.at_boundary() {
-            let e = error_response::fatal(
-                SqlState::CONNECTION_FAILURE.code(),
-                "pgwarden: the server closed the connection unexpectedly",
-            );
+            let message = match &error {
+                Some(e) => format!("pgwarden: the connection to the upstream server failed: {e}"),
+                None => "pgwarden: the server closed the connection unexpectedly".to_string(),
+            };
+            if let Some(e) = &error {
+                tracing::warn!(error = %e, "upstream connection failed");
+            }
+            let e = error_response::fatal(SqlState::CONNECTION_FAILURE.code(), &message);
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, client.write_all(&e)).await;
         }
         let _ = client.shutdown().await;
