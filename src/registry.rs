@@ -56,9 +56,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// The session ran LISTEN.
-    pub fn set_listening(&self) {
-        self.listening.store(true, Relaxed);
+    /// The session ran LISTEN (`true`), or UNLISTEN * / DISCARD ALL (`false`).
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Relaxed);
     }
 
     pub fn listening(&self) -> bool {

@@ -28,6 +28,9 @@ pub struct Frame<'a> {
 pub struct ScanError {
     pub tag: char,
     pub len: i32,
+    /// Where in the chunk the bad message's header began (the bytes before it are whole messages); `None`
+    /// when it began in an earlier chunk.
+    pub at: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -57,8 +60,10 @@ impl Scanner {
         want: impl Fn(u8) -> usize,
         mut on_frame: impl FnMut(Frame<'_>),
     ) -> Result<(), ScanError> {
+        let whole = chunk.len();
         while !chunk.is_empty() {
             if self.have < HEADER {
+                let header_at = (whole - chunk.len()).checked_sub(self.have);
                 let take = (HEADER - self.have).min(chunk.len());
                 self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
                 self.have += take;
@@ -69,8 +74,12 @@ impl Scanner {
                 let tag = self.header[0];
                 let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
                 if len < 4 {
-                    self.have = 0;
-                    return Err(ScanError { tag: tag as char, len });
+                    // At a boundary again only if the bad header is wholly in this chunk (the caller can
+                    // then forward what came before it); else part of it has gone on already.
+                    if header_at.is_some() {
+                        self.have = 0;
+                    }
+                    return Err(ScanError { tag: tag as char, len, at: header_at });
                 }
                 self.body_len = len as usize - 4;
                 self.remaining = self.body_len;
@@ -215,7 +224,17 @@ mod tests {
             let mut bytes = vec![b'Q'];
             bytes.extend_from_slice(&len.to_be_bytes());
             let mut sc = Scanner::default();
-            assert_eq!(collect(&mut sc, &[&bytes], 0), Err(ScanError { tag: 'Q', len }));
+            assert_eq!(collect(&mut sc, &[&bytes], 0), Err(ScanError { tag: 'Q', len, at: Some(0) }));
+            assert!(sc.at_boundary());
+            // After a whole message, in one chunk: the error says where the bad header starts.
+            let mut two = encode(b'S', b"");
+            two.extend_from_slice(&bytes);
+            let mut sc = Scanner::default();
+            assert_eq!(collect(&mut sc, &[&two], 0), Err(ScanError { tag: 'Q', len, at: Some(5) }));
+            // A header split across chunks: its start is in the earlier chunk.
+            let mut sc = Scanner::default();
+            assert_eq!(collect(&mut sc, &[&two[..7], &two[7..]], 0), Err(ScanError { tag: 'Q', len, at: None }));
+            assert!(!sc.at_boundary(), "part of the bad header went on");
         }
     }
 

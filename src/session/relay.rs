@@ -13,7 +13,9 @@
 //! the shutdown token; partial messages live in the scanners, so no select branch can lose bytes.
 
 mod close;
+mod commands;
 mod flow;
+mod statements;
 mod timers;
 pub mod tracker;
 
@@ -99,6 +101,7 @@ pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Up
         would_close_counted: false,
         published: ConnState::Startup,
         drain_deadline: None,
+        violation: None,
     };
     if !early.is_empty() {
         let flow = &mut relay.to_server.flow;
@@ -142,7 +145,14 @@ struct Relay<'a, 'c> {
     would_close_counted: bool,
     published: ConnState,
     drain_deadline: Option<Instant>,
+    /// A bad message header from the client: the whole messages before it went on; once the server has
+    /// answered them (or [`VIOLATION_GRACE`] passed) the session closes with this error, as PostgreSQL would
+    /// after processing them.
+    violation: Option<(Fatal, Instant)>,
 }
+
+/// How long the server may take to answer the client's messages that came before a bad header.
+const VIOLATION_GRACE: Duration = Duration::from_secs(5);
 
 impl Relay<'_, '_> {
     async fn run(&mut self, client: &mut TcpStream, server: &mut Upstream) -> CloseReason {
@@ -156,10 +166,18 @@ impl Relay<'_, '_> {
         let mut sleep = pin!(tokio::time::sleep_until(far_future(timer)));
         let mut armed = timer.map(|t| t.0);
         let mut server_first = false;
+        let mut violation_grace = pin!(tokio::time::sleep_until(far_future(None)));
         loop {
             if self.publish_state() {
                 timer = self.next_timer();
                 arm(sleep.as_mut(), &mut armed, timer);
+            }
+            if let Some((_, at)) = &self.violation {
+                if self.to_server.flow.len == 0 && !self.tracker.awaits_answers() {
+                    let (fatal, _) = self.violation.take().expect("set");
+                    return self.close(client, server, fatal).await;
+                }
+                violation_grace.as_mut().reset((*at).into());
             }
             if draining && matches!(self.published, ConnState::Idle | ConnState::Startup) {
                 return self.close(client, server, Fatal::shutdown("pgwarden is shutting down")).await;
@@ -180,6 +198,10 @@ impl Relay<'_, '_> {
                     timer = self.next_timer();
                     arm(sleep.as_mut(), &mut armed, timer);
                     continue;
+                }
+                _ = &mut violation_grace, if self.violation.is_some() => {
+                    let (fatal, _) = self.violation.take().expect("set");
+                    return self.close(client, server, fatal).await;
                 }
                 _ = &mut sleep, if timer.is_some() => {
                     let Some((_, which)) = timer else { continue };
@@ -230,7 +252,7 @@ impl Relay<'_, '_> {
         let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
         for side in order {
             let (flow, polled) = match side {
-                Side::Client if self.to_server.flow.len == 0 => {
+                Side::Client if self.to_server.flow.len == 0 && self.violation.is_none() => {
                     let flow = &mut self.to_server.flow;
                     let mut rb = ReadBuf::new(&mut flow.buf);
                     let polled = Pin::new(&mut *client).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
@@ -277,6 +299,13 @@ impl Relay<'_, '_> {
     /// Stores a changed state in the registry; true if it changed.
     fn publish_state(&mut self) -> bool {
         let state = self.tracker.state();
+        // A message that has begun to arrive is being sent: active, not idle (a large Query or CopyData
+        // arriving slowly must not meet an idle timeout or a drain).
+        let state = if state != ConnState::Startup && !self.to_server.scanner.at_boundary() {
+            ConnState::Active
+        } else {
+            state
+        };
         if state == self.published {
             return false;
         }
@@ -299,16 +328,22 @@ impl Relay<'_, '_> {
         let tracker = &mut self.tracker;
         let Direction { flow, scanner } = &mut self.to_server;
         if let Err(e) = scanner.feed(&flow.buf[..n], |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f)) {
-            // Nothing of this chunk reaches the server.
-            flow.len = 0;
-            return Err(Fatal::protocol(format!("pgwarden: protocol violation: {e}")));
+            let fatal = Fatal::protocol(format!("pgwarden: protocol violation: {e}"));
+            let Some(at) = e.at else {
+                // Part of the bad header already went on: nothing more can.
+                flow.len = 0;
+                return Err(fatal);
+            };
+            // The whole messages before the bad header go on, as they would have reached PostgreSQL.
+            flow.len = at;
+            self.violation = Some((fatal, Instant::now() + VIOLATION_GRACE));
         }
         let conn = self.ctx.conn;
         if let Some(text) = self.tracker.take_statement() {
             conn.set_last_statement(text);
         }
-        if self.tracker.listening && !conn.listening() {
-            conn.set_listening();
+        if self.tracker.listening != conn.listening() {
+            conn.set_listening(self.tracker.listening);
         }
         conn.queries.store(self.tracker.queries, Relaxed);
         conn.bytes_in.fetch_add(n as u64, Relaxed);

@@ -21,5 +21,6 @@ mod relay;
 mod reload;
 mod startup;
 mod state;
+mod tracking;
 mod upstream;
 mod upstream_tls;

@@ -1,20 +1,20 @@
 //! What a session is doing, derived from the messages the scanner finds in each direction. No I/O.
 //!
 //! Owns: the count of Query/Sync/FunctionCall messages not yet answered by ReadyForQuery (pipelining), the
-//! transaction status, the backend key, Terminate, the text last executed and the map of named prepared
-//! statements that gives Bind/Execute of a cached statement its text.
+//! transaction status, COPY IN mode, the backend key, Terminate, LISTEN, and the text last executed (with
+//! the named prepared statements, see `statements`, that give Bind/Execute of a cached statement its text).
 
+use super::commands::{commands, Command};
+use super::statements::Statements;
 use crate::protocol::messages::{self, backend, frontend, TxStatus};
 use crate::protocol::{error_response, scanner::Frame};
 use crate::vocab::ConnState;
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Named statements kept per session; past this, new names are not remembered (their Execute reports the
-/// Parse text only while it is the unnamed statement).
-const MAX_NAMED_STATEMENTS: usize = 1024;
 /// Longest statement or portal name PostgreSQL allows (NAMEDATALEN - 1), plus slack.
 const NAME_CAP: usize = 128;
+/// ParseComplete.
+const PARSE_COMPLETE: u8 = b'1';
 
 #[derive(Debug)]
 pub struct Tracker {
@@ -26,7 +26,11 @@ pub struct Tracker {
     tx: TxStatus,
     /// Keep this much of a statement's text.
     statement_cap: usize,
-    statements: HashMap<Box<[u8]>, Arc<[u8]>>,
+    statements: Statements,
+    /// Messages sent that each end a batch (answered by one ReadyForQuery), and batches answered; a queued
+    /// Parse belongs to batch `sent` as it was when the Parse was sent.
+    sent: u64,
+    answered: u64,
     unnamed: Option<Arc<[u8]>>,
     bound: Option<Arc<[u8]>>,
     last_statement: Vec<u8>,
@@ -40,8 +44,9 @@ pub struct Tracker {
     syncs_after_execute: u32,
     /// Counting `syncs_after_execute`: an Execute was sent and no CopyDone/CopyFail/Query since.
     after_execute: bool,
-    /// The client ended a COPY before the server's CopyInResponse reached us.
-    copy_ended_early: bool,
+    /// CopyDone/CopyFail the client sent before the server's CopyInResponse reached us (pgx sends the data
+    /// at once); each one means the next CopyInResponse starts a COPY that is already over.
+    copy_ends_ahead: u32,
     /// The session ran LISTEN (so idling is its job, not a leak).
     pub listening: bool,
     pub backend_key: Option<(i32, Vec<u8>)>,
@@ -56,7 +61,9 @@ impl Tracker {
             ready_once: false,
             tx: TxStatus::Idle,
             statement_cap,
-            statements: HashMap::new(),
+            statements: Statements::default(),
+            sent: 0,
+            answered: 0,
             unnamed: None,
             bound: None,
             last_statement: Vec::new(),
@@ -68,9 +75,14 @@ impl Tracker {
             copy_in: false,
             syncs_after_execute: 0,
             after_execute: false,
-            copy_ended_early: false,
+            copy_ends_ahead: 0,
             backend_key: None,
         }
+    }
+
+    /// The server still owes answers to messages sent after the startup.
+    pub fn awaits_answers(&self) -> bool {
+        self.ready_once && self.pending > 0
     }
 
     pub fn state(&self) -> ConnState {
@@ -102,53 +114,57 @@ impl Tracker {
         match f.tag {
             frontend::QUERY => {
                 self.after_execute = false;
-                self.pending += 1;
+                self.syncs_after_execute = 0;
+                self.batch_sent();
                 self.queries += 1;
                 let text = messages::cstr(f.body).0;
-                self.listening |= starts_with_listen(text);
+                self.on_sql(text);
                 self.set_statement(text);
             }
             frontend::PARSE => {
                 let (name, text) = messages::parse_message(f.body);
-                self.listening |= starts_with_listen(text);
+                if commands(text).any(|c| c == Command::Listen) {
+                    self.listening = true;
+                }
                 if self.statement_cap == 0 {
                     return;
                 }
                 let text: Arc<[u8]> = Arc::from(&text[..text.len().min(self.statement_cap)]);
                 if name.is_empty() {
                     self.unnamed = Some(text);
-                } else if self.statements.len() < MAX_NAMED_STATEMENTS || self.statements.contains_key(name) {
-                    self.statements.insert(name.into(), text);
+                } else {
+                    self.statements.parse(self.sent, name, text);
                 }
             }
             frontend::BIND => {
                 let (_portal, stmt) = messages::bind_message(f.body);
-                self.bound = if stmt.is_empty() { self.unnamed.clone() } else { self.statements.get(stmt).cloned() };
+                self.bound = if stmt.is_empty() { self.unnamed.clone() } else { self.statements.lookup(stmt) };
             }
             frontend::EXECUTE => {
                 self.after_execute = true;
                 self.syncs_after_execute = 0;
                 self.queries += 1;
                 if let Some(text) = self.bound.clone() {
+                    self.on_sql(&text);
                     self.set_statement(&text);
                 }
             }
             frontend::SYNC if self.copy_in => {}
             frontend::SYNC => {
-                self.pending += 1;
+                self.batch_sent();
                 if self.after_execute {
                     self.syncs_after_execute += 1;
                 }
             }
             frontend::COPY_DONE | frontend::COPY_FAIL => {
-                if !self.copy_in && self.after_execute {
-                    self.copy_ended_early = true;
+                if !self.copy_in {
+                    self.copy_ends_ahead += 1;
                 }
                 self.copy_in = false;
                 self.after_execute = false;
             }
             frontend::FUNCTION_CALL => {
-                self.pending += 1;
+                self.batch_sent();
                 self.queries += 1;
             }
             frontend::CLOSE => {
@@ -161,18 +177,48 @@ impl Tracker {
         }
     }
 
+    /// A message that a ReadyForQuery will answer.
+    fn batch_sent(&mut self) {
+        self.pending += 1;
+        self.sent += 1;
+    }
+
+    /// What an executed statement does to the session: LISTEN and its undoing, dropped prepared statements.
+    fn on_sql(&mut self, text: &[u8]) {
+        for command in commands(text) {
+            match command {
+                Command::Listen => self.listening = true,
+                Command::Unlisten { all: true } => self.listening = false,
+                Command::Unlisten { all: false } => {}
+                Command::DiscardAll => {
+                    self.listening = false;
+                    self.statements.remove_all();
+                }
+                Command::Deallocate(None) => self.statements.remove_all(),
+                Command::Deallocate(Some(name)) => self.statements.remove(&name),
+            }
+        }
+    }
+
     pub fn on_server(&mut self, f: Frame<'_>) {
         match f.tag {
             backend::READY_FOR_QUERY => {
+                if self.ready_once {
+                    self.answered += 1;
+                }
                 self.ready_once = true;
                 self.pending = self.pending.saturating_sub(1);
                 if self.pending == 0 {
                     self.busy = false;
+                    // Nothing is owed: a CopyDone sent outside any COPY was only ignored by the server.
+                    self.copy_ends_ahead = 0;
                     if let Some(tx) = f.body.first().and_then(|&b| TxStatus::from_byte(b)) {
                         self.tx = tx;
                     }
                 }
+                self.statements.ready(self.answered, self.pending == 0);
             }
+            PARSE_COMPLETE => self.statements.parse_complete(self.answered),
             backend::BACKEND_KEY_DATA => {
                 if let Some((pid, key)) = messages::backend_key_data(f.body) {
                     self.backend_key = Some((pid, key.to_vec()));
@@ -180,13 +226,20 @@ impl Tracker {
             }
             backend::COPY_IN_RESPONSE => {
                 // Syncs sent after the Execute that started this COPY are ignored by the server.
-                self.pending = self.pending.saturating_sub(std::mem::take(&mut self.syncs_after_execute));
+                let ignored = std::mem::take(&mut self.syncs_after_execute);
+                self.pending = self.pending.saturating_sub(ignored);
+                self.answered += ignored as u64;
                 self.after_execute = false;
-                self.copy_in = !std::mem::take(&mut self.copy_ended_early);
+                if self.copy_ends_ahead > 0 {
+                    self.copy_ends_ahead -= 1;
+                } else {
+                    self.copy_in = true;
+                }
             }
             backend::ERROR_RESPONSE => {
-                // An error ends COPY IN mode; the server then waits for a Sync.
+                // An error ends COPY IN mode; the server then waits for a Sync, skipping the rest of the batch.
                 self.copy_in = false;
+                self.statements.error(self.answered);
                 if error_response::parse(f.body).is_fatal() {
                     self.server_fatal = true;
                 }
@@ -226,22 +279,9 @@ pub fn client_want(cap: usize, tag: u8) -> usize {
 }
 
 /// Whether any statement of `text` is a LISTEN (after leading whitespace and comments).
+#[cfg(test)]
 fn starts_with_listen(text: &[u8]) -> bool {
-    text.split(|&c| c == b';').any(|stmt| {
-        let mut t = stmt.trim_ascii_start();
-        loop {
-            if let Some(rest) = t.strip_prefix(b"/*") {
-                let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |p| p + 2);
-                t = rest[end..].trim_ascii_start();
-            } else if let Some(rest) = t.strip_prefix(b"--") {
-                let end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
-                t = rest[end..].trim_ascii_start();
-            } else {
-                break;
-            }
-        }
-        t.len() >= 6 && t[..6].eq_ignore_ascii_case(b"listen") && t.get(6).is_none_or(|c| c.is_ascii_whitespace())
-    })
+    commands(text).any(|c| c == Command::Listen)
 }
 
 #[cfg(test)]
