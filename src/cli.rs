@@ -200,6 +200,16 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
     signals::raise_nofile_limit();
     let settings = Settings::new(config.clone())?;
     runtime()?.block_on(async move {
+        // The Unix socket first: its lock says plainly when another pgwarden serves the same socket.
+        let unix = match &config.listen_unix {
+            Some(dir) => {
+                let socket = crate::server::unix::UnixSocket::bind(dir, config.listen.port, config.listen_unix_mode)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on the Unix socket (listen_unix): {e}"))?;
+                info!(socket = %socket.path.display(), "listening on a Unix socket");
+                Some(socket)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind((config.listen.host.as_str(), config.listen.port))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -209,6 +219,9 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
         let pod = PodIdentity::from_lookup(|k| std::env::var(k).ok());
         let state = State::new(settings, pod);
         let mut server = Server::new(state.clone());
+        if let Some(socket) = unix {
+            server.listen_unix(socket);
+        }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
         signals::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
@@ -231,7 +244,8 @@ fn run_inject(
     config: Option<&std::path::Path>,
     log_format: &str,
 ) -> Result<(), Failure> {
-    use crate::k8s::inject::{config::InjectConfig, server, tls::ReloadingCert};
+    use crate::k8s::inject::{config::InjectConfig, server};
+    use crate::tls::reloading::ReloadingCert;
     let format = match log_format {
         "text" => crate::config::LogFormat::Text,
         "json" => crate::config::LogFormat::Json,

@@ -13,12 +13,21 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-pub use values::{HostPort, Limit, Timeout};
+pub use values::{FileMode, HostPort, Limit, Timeout};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: HostPort,
+    /// A directory for a Unix-domain socket too: `DIR/.s.PGSQL.<listen port>`, as libpq expects.
+    pub listen_unix: Option<PathBuf>,
+    /// File mode of that socket.
+    pub listen_unix_mode: FileMode,
+    /// TLS for clients: `disable` answers `N` to SSLRequest, `allow` offers it, `require` insists.
+    pub client_tls: ClientTls,
+    /// PEM certificate chain and key for client TLS; without them a self-signed certificate is made at start.
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
     pub upstream: HostPort,
     pub upstream_tls: TlsMode,
     pub upstream_ca_file: Option<PathBuf>,
@@ -51,6 +60,14 @@ pub enum TlsMode {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    Disable,
+    Allow,
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +165,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: addr("127.0.0.1", 6432),
+            listen_unix: None,
+            listen_unix_mode: FileMode(0o777),
+            client_tls: ClientTls::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
             upstream: addr("127.0.0.1", 5432),
             upstream_tls: TlsMode::Prefer,
             upstream_ca_file: None,
@@ -312,6 +334,17 @@ impl Config {
                     return Err((format!("{at}.{name}"), zero_msg.to_string()));
                 }
             }
+        }
+        match (&self.client_tls_cert_file, &self.client_tls_key_file) {
+            (Some(_), None) => return fail("client_tls_key_file", "must be set with client_tls_cert_file"),
+            (None, Some(_)) => return fail("client_tls_cert_file", "must be set with client_tls_key_file"),
+            (Some(_), Some(_)) if self.client_tls == ClientTls::Disable => {
+                return fail("client_tls_cert_file", "is set but client_tls is disable")
+            }
+            _ => {}
+        }
+        if self.listen_unix.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return fail("listen_unix", "must be a directory (or null)");
         }
         if self.upstream_tls == TlsMode::Disable && self.upstream_ca_file.is_some() {
             return fail("upstream_ca_file", "is set but upstream_tls is disable");

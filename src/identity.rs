@@ -6,7 +6,7 @@
 use crate::protocol::startup::StartupParams;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// A field that can name a client in `client_key` and be matched by rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,6 +63,36 @@ impl PodIdentity {
     }
 }
 
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix-domain socket: the peer process's credentials (SO_PEERCRED), when the kernel gives them.
+    Unix {
+        uid: Option<u32>,
+        pid: Option<i32>,
+    },
+}
+
+impl Peer {
+    /// The `peer_ip` value: the address, or `unix`.
+    pub fn ip_label(&self) -> String {
+        match self {
+            Peer::Tcp(addr) => addr.ip().to_string(),
+            Peer::Unix { .. } => "unix".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix { .. } => f.write_str("unix"),
+        }
+    }
+}
+
 /// A client: the values of the `client_key` fields, in key order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientId {
@@ -78,7 +108,7 @@ impl ClientId {
     }
 
     /// Builds the client of a connection from its startup parameters, the pod and the peer address.
-    pub fn from_startup(key: &[Field], params: &StartupParams, pod: &PodIdentity, peer: IpAddr) -> Self {
+    pub fn from_startup(key: &[Field], params: &StartupParams, pod: &PodIdentity, peer: &Peer) -> Self {
         let value = |f: Field| -> String {
             match f {
                 Field::ApplicationName => params.get("application_name").unwrap_or_default().to_string(),
@@ -87,7 +117,7 @@ impl ClientId {
                 Field::Pod => pod.pod.clone().unwrap_or_default(),
                 Field::Namespace => pod.namespace.clone().unwrap_or_default(),
                 Field::Workload => pod.workload.clone().unwrap_or_default(),
-                Field::PeerIp => peer.to_string(),
+                Field::PeerIp => peer.ip_label(),
             }
         };
         ClientId::new(key.iter().map(|&f| (f, value(f))).collect())
@@ -121,16 +151,16 @@ mod tests {
 
     #[test]
     fn display_key_uses_dash_for_missing_values() {
-        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let peer = Peer::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 5000)));
         let key = [Field::ApplicationName, Field::User];
         let pod = PodIdentity::default();
-        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "api")]), &pod, peer);
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "api")]), &pod, &peer);
         assert_eq!(c.display(), "api/alice");
-        let c = ClientId::from_startup(&key, &params(&[("user", "alice")]), &pod, peer);
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice")]), &pod, &peer);
         assert_eq!(c.display(), "-/alice");
         assert_eq!(c.get(Field::ApplicationName), Some(""));
         assert_eq!(c.get(Field::Database), None);
-        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "")]), &pod, peer);
+        let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "")]), &pod, &peer);
         assert_eq!(c.display(), "-/alice");
     }
 
@@ -142,7 +172,21 @@ mod tests {
         assert!(pod.in_kubernetes());
         assert_eq!(pod.workload, None);
         let key = [Field::Namespace, Field::Pod, Field::Workload, Field::PeerIp];
-        let c = ClientId::from_startup(&key, &params(&[]), &pod, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[]),
+            &pod,
+            &Peer::Tcp(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 7), 1))),
+        );
+        assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
+        let c = ClientId::from_startup(&key, &params(&[]), &pod, &Peer::Unix { uid: Some(1000), pid: Some(7) });
+        assert_eq!(c.get(Field::PeerIp), Some("unix"));
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[]),
+            &pod,
+            &Peer::Tcp(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 7), 1))),
+        );
         assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
     }
 }

@@ -4,7 +4,7 @@
 //! and the [`ConnGuard`] whose `Drop` removes it, so every exit path leaves the registry balanced.
 //! Does not own: per-client counters or policy decisions.
 
-use crate::identity::ClientId;
+use crate::identity::{ClientId, Peer};
 use crate::vocab::ConnState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ pub struct CancelTarget {
 pub struct Conn {
     pub id: u64,
     pub client: Arc<ClientId>,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub opened: Instant,
     epoch: Instant,
     /// The state (low 3 bits) and when it began (nanoseconds since the registry's epoch, the rest), in one
@@ -149,7 +149,7 @@ impl Default for Registry {
 
 impl Registry {
     /// Adds a connection in state `startup`; it stays until the guard drops.
-    pub fn register(self: &Arc<Self>, client: Arc<ClientId>, peer: SocketAddr, opened: Instant) -> ConnGuard {
+    pub fn register(self: &Arc<Self>, client: Arc<ClientId>, peer: Peer, opened: Instant) -> ConnGuard {
         let id = self.next_id.fetch_add(1, Relaxed);
         let conn = Arc::new(Conn {
             id,
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn guard_removes_entry_on_every_drop() {
         let reg = Arc::new(Registry::default());
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let peer = Peer::Tcp("127.0.0.1:5000".parse().unwrap());
         let a = reg.register(client(), peer, Instant::now());
         let b = reg.register(client(), peer, Instant::now());
         assert_eq!(reg.len(), 2);
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn state_and_cancel_lookup() {
         let reg = Arc::new(Registry::default());
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let peer = Peer::Tcp("127.0.0.1:5000".parse().unwrap());
         let g = reg.register(client(), peer, Instant::now());
         assert_eq!(g.conn().state(), ConnState::Startup);
         let later = Instant::now() + Duration::from_secs(1);

@@ -10,7 +10,10 @@
 
 pub mod reload;
 pub mod signals;
+pub mod unix;
 
+use crate::identity::Peer;
+use crate::session::stream::ClientStream;
 use crate::state::State;
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +25,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
+use unix::UnixSocket;
 
 /// A supervised background task stopped while the proxy was serving.
 #[derive(Debug, Error)]
@@ -36,11 +40,17 @@ pub struct Server {
     state: Arc<State>,
     tasks: JoinSet<()>,
     names: HashMap<Id, &'static str>,
+    unix: Option<UnixSocket>,
 }
 
 impl Server {
     pub fn new(state: Arc<State>) -> Server {
-        Server { state, tasks: JoinSet::new(), names: HashMap::new() }
+        Server { state, tasks: JoinSet::new(), names: HashMap::new(), unix: None }
+    }
+
+    /// Serves clients on `socket` too (the same sessions as on TCP).
+    pub fn listen_unix(&mut self, socket: UnixSocket) {
+        self.unix = Some(socket);
     }
 
     pub fn state(&self) -> &Arc<State> {
@@ -68,6 +78,7 @@ impl Server {
             crate::views::admin::serve(state, admin, stop)
         });
         self.supervise("housekeeping", housekeeping(self.state.clone()));
+        self.supervise("client certificate reload", follow_client_certificate(self.state.clone()));
         let sessions = TaskTracker::new();
         let mut failed = None;
         loop {
@@ -80,17 +91,25 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         debug!(%peer, "accepted");
-                        sessions.spawn(crate::session::run(self.state.clone(), stream, peer, shutdown.clone()));
+                        let session = crate::session::run(self.state.clone(), ClientStream::Tcp(stream), Peer::Tcp(peer), shutdown.clone());
+                        sessions.spawn(session);
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = async { self.unix.as_ref().expect("branch enabled").listener.accept().await }, if self.unix.is_some() => match accepted {
+                    Ok((stream, _)) => {
+                        let cred = stream.peer_cred().ok();
+                        let peer = Peer::Unix { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) };
+                        debug!(%peer, "accepted");
+                        let session = crate::session::run(self.state.clone(), ClientStream::Unix(stream), peer, shutdown.clone());
+                        sessions.spawn(session);
                     }
+                    Err(e) => accept_failed(e).await,
                 },
             }
         }
         drop(listener);
+        drop(self.unix.take());
         // A failed task drains like SIGTERM: sessions are told and may finish within shutdown_grace.
         shutdown.cancel();
         self.state.start_draining();
@@ -140,6 +159,23 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// Out of file descriptors and the like: back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Re-reads the client TLS certificate files every few seconds (cert-manager rotates them in place), off the
+/// runtime thread.
+async fn follow_client_certificate(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(tls) = state.settings().client_tls.clone() {
+            let _ = tokio::task::spawn_blocking(move || tls.cert.refresh()).await;
+        }
+    }
 }
 
 /// Leak detection and client pruning, forever.

@@ -10,46 +10,50 @@ pub mod admit;
 pub mod relay;
 pub mod sockopt;
 pub mod startup;
+pub mod stream;
 pub mod upstream;
 
-use crate::identity::ClientId;
+use crate::identity::{ClientId, Peer};
 use crate::state::State;
 use crate::vocab::{CloseReason, Fatal, SqlState};
 use admit::Admitted;
 use relay::RelayContext;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use stream::ClientStream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, warn, Instrument};
 
 /// Writes `fatal` to the client and closes its side (best effort: the client may be gone).
-async fn refuse(client: &mut TcpStream, fatal: &Fatal) {
+async fn refuse(client: &mut ClientStream, fatal: &Fatal) {
     let _ = client.write_all(&fatal.encode()).await;
     let _ = client.shutdown().await;
 }
 
-pub async fn run(state: Arc<State>, mut client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+/// One client connection, from accept to close.
+pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdown: CancellationToken) {
     let accepted = Instant::now();
     let settings = state.settings();
-    sockopt::client(&client, &settings.config);
+    if let ClientStream::Tcp(tcp) = &client {
+        sockopt::client(tcp, &settings.config);
+    }
     let login_timeout = settings.config.client_login_timeout.0;
     let mut inbuf = Vec::with_capacity(256);
 
     let login_deadline = login_timeout.map(|d| accepted + d);
-    let (params, used) = match startup::read(&state, &mut client, &mut inbuf, login_deadline, &shutdown).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(refused) => {
-            debug!(%peer, ?refused, "startup refused");
-            let _ = client.write_all(&refused.bytes()).await;
-            let _ = client.shutdown().await;
-            return;
-        }
-    };
-    let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &state.pod, peer.ip()));
+    let (params, used) =
+        match startup::read(&state, &settings, &mut client, &mut inbuf, login_deadline, &shutdown).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(refused) => {
+                debug!(%peer, ?refused, "startup refused");
+                let _ = client.write_all(&refused.bytes()).await;
+                let _ = client.shutdown().await;
+                return;
+            }
+        };
+    let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &state.pod, &peer));
     let guard = state.registry.register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
     let span =

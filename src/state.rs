@@ -11,22 +11,37 @@ use crate::config::{Config, ConfigError};
 use crate::identity::PodIdentity;
 use crate::leak::Detector;
 use crate::registry::{signal, Conn, Registry};
+use crate::tls::ClientTlsSetup;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-/// A validated config plus what is derived from it once (the upstream TLS setup).
+/// A validated config plus what is derived from it once (the TLS setups).
 pub struct Settings {
     pub config: Arc<Config>,
     /// TLS towards the upstream (`None` for `upstream_tls: disable`).
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS towards clients (`None` for `client_tls: disable`).
+    pub client_tls: Option<Arc<ClientTlsSetup>>,
 }
 
 impl Settings {
     pub fn new(config: Config) -> Result<Settings, ConfigError> {
         let upstream_tls = crate::tls::client_config(&config)?;
-        Ok(Settings { config: Arc::new(config), upstream_tls })
+        let client_tls = crate::tls::server_setup(&config)?;
+        Ok(Settings { config: Arc::new(config), upstream_tls, client_tls })
+    }
+
+    /// The settings of a reloaded `config`: client TLS is kept from `previous` when its keys did not change
+    /// (a self-signed certificate stays the same; files are followed by the certificate watcher anyway).
+    pub fn reloaded(config: Config, previous: &Settings) -> Result<Settings, ConfigError> {
+        let old = &previous.config;
+        let same_tls = (config.client_tls, &config.client_tls_cert_file, &config.client_tls_key_file)
+            == (old.client_tls, &old.client_tls_cert_file, &old.client_tls_key_file);
+        let client_tls = if same_tls { previous.client_tls.clone() } else { crate::tls::server_setup(&config)? };
+        let upstream_tls = crate::tls::client_config(&config)?;
+        Ok(Settings { config: Arc::new(config), upstream_tls, client_tls })
     }
 }
 

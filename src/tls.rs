@@ -2,15 +2,17 @@
 //!
 //! Towards the upstream: `prefer` and `require` encrypt without checking the certificate, as libpq's modes
 //! of the same names do; `verify-ca` checks the chain against `upstream_ca_file` (or the system roots),
-//! `verify-full` the chain and the host name, both as libpq does (see `tls::verify`).
+//! `verify-full` the chain and the host name, both as libpq does (see `tls::verify`). Towards clients:
+//! the certificate pgwarden serves (`tls::reloading`) and the acceptor for `client_tls`.
 
-use crate::config::{Config, ConfigError, TlsMode};
+use crate::config::{ClientTls, Config, ConfigError, TlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+pub mod reloading;
 mod verify;
 use std::sync::Arc;
 
@@ -113,4 +115,36 @@ impl ServerCertVerifier for NoCertificateCheck {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Client-side TLS: the certificate pgwarden serves and the acceptor built on it.
+pub struct ClientTlsSetup {
+    pub cert: Arc<reloading::ReloadingCert>,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// The ALPN protocol PostgreSQL 17 defines (required for direct TLS, `sslnegotiation=direct`).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Builds client-side TLS for `client_tls: allow | require` (`None` for `disable`): the certificate files, or
+/// a self-signed certificate for localhost, 127.0.0.1 and ::1 made now (its fingerprint is logged), so
+/// `sslmode=require` works with no setup in a sidecar.
+pub fn server_setup(config: &Config) -> Result<Option<Arc<ClientTlsSetup>>, ConfigError> {
+    if config.client_tls == ClientTls::Disable {
+        return Ok(None);
+    }
+    let cert = match (&config.client_tls_cert_file, &config.client_tls_key_file) {
+        (Some(cert), Some(key)) => reloading::ReloadingCert::new(cert, key)
+            .map_err(|e| ConfigError::invalid("config key `client_tls_cert_file`", format!("{e:#}")))?,
+        _ => {
+            let (cert, fingerprint) = reloading::ReloadingCert::self_signed(&["localhost", "127.0.0.1", "::1"])
+                .map_err(|e| ConfigError::invalid("config key `client_tls`", format!("{e:#}")))?;
+            tracing::info!(sha256 = %fingerprint, "client TLS: serving a self-signed certificate for localhost");
+            cert
+        }
+    };
+    let server = cert
+        .server_config(ALPN_POSTGRESQL)
+        .map_err(|e| ConfigError::invalid("config key `client_tls`", format!("{e:#}")))?;
+    Ok(Some(Arc::new(ClientTlsSetup { cert, acceptor: tokio_rustls::TlsAcceptor::from(server) })))
 }

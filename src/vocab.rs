@@ -154,6 +154,7 @@ impl SqlState {
     pub const UNABLE_TO_CONNECT: SqlState = SqlState("08001");
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
 
     pub fn code(self) -> &'static str {
         self.0

@@ -12,6 +12,42 @@ pub struct Timeout(pub Option<Duration>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limit(pub Option<u32>);
 
+/// A file mode such as `0777`, written as for chmod (the digits are octal, quoted or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+pub fn parse_file_mode(s: &str) -> Result<FileMode, String> {
+    let bad = || format!("invalid file mode {s:?} (expected an octal mode such as \"0770\" or \"0777\")");
+    let digits = s.trim();
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    u32::from_str_radix(digits, 8).map(FileMode).map_err(|_| bad())
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Scalar::deserialize(d).map_err(|_| de::Error::custom("expected an octal file mode such as \"0777\""))? {
+            // An unquoted 0777 arrives as the number 777: its digits are the mode, as for chmod.
+            Scalar::Int(n) => parse_file_mode(&n.to_string()).map_err(de::Error::custom),
+            Scalar::Str(s) => parse_file_mode(&s).map_err(de::Error::custom),
+            Scalar::Bool(_) => Err(de::Error::custom("expected an octal file mode such as \"0777\"")),
+        }
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// `host:port`, with `[v6]:port` for IPv6 literals. The host is resolved when used, never cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
@@ -205,6 +241,17 @@ mod tests {
         for bad in ["db", ":5432", "db:", "db:99999", "::1:5432", "[::1:5432", "a b:1"] {
             assert!(parse_host_port(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn file_modes_as_for_chmod() {
+        for (yaml, mode) in [("0777", 0o777), ("\"0770\"", 0o770), ("660", 0o660), ("'0700'", 0o700)] {
+            assert_eq!(serde_norway::from_str::<FileMode>(yaml).unwrap(), FileMode(mode), "{yaml}");
+        }
+        for bad in ["0778", "\"rwx\"", "99999", "true"] {
+            assert!(serde_norway::from_str::<FileMode>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(FileMode(0o770).to_string(), "0770");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 pub mod annotations;
 pub mod config;
 pub mod server;
-pub mod tls;
 
 use crate::config::{Config, HostPort};
 use config::InjectConfig;

@@ -6,6 +6,13 @@
 //! server that offers it over a plaintext link ("server offered SCRAM-SHA-256-PLUS authentication over a
 //! non-SSL connection"). Without it, the client picks plain `SCRAM-SHA-256`, which passes through intact.
 //!
+//! One case cannot work through any proxy: a client on TLS to pgwarden, whose libpq (with the default
+//! `channel_binding=prefer`) then tells the server "I support channel binding but think you do not", while
+//! the server, itself on TLS to pgwarden, does support it: it refuses the login ("SCRAM channel binding
+//! negotiation error"), and the proof the client signed covers that flag, so it cannot be rewritten. The
+//! filter replaces that error with one that names the fix (`channel_binding=disable` in the client's
+//! connection string).
+//!
 //! [`AuthFilter`] sees the server's bytes from the start of the session until AuthenticationOk. It holds back
 //! an incomplete message (bounded by [`MAX_AUTH_MESSAGE`]) so a message split across reads is rewritten whole,
 //! and lets everything from AuthenticationOk on through unchanged.
@@ -18,6 +25,12 @@ pub const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
 pub const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 
 const AUTHENTICATION: u8 = b'R';
+const ERROR_RESPONSE: u8 = b'E';
+/// The routine (field `R`, never localized) that refuses a client's channel binding flag.
+const CBIND_ROUTINE: &[u8] = b"read_client_first_message";
+const CBIND_MESSAGE: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client asked for it over its \
+TLS link to pgwarden, and the database, on TLS to pgwarden, refuses that login. Set channel_binding=disable in \
+the client's connection string (or connect to pgwarden without TLS: its link to the database stays encrypted)";
 const AUTH_OK: i32 = 0;
 const AUTH_SASL: i32 = 10;
 
@@ -71,6 +84,9 @@ impl AuthFilter {
                     out.extend_from_slice(message);
                     self.done = true;
                 }
+                _ if tag == ERROR_RESPONSE && is_channel_binding_refusal(body) => {
+                    out.extend(crate::protocol::error_response::fatal("28000", CBIND_MESSAGE));
+                }
                 _ => out.extend_from_slice(message),
             }
             at += total;
@@ -83,6 +99,26 @@ impl AuthFilter {
         }
         Ok(())
     }
+}
+
+/// The server refused the client's "supports channel binding, thinks the server does not" flag.
+fn is_channel_binding_refusal(body: &[u8]) -> bool {
+    let mut rest = body;
+    let (mut code, mut routine) = (None, None);
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        match field {
+            b'C' => code = Some(&tail[..end]),
+            b'R' => routine = Some(&tail[..end]),
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    // PostgreSQL 15 sends 28000 here, later versions 08P01: the routine is what names the case.
+    matches!(code, Some(b"08P01") | Some(b"28000")) && routine == Some(CBIND_ROUTINE)
 }
 
 fn auth_code(tag: u8, body: &[u8]) -> Option<i32> {
@@ -193,6 +229,16 @@ mod tests {
         f.push(&e, &mut out).unwrap();
         assert_eq!(out, e);
         assert!(!f.done());
+        // The server's refusal of a client's channel binding flag is replaced by one that names the fix.
+        let refusal = encode(
+            b'E',
+            b"SFATAL\0VFATAL\0C08P01\0MSCRAM channel binding negotiation error\0Rread_client_first_message\0\0",
+        );
+        let mut out = Vec::new();
+        AuthFilter::default().push(&refusal, &mut out).unwrap();
+        let fields = crate::protocol::error_response::parse(&out[5..]);
+        assert_eq!(fields.code, Some(&b"28000"[..]), "invalid_authorization_specification, as PostgreSQL 15");
+        assert!(String::from_utf8_lossy(fields.message.unwrap()).contains("channel_binding=disable"));
         // Lengths are checked before anything is held.
         for len in [3i32, -1, (MAX_AUTH_MESSAGE + 1) as i32] {
             let mut bad = vec![b'R'];

@@ -44,7 +44,7 @@ pub async fn watch(state: Arc<State>, source: ConfigSource, mut requests: mpsc::
 }
 
 fn apply(state: &State, source: &ConfigSource, why: &str) {
-    match source.load().and_then(Settings::new) {
+    match source.load().and_then(|config| Settings::reloaded(config, &state.settings())) {
         Ok(settings) => {
             let same = *settings.config == *state.settings().config;
             state.update_settings(settings);

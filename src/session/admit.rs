@@ -5,6 +5,7 @@
 //! close in its client's counters on every path. Does not own: the caps themselves (see `clients`) or which
 //! policy applies (see `policy`).
 
+use super::stream::ClientStream;
 use crate::clients::{Admission, Caps, ClientEntry, Slot};
 use crate::config::{Config, OnLimit, Policy};
 use crate::identity::ClientId;
@@ -13,7 +14,6 @@ use crate::state::State;
 use crate::vocab::{CloseReason, ConnState, Fatal, RefuseReason};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -44,7 +44,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// `Err(Some)`: refuse with this error; `Err(None)`: the client left while waiting.
 pub async fn admit(
     state: &State,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     conn: &Conn,
     policy: &Policy,
     rule: Option<&str>,
@@ -102,7 +102,7 @@ pub async fn admit(
                     log(&fatal, false);
                     Err(Some(fatal))
                 }
-                _ = client_closed(client) => {
+                _ = client.closed() => {
                     debug!("client left while waiting for a slot");
                     Err(None)
                 }
@@ -137,14 +137,5 @@ fn refusal_message(
             "pgwarden: client \"{client}\" waited {} for a connection slot (max_connections {} from {rule})",
             policy.wait_timeout, policy.max_connections
         ),
-    }
-}
-
-/// Resolves when the client closes its socket. Bytes it sends meanwhile stay unread (only peeked).
-async fn client_closed(client: &TcpStream) {
-    let mut probe = [0u8; 1];
-    match client.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
     }
 }

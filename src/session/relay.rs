@@ -26,6 +26,7 @@ use crate::policy;
 use crate::protocol::auth::AuthFilter;
 use crate::protocol::scanner::Scanner;
 use crate::registry::{signal, CancelTarget, Conn};
+use crate::session::stream::ClientStream;
 use crate::state::State;
 use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
 use flow::{Flow, BUF_SIZE};
@@ -38,7 +39,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use timers::{arm, far_future};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
 use tracker::Tracker;
@@ -82,7 +82,12 @@ enum Side {
 }
 
 /// Relays until the session ends; `early` holds client bytes that arrived with the startup packet.
-pub async fn run(ctx: &RelayContext<'_>, client: &mut TcpStream, server: &mut Upstream, early: &[u8]) -> CloseReason {
+pub async fn run(
+    ctx: &RelayContext<'_>,
+    client: &mut ClientStream,
+    server: &mut Upstream,
+    early: &[u8],
+) -> CloseReason {
     let config = ctx.state.settings().config.clone();
     let statement_cap = match config.stats.statement_text {
         StatementText::Off => 0,
@@ -155,7 +160,7 @@ struct Relay<'a, 'c> {
 const VIOLATION_GRACE: Duration = Duration::from_secs(5);
 
 impl Relay<'_, '_> {
-    async fn run(&mut self, client: &mut TcpStream, server: &mut Upstream) -> CloseReason {
+    async fn run(&mut self, client: &mut ClientStream, server: &mut Upstream) -> CloseReason {
         let conn = self.ctx.conn;
         let mut signalled = pin!(conn.signalled());
         let mut draining = self.ctx.shutdown.is_cancelled();
@@ -239,7 +244,7 @@ impl Relay<'_, '_> {
     fn poll_io(
         &mut self,
         cx: &mut Context<'_>,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         server: &mut Upstream,
         server_first: bool,
     ) -> Poll<Result<Io, (Side, io::Error)>> {

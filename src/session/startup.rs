@@ -1,5 +1,7 @@
-//! The startup phase before a session has a client: SSLRequest and GSSENCRequest answered, CancelRequest
-//! routed to the backend that owns the key, and the startup packet read under `client_login_timeout`.
+//! The startup phase before a session has a client: SSLRequest answered (`S` and a TLS handshake under
+//! `client_tls: allow | require`, else `N`), PostgreSQL 17's direct TLS, GSSENCRequest answered `N`,
+//! CancelRequest routed to the backend that owns the key (also over TLS), and the startup packet read under
+//! `client_login_timeout`.
 //!
 //! Drivers are written and tested against PostgreSQL, so here pgwarden answers exactly what PostgreSQL
 //! answers: an invalid length or a truncated packet is closed without a word, an unsupported protocol gets
@@ -8,13 +10,15 @@
 //! Owns: the I/O around `protocol::startup::decode` (which does none). Does not own: what happens once the
 //! startup packet is known (see `session`).
 
+use super::stream::ClientStream;
+use crate::config::ClientTls;
 use crate::protocol::error_response;
 use crate::protocol::startup::{self, Startup, StartupAnswer, StartupError, StartupParams};
-use crate::state::State;
+use crate::state::{Settings, State};
+use crate::tls::{ClientTlsSetup, ALPN_POSTGRESQL};
 use crate::vocab::{CloseReason, Fatal, SqlState};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -52,17 +56,52 @@ impl Refused {
     }
 }
 
-/// Reads the startup packet, answering SSL/GSS negotiation and routing CancelRequests.
-/// `Ok(None)`: nothing more to do (cancel forwarded, client gone). `Ok(Some((params, used)))`: the startup
-/// packet is the first `used` bytes of `inbuf` (more may follow it).
+/// Reads the startup packet, answering SSL/GSS negotiation (TLS per `client_tls`, also PostgreSQL 17's
+/// direct TLS) and routing CancelRequests. `Ok(None)`: nothing more to do (cancel forwarded, client gone).
+/// `Ok(Some((params, used)))`: the startup packet is the first `used` bytes of `inbuf` (more may follow).
+/// A TLS handshake replaces `client` with the TLS stream.
 pub async fn read(
     state: &State,
-    client: &mut TcpStream,
+    settings: &Settings,
+    client: &mut ClientStream,
     inbuf: &mut Vec<u8>,
     login_deadline: Option<Instant>,
     shutdown: &CancellationToken,
 ) -> Result<Option<(StartupParams, usize)>, Refused> {
-    let (mut ssl_done, mut gss_done) = (false, false);
+    let deadline = async {
+        match login_deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        read = negotiate(state, settings, client, inbuf) => read,
+        _ = deadline => Err(Refused::With(Fatal::protocol("pgwarden: startup timeout (client_login_timeout)"))),
+        _ = shutdown.cancelled() => Err(Refused::With(Fatal::shutdown("pgwarden is shutting down"))),
+    }
+}
+
+async fn negotiate(
+    state: &State,
+    settings: &Settings,
+    client: &mut ClientStream,
+    inbuf: &mut Vec<u8>,
+) -> Result<Option<(StartupParams, usize)>, Refused> {
+    let tls = settings.client_tls.as_deref();
+    if let (Some(tls), ClientStream::Tcp(tcp)) = (tls, &*client) {
+        // A TLS ClientHello first (record type 22) is PostgreSQL 17's direct TLS.
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) if first[0] == TLS_HANDSHAKE => {
+                if !upgrade(client, tls, true).await? {
+                    return Ok(None);
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    let (mut ssl_done, mut gss_done) = (client.is_tls(), false);
     loop {
         match startup::decode(inbuf) {
             Err(e) => return Err(Refused::from_decode(e)),
@@ -73,7 +112,8 @@ pub async fn read(
                     return Err(Refused::from_decode(startup::repeated_request(&request)));
                 }
                 inbuf.drain(..used);
-                if client.write_all(b"N").await.is_err() {
+                let accept = request == Startup::Ssl && tls.is_some() && !client.is_tls();
+                if client.write_all(if accept { b"S" } else { b"N" }).await.is_err() {
                     return Ok(None);
                 }
                 if !inbuf.is_empty() {
@@ -81,30 +121,60 @@ pub async fn read(
                     let what = if request == Startup::Ssl { "SSL request" } else { "GSSAPI encryption request" };
                     return Err(Refused::With(Fatal::protocol(format!("received unencrypted data after {what}"))));
                 }
+                if accept && !upgrade(client, tls.expect("accepted"), false).await? {
+                    return Ok(None);
+                }
             }
             Ok(Some((Startup::Cancel { pid, key }, _))) => {
                 forward_cancel(state, pid, &key).await;
                 return Ok(None);
             }
+            Ok(Some((Startup::Params(_), _)))
+                if settings.config.client_tls == ClientTls::Require && !client.is_tls() =>
+            {
+                return Err(Refused::With(Fatal::closed(
+                    CloseReason::Error,
+                    SqlState::INVALID_AUTHORIZATION,
+                    "pgwarden: client_tls is require: this connection is not encrypted (connect with sslmode=require)",
+                )));
+            }
             Ok(Some((Startup::Params(params), used))) => return Ok(Some((params, used))),
             Ok(None) => {
-                let timeout = async {
-                    match login_deadline {
-                        Some(at) => tokio::time::sleep_until(at.into()).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 let mut chunk = [0u8; 1024];
-                tokio::select! {
-                    read = client.read(&mut chunk) => match read {
-                        // A truncated packet: PostgreSQL logs "incomplete startup packet" and closes.
-                        Ok(0) | Err(_) => return Ok(None),
-                        Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
-                    },
-                    _ = timeout => return Err(Refused::With(Fatal::protocol("pgwarden: startup timeout (client_login_timeout)"))),
-                    _ = shutdown.cancelled() => return Err(Refused::With(Fatal::shutdown("pgwarden is shutting down"))),
+                match client.read(&mut chunk).await {
+                    // A truncated packet: PostgreSQL logs "incomplete startup packet" and closes.
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
                 }
             }
+        }
+    }
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Terminates TLS on the client connection. `direct`: no SSLRequest came first, so the client must have
+/// asked for ALPN `postgresql` (as PostgreSQL 17 requires). `Ok(false)`: the handshake failed (the client is
+/// gone or spoke no TLS pgwarden accepts; logged).
+async fn upgrade(client: &mut ClientStream, tls: &ClientTlsSetup, direct: bool) -> Result<bool, Refused> {
+    let ClientStream::Tcp(tcp) = std::mem::replace(client, ClientStream::Gone) else {
+        unreachable!("TLS is only negotiated on TCP connections")
+    };
+    match tls.acceptor.accept(tcp).await {
+        Ok(stream) => {
+            let alpn_ok = stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
+            *client = ClientStream::Tls(Box::new(stream));
+            if direct && !alpn_ok {
+                return Err(Refused::With(Fatal::protocol(
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                )));
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            debug!(error = %e, direct, "client TLS handshake failed");
+            Ok(false)
         }
     }
 }

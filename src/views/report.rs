@@ -193,6 +193,8 @@ mod tests {
             id: 7,
             client: "leaky".into(),
             peer: "127.0.0.1:5".into(),
+            peer_uid: None,
+            peer_pid: None,
             backend_pid: Some(4242),
             state: "idle".into(),
             age_seconds: 60.0,

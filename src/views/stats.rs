@@ -4,7 +4,7 @@
 //! The same types deserialize the JSON again for `pgwarden top` and `pgwarden leaks`.
 
 use crate::clients::ClientEntry;
-use crate::identity::{Field, PodIdentity};
+use crate::identity::{Field, Peer, PodIdentity};
 use crate::leak::{Detector, LeakReason};
 use crate::redact;
 use crate::registry::Conn;
@@ -47,6 +47,11 @@ pub struct ConnectionStats {
     pub id: u64,
     pub client: String,
     pub peer: String,
+    /// Unix-socket peers: the peer process's uid and pid (SO_PEERCRED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_pid: Option<i32>,
     pub backend_pid: Option<i32>,
     pub state: String,
     pub age_seconds: f64,
@@ -124,6 +129,14 @@ impl Snapshot {
             id: c.id,
             client: c.client.display().to_string(),
             peer: c.peer.to_string(),
+            peer_uid: match c.peer {
+                Peer::Unix { uid, .. } => uid,
+                Peer::Tcp(_) => None,
+            },
+            peer_pid: match c.peer {
+                Peer::Unix { pid, .. } => pid,
+                Peer::Tcp(_) => None,
+            },
             backend_pid: c.backend_pid(),
             state: c.state().as_str().to_string(),
             age_seconds: secs(self.now.saturating_duration_since(c.opened)),

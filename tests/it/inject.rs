@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use pgwarden::k8s::inject::config::InjectConfig;
 use pgwarden::k8s::inject::server::{serve, Injector};
-use pgwarden::k8s::inject::tls::ReloadingCert;
+use pgwarden::tls::reloading::ReloadingCert;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{json, Value};
 use std::path::Path;

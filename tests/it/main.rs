@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod client_tls;
 mod config_cli;
 mod deadpeer;
 mod demo;
@@ -22,5 +23,6 @@ mod reload;
 mod startup;
 mod state;
 mod tracking;
+mod unix;
 mod upstream;
 mod upstream_tls;

@@ -4,7 +4,7 @@
 
 use super::annotations::{CONFIG, CONFIG_KEY};
 use super::config::InjectConfig;
-use super::tls::ReloadingCert;
+use crate::tls::reloading::ReloadingCert;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -111,7 +111,7 @@ pub async fn serve(
     cert: Arc<ReloadingCert>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(cert.server_config()?);
+    let acceptor = TlsAcceptor::from(cert.server_config(b"http/1.1")?);
     let watcher = tokio::spawn(cert.clone().watch(Duration::from_secs(2)));
     loop {
         let (tcp, peer) = tokio::select! {

@@ -7,12 +7,12 @@
 use super::{Direction, Relay, Tracker};
 use crate::protocol::error_response;
 use crate::protocol::scanner::TERMINATE;
+use crate::session::stream::ClientStream;
 use crate::session::upstream::Upstream;
 use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 /// How long closing may spend delivering the last bytes and the ErrorResponse to a peer that does not read.
@@ -36,7 +36,7 @@ impl Relay<'_, '_> {
     }
 
     /// The server closed its side, or the link to it failed with `error`.
-    pub(super) async fn server_gone(&mut self, client: &mut TcpStream, error: Option<io::Error>) -> CloseReason {
+    pub(super) async fn server_gone(&mut self, client: &mut ClientStream, error: Option<io::Error>) -> CloseReason {
         // What it sent last (often a FATAL ErrorResponse) still goes to the client.
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.to_client.flow.drain_to(client)).await;
         if self.tracker.terminated {
@@ -59,7 +59,12 @@ impl Relay<'_, '_> {
 
     /// Closes both sides on pgwarden's initiative, telling the client why at a message boundary: what the
     /// server already sent is delivered up to the end of its current message, then the ErrorResponse.
-    pub(super) async fn close(&mut self, client: &mut TcpStream, server: &mut Upstream, fatal: Fatal) -> CloseReason {
+    pub(super) async fn close(
+        &mut self,
+        client: &mut ClientStream,
+        server: &mut Upstream,
+        fatal: Fatal,
+    ) -> CloseReason {
         self.cancel_running_query().await;
         let finish = async {
             let Direction { flow, scanner } = &mut self.to_client;

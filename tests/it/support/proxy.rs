@@ -40,7 +40,14 @@ pub async fn start_proxy(config: Config) -> TestProxy {
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
     let task = tokio::spawn({
-        let server = Server::new(state.clone());
+        let mut server = Server::new(state.clone());
+        if let Some(dir) = &state.settings().config.listen_unix {
+            // The socket is named after the TCP port, as libpq expects.
+            let socket =
+                pgwarden::server::unix::UnixSocket::bind(dir, addr.port(), state.settings().config.listen_unix_mode)
+                    .expect("bind the Unix socket");
+            server.listen_unix(socket);
+        }
         let shutdown = shutdown.clone();
         async move { server.run(listener, admin_listener, shutdown).await.expect("no background task failed") }
     });
