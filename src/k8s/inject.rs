@@ -18,6 +18,10 @@ pub const CONTAINER: &str = "pgwarden";
 /// The label that opts a pod out (`disabled`) or in (`enabled`, matched by the webhook configuration).
 pub const INJECT_LABEL: &str = "pgwarden.io/inject";
 pub const ADMIN_PORT_NAME: &str = "pgwarden-admin";
+/// The shared socket directory's volume (`pgwarden.io/unix-socket`).
+pub const SOCKET_VOLUME: &str = "pgwarden-socket";
+/// The client TLS Secret's volume (`pgwarden.io/client-tls-secret`).
+pub const CLIENT_TLS_VOLUME: &str = "pgwarden-client-tls";
 
 /// The JSON Patch operations that inject the sidecar, or `None` when the pod needs none (opted out, or
 /// already injected). `configmap` is the text of the ConfigMap the pod's `pgwarden.io/config` names.
@@ -34,8 +38,38 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
         return Ok(None);
     }
     let proxy = proxy_config(cfg, &annotations, configmap)?;
-    let container = sidecar(pod, cfg, &proxy);
+    let mut container = sidecar(pod, cfg, &proxy);
     let mut patch = Vec::new();
+    let mut volumes = Vec::new();
+    let mut sidecar_mounts = Vec::new();
+    if let Some(dir) = annotations::socket_dir(&annotations)? {
+        // One emptyDir, mounted at the same path in every container, so `host=DIR` works in each.
+        let mount = json!({"name": SOCKET_VOLUME, "mountPath": dir});
+        volumes.push(json!({"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory"}}));
+        sidecar_mounts.push(mount.clone());
+        for (list, containers) in [
+            ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
+            ("containers", &spec.containers[..]),
+        ] {
+            for (i, c) in containers.iter().enumerate() {
+                if c.volume_mounts.is_none() {
+                    patch
+                        .push(json!({"op": "add", "path": format!("/spec/{list}/{i}/volumeMounts"), "value": [mount]}));
+                } else {
+                    patch
+                        .push(json!({"op": "add", "path": format!("/spec/{list}/{i}/volumeMounts/-"), "value": mount}));
+                }
+            }
+        }
+    }
+    if let Some(secret) = annotations::client_tls_secret(&annotations)? {
+        volumes.push(json!({"name": CLIENT_TLS_VOLUME, "secret": {"secretName": secret}}));
+        sidecar_mounts
+            .push(json!({"name": CLIENT_TLS_VOLUME, "mountPath": annotations::CLIENT_TLS_DIR, "readOnly": true}));
+    }
+    if !sidecar_mounts.is_empty() {
+        container["volumeMounts"] = Value::Array(sidecar_mounts);
+    }
     if cfg.native_sidecar {
         if spec.init_containers.is_none() {
             patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [container]}));
@@ -45,6 +79,13 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
         }
     } else {
         patch.push(json!({"op": "add", "path": "/spec/containers/-", "value": container}));
+    }
+    if !volumes.is_empty() {
+        if spec.volumes.is_none() {
+            patch.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+        } else {
+            patch.extend(volumes.into_iter().map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v})));
+        }
     }
     if meta.annotations.is_none() {
         patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": {annotations::STATUS: "injected"}}));

@@ -132,6 +132,18 @@ async fn webhook_over_https_patches_validate_and_certificates_rotate() {
         assert_eq!(response["response"]["allowed"], true);
         assert!(patch_of(&response).is_none(), "{name}: idempotent");
     }
+    // A pod asking for the shared Unix socket and client TLS: mounts in every container, and it validates.
+    let review = fixture("unix-socket-tls-pod.json");
+    let (_, body) = https(port, &ca1, "POST", "/mutate", &review).await.unwrap();
+    let response: Value = serde_json::from_slice(&body).unwrap();
+    let request: Value = serde_json::from_slice(&review).unwrap();
+    let mut pod = request["request"]["object"].clone();
+    let ops = patch_of(&response).expect("a patch");
+    json_patch::patch(&mut pod, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).unwrap();
+    for c in pod["spec"]["containers"].as_array().unwrap() {
+        assert!(c["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == "/var/run/pgwarden"), "{c}");
+    }
+    validate_1_33(&pod);
     let (_, body) = https(port, &ca1, "POST", "/mutate", &fixture("opted-out-pod.json")).await.unwrap();
     let response: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(response["response"]["allowed"], true);

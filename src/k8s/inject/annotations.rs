@@ -2,7 +2,7 @@
 //! parsed with the config file's own parsers; a bad one refuses the pod with a message naming it.
 
 use crate::config::values::{parse_bool, parse_duration, parse_host_port, parse_limit};
-use crate::config::{Config, HostPort};
+use crate::config::{ClientTls, Config, HostPort};
 use std::collections::BTreeMap;
 
 pub const PREFIX: &str = "pgwarden.io/";
@@ -12,6 +12,16 @@ pub const MAX_CONNECTIONS: &str = "pgwarden.io/max-connections";
 pub const IDLE_TIMEOUT: &str = "pgwarden.io/idle-timeout";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "pgwarden.io/idle-in-transaction-timeout";
 pub const ENFORCE: &str = "pgwarden.io/enforce";
+/// `disable`, `allow` or `require`: TLS between the application and its sidecar.
+pub const CLIENT_TLS: &str = "pgwarden.io/client-tls";
+/// A `kubernetes.io/tls` Secret in the pod's namespace to serve for client TLS (else a self-signed one).
+pub const CLIENT_TLS_SECRET: &str = "pgwarden.io/client-tls-secret";
+/// `true` (or a directory): a Unix socket in an `emptyDir` shared by the sidecar and the app containers.
+pub const UNIX_SOCKET: &str = "pgwarden.io/unix-socket";
+/// Where the shared socket directory is mounted unless `pgwarden.io/unix-socket` names another.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/pgwarden";
+/// Where the client TLS Secret is mounted in the sidecar.
+pub const CLIENT_TLS_DIR: &str = "/etc/pgwarden/client-tls";
 /// A ConfigMap in the pod's namespace whose key `pgwarden.yaml` holds a whole config.
 pub const CONFIG: &str = "pgwarden.io/config";
 /// Set by the injector on pods it injected.
@@ -19,14 +29,25 @@ pub const STATUS: &str = "pgwarden.io/status";
 /// The ConfigMap key holding the config.
 pub const CONFIG_KEY: &str = "pgwarden.yaml";
 
-const KNOWN: [&str; 8] =
-    [UPSTREAM, LISTEN_PORT, MAX_CONNECTIONS, IDLE_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, ENFORCE, CONFIG, STATUS];
+const KNOWN: [&str; 11] = [
+    UPSTREAM,
+    LISTEN_PORT,
+    MAX_CONNECTIONS,
+    IDLE_TIMEOUT,
+    IDLE_IN_TRANSACTION_TIMEOUT,
+    ENFORCE,
+    CLIENT_TLS,
+    CLIENT_TLS_SECRET,
+    UNIX_SOCKET,
+    CONFIG,
+    STATUS,
+];
 
 /// Applies the annotations to `config`. `Err` names the annotation and the problem.
 pub fn apply(annotations: &BTreeMap<String, String>, config: &mut Config) -> Result<(), String> {
     for key in annotations.keys().filter(|k| k.starts_with(PREFIX)) {
         if !KNOWN.contains(&key.as_str()) {
-            return Err(format!("unknown annotation {key} (known: {})", KNOWN[..7].join(", ")));
+            return Err(format!("unknown annotation {key} (known: {})", KNOWN[..KNOWN.len() - 1].join(", ")));
         }
     }
     let get = |k: &str| annotations.get(k).map(String::as_str);
@@ -56,7 +77,61 @@ pub fn apply(annotations: &BTreeMap<String, String>, config: &mut Config) -> Res
     if let Some(v) = get(ENFORCE) {
         config.enforce = parse_bool(v).map_err(|e| fail(ENFORCE, e))?;
     }
+    if let Some(v) = get(CLIENT_TLS) {
+        config.client_tls = match v.trim() {
+            "disable" => ClientTls::Disable,
+            "allow" => ClientTls::Allow,
+            "require" => ClientTls::Require,
+            other => return Err(fail(CLIENT_TLS, format!("invalid value {other:?} (disable, allow or require)"))),
+        };
+    }
+    if let Some(secret) = client_tls_secret(annotations)? {
+        if config.client_tls == ClientTls::Disable {
+            return Err(fail(
+                CLIENT_TLS_SECRET,
+                format!("names Secret {secret:?} but client TLS is disable (set {CLIENT_TLS})"),
+            ));
+        }
+        config.client_tls_cert_file = Some(format!("{CLIENT_TLS_DIR}/tls.crt").into());
+        config.client_tls_key_file = Some(format!("{CLIENT_TLS_DIR}/tls.key").into());
+    }
+    if let Some(dir) = socket_dir(annotations)? {
+        config.listen_unix = Some(dir.into());
+    }
     Ok(())
+}
+
+/// The directory of the shared Unix socket, if the pod asks for one.
+pub fn socket_dir(annotations: &BTreeMap<String, String>) -> Result<Option<String>, String> {
+    let Some(v) = annotations.get(UNIX_SOCKET).map(|v| v.trim()) else { return Ok(None) };
+    if v.starts_with('/') {
+        let ok = v.len() > 1 && !v.contains("..") && !v.contains(char::is_whitespace);
+        return if ok {
+            Ok(Some(v.trim_end_matches('/').to_string()))
+        } else {
+            Err(format!("annotation {UNIX_SOCKET}: invalid directory {v:?}"))
+        };
+    }
+    match parse_bool(v) {
+        Ok(true) => Ok(Some(DEFAULT_SOCKET_DIR.to_string())),
+        Ok(false) => Ok(None),
+        Err(_) => Err(format!("annotation {UNIX_SOCKET}: invalid value {v:?} (true, false, or an absolute directory)")),
+    }
+}
+
+/// The Secret named for client TLS, checked to be a valid object name.
+pub fn client_tls_secret(annotations: &BTreeMap<String, String>) -> Result<Option<&str>, String> {
+    let Some(name) = annotations.get(CLIENT_TLS_SECRET).map(|v| v.trim()) else { return Ok(None) };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(Some(name))
+    } else {
+        Err(format!("annotation {CLIENT_TLS_SECRET}: invalid Secret name {name:?}"))
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +176,10 @@ mod tests {
             (LISTEN_PORT, "70000"),
             (IDLE_TIMEOUT, "soon"),
             (ENFORCE, "maybe"),
+            (CLIENT_TLS, "yes"),
+            (CLIENT_TLS_SECRET, "Not_A_Name"),
+            (UNIX_SOCKET, "sometimes"),
+            (UNIX_SOCKET, "/a/../b"),
             ("pgwarden.io/max-conections", "3"),
         ] {
             let e = apply(&ann(&[(k, v)]), &mut Config::default()).unwrap_err();

@@ -151,3 +151,46 @@ proxy:
     assert!(e.contains("proxy.defaults.idle_timeout"), "{e}");
     assert!(InjectConfig::from_yaml("imagePullPolcy: Always\n", "inject.yaml").is_err());
 }
+
+const UNIX_TLS: &str = include_str!("../../../tests/fixtures/unix-socket-tls-pod.json");
+
+#[test]
+fn unix_socket_and_client_tls_secret_are_mounted_where_the_config_says() {
+    let p = pod(UNIX_TLS);
+    let ops = mutate(&p, &InjectConfig::default(), None).unwrap().unwrap();
+    let doc = patched(&p, &ops);
+    let sidecar = &doc["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], CONTAINER);
+    let cfg = Config::from_yaml(env(sidecar, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap(), "sidecar").unwrap();
+    assert_eq!(cfg.listen_unix.as_deref(), Some(std::path::Path::new(annotations::DEFAULT_SOCKET_DIR)));
+    assert_eq!(cfg.client_tls, crate::config::ClientTls::Allow);
+    assert_eq!(cfg.client_tls_cert_file.as_deref(), Some(std::path::Path::new("/etc/pgwarden/client-tls/tls.crt")));
+    let mounts = |c: &Value| -> Vec<(String, String)> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap().to_string(), m["mountPath"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let socket = (SOCKET_VOLUME.to_string(), annotations::DEFAULT_SOCKET_DIR.to_string());
+    assert_eq!(
+        mounts(sidecar),
+        [socket.clone(), (CLIENT_TLS_VOLUME.to_string(), annotations::CLIENT_TLS_DIR.to_string())]
+    );
+    let containers = doc["spec"]["containers"].as_array().unwrap();
+    assert_eq!(
+        mounts(&containers[0]),
+        [("cache".to_string(), "/cache".to_string()), socket.clone()],
+        "appended to existing mounts"
+    );
+    assert_eq!(mounts(&containers[1]), [socket.clone()], "created where there were none");
+    let volumes: Vec<&str> =
+        doc["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, ["cache", SOCKET_VOLUME, CLIENT_TLS_VOLUME]);
+    assert_eq!(doc["spec"]["volumes"][2]["secret"]["secretName"], "reports-pgwarden-tls");
+    // A Secret without client TLS is a mistake worth refusing.
+    let mut p = pod(UNIX_TLS);
+    p.metadata.annotations.as_mut().unwrap().remove(annotations::CLIENT_TLS);
+    assert!(mutate(&p, &InjectConfig::default(), None).unwrap_err().contains(annotations::CLIENT_TLS_SECRET));
+}
