@@ -83,9 +83,12 @@ LABEL_VALUES: dict[tuple[str, str], set[str]] = {
     ("pgwarden_client_connections", "state"): CONNECTION_STATES,
 }
 
-# SPEC.md "Config file": every key, nested keys as dotted paths. Keep in sync with SPEC.md.
+# SPEC.md "Config file" and the README's configuration reference: every key, nested keys as dotted paths.
+# Keep in sync with both (`pgwarden check-config` of an empty file prints them all).
 SPEC_CONFIG_KEYS = {
-    "listen", "upstream", "upstream_tls", "upstream_ca_file", "upstream_connect_timeout",
+    "listen", "listen_unix", "listen_unix_mode", "client_tls", "client_tls_cert_file", "client_tls_key_file",
+    "upstream", "upstream_tls", "upstream_ca_file", "upstream_connect_timeout", "upstream_tcp_user_timeout",
+    "tcp_keepalive", "tcp_keepalive.idle", "tcp_keepalive.interval", "tcp_keepalive.count",
     "client_login_timeout", "admin_listen", "log_format", "shutdown_grace", "enforce",
     "client_key", "max_total_connections", "max_tracked_clients",
     "stats", "stats.statement_text", "stats.statement_max_length",
