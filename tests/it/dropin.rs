@@ -54,3 +54,89 @@ async fn a_client_that_requires_channel_binding_is_told_it_cannot_have_it() {
     assert!(err.contains("channel binding"), "{err}");
     p.stop().await;
 }
+
+/// A CA-signed certificate for localhost in `dir` (tls.crt, tls.key); returns the CA's path.
+fn client_cert(dir: &std::path::Path) -> std::path::PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "dropin client CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf.signed_by(&key, &Issuer::from_params(&ca, &ca_key)).unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("client-ca.crt"), ca_cert.pem()).unwrap();
+    dir.join("client-ca.crt")
+}
+
+#[tokio::test]
+async fn every_upstream_mode_with_every_client_mode_logs_in_with_scram() {
+    use crate::support::tls_front;
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca = client_cert(dir.path());
+    // A self-signed server certificate that is its own root (PostgreSQL's documented recipe), in front of
+    // the test server.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let self_signed = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("self-signed.crt"), self_signed.pem()).unwrap();
+    let front = tls_front::spawn(vec![self_signed.der().clone()], key.serialize_der()).await;
+    let upstreams = [
+        ("prefer", TlsMode::Prefer, pg().port, None),
+        ("require", TlsMode::Require, pg().port, None),
+        ("verify-ca", TlsMode::VerifyCa, pg().port, Some(pg().ca_file.clone())),
+        ("verify-full", TlsMode::VerifyFull, pg().port, Some(pg().ca_file.clone())),
+        ("verify-full, self-signed", TlsMode::VerifyFull, front.port(), Some(dir.path().join("self-signed.crt"))),
+    ];
+    let client_modes = [
+        ("sslmode=disable", ""),
+        ("sslmode=require", "sslmode=require channel_binding=disable"),
+        (
+            "sslmode=verify-full",
+            &*format!("sslmode=verify-full sslrootcert={} channel_binding=disable", client_ca.display()),
+        ),
+        ("direct TLS", "sslmode=require sslnegotiation=direct channel_binding=disable"),
+    ];
+    for (name, mode, port, ca) in upstreams {
+        let mut config = default_config();
+        config.upstream = HostPort { host: "localhost".into(), port };
+        config.upstream_tls = mode;
+        config.upstream_ca_file = ca;
+        config.client_tls = pgwarden::config::ClientTls::Allow;
+        config.client_tls_cert_file = Some(dir.path().join("tls.crt"));
+        config.client_tls_key_file = Some(dir.path().join("tls.key"));
+        let p = start_proxy(config).await;
+        let base = format!(
+            "host=localhost port={} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=postgres",
+            p.addr.port()
+        );
+        for (client_mode, options) in &client_modes {
+            let conninfo = format!("{base} {options}");
+            let sql = "select current_user::text";
+            if *client_mode != "direct TLS" {
+                // psql 15 does not know sslnegotiation.
+                assert_eq!(
+                    psql(&conninfo, sql).await.as_deref(),
+                    Ok(SCRAM_USER),
+                    "psql, upstream {name}, client {client_mode}"
+                );
+            }
+            assert_eq!(
+                psycopg(&conninfo, sql).await.as_deref(),
+                Ok(SCRAM_USER),
+                "psycopg, upstream {name}, client {client_mode}"
+            );
+        }
+        let mut cfg = p.pg_config(SCRAM_USER, "dropin-matrix");
+        cfg.password(SCRAM_PASSWORD);
+        let c = connect(cfg).await.unwrap_or_else(|e| panic!("tokio-postgres, upstream {name}: {e}"));
+        assert_eq!(c.query_one("select current_user::text", &[]).await.unwrap().get::<_, String>(0), SCRAM_USER);
+        p.stop().await;
+    }
+}
