@@ -184,7 +184,7 @@ fn unix_socket_and_client_tls_secret_are_mounted_where_the_config_says() {
         [("cache".to_string(), "/cache".to_string()), socket.clone()],
         "appended to existing mounts"
     );
-    assert_eq!(mounts(&containers[1]), [socket.clone()], "created where there were none");
+    assert_eq!(mounts(&containers[1]), [socket], "created where there were none");
     let volumes: Vec<&str> =
         doc["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(volumes, ["cache", SOCKET_VOLUME, CLIENT_TLS_VOLUME]);
