@@ -112,7 +112,7 @@ pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresh
     if h.last_at_cap.is_some_and(|at| at >= c.state_since) {
         return Some(LeakReason::IdleWhileClientAtCap);
     }
-    let warmed_up = h.first_seen + t;
+    let warmed_up = h.first_seen.checked_add(t)?;
     let baseline_at = c.state_since.max(warmed_up);
     let window_start = now.checked_sub(t)?;
     if window_start < baseline_at {

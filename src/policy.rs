@@ -95,7 +95,8 @@ pub struct TimerInput<'a> {
 
 /// The next timer of a connection, if any: the earliest deadline that applies to its state.
 pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
-    let after = |d: Option<Duration>| d.map(|d| i.state_since + d);
+    // Checked: a deadline past what an Instant holds is no deadline.
+    let after = |d: Option<Duration>| d.and_then(|d| i.state_since.checked_add(d));
     let earliest = |a: Option<(Instant, Timer)>, b: Option<(Instant, Timer)>| match (a, b) {
         (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
         (x, y) => x.or(y),
@@ -105,7 +106,7 @@ pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
         ConnState::Startup => i.login_deadline.map(|at| (at, Timer::Login)),
         ConnState::Idle if !i.idle_timers_spent => earliest(
             after(i.policy.idle_timeout.0).map(|at| (at, Timer::Idle)),
-            i.policy.max_connection_age.0.map(|age| ((i.opened + age).max(i.state_since), Timer::MaxAge)),
+            i.policy.max_connection_age.0.and_then(|age| Some((i.opened.checked_add(age)?.max(i.state_since), Timer::MaxAge))),
         ),
         ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction if !i.idle_timers_spent => {
             after(i.policy.idle_in_transaction_timeout.0).map(|at| (at, Timer::IdleInTransaction))

@@ -41,7 +41,7 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
     let login_timeout = settings.config.client_login_timeout.0;
     let mut inbuf = Vec::with_capacity(256);
 
-    let login_deadline = login_timeout.map(|d| accepted + d);
+    let login_deadline = login_timeout.and_then(|d| accepted.checked_add(d));
     let (params, used) =
         match startup::read(&state, &settings, &mut client, &mut inbuf, login_deadline, &shutdown).await {
             Ok(Some(found)) => found,
@@ -106,7 +106,7 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
             policy,
             upstream_addr: upstream.addr,
             shutdown: &shutdown,
-            login_deadline: login_timeout.map(|d| accepted + d + waited),
+            login_deadline: login_timeout.and_then(|d| accepted.checked_add(d)?.checked_add(waited)),
         };
         let reason = relay::run(&ctx, &mut client, &mut upstream.stream, &inbuf[used..]).await;
         admitted.reason = reason;

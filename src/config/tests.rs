@@ -137,3 +137,20 @@ fn overrides_apply_and_name_the_flag() {
     let e = bad.apply(&mut c).unwrap_err().to_string();
     assert!(e.contains("--on-limit") && e.contains("PGWARDEN_ON_LIMIT") && e.contains("queue"), "{e}");
 }
+
+#[test]
+fn durations_past_a_year_are_refused_everywhere() {
+    // Found by fuzzing: such a value passed validation, then `Instant + Duration` panicked in every session.
+    for yaml in [
+        "defaults: {idle_timeout: 9223372036854775807}",
+        "shutdown_grace: 9223372036854775807",
+        "client_login_timeout: 100000h",
+        "leak: {idle_threshold: 9000h}",
+        "rules: [{match: {user: a}, max_connection_age: 99999999s}]",
+    ] {
+        let e = Config::from_yaml(yaml, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("longer than a year"), "{yaml}: {e}");
+    }
+    let ok = Config::from_yaml("defaults: {idle_timeout: 8760h}", "t.yaml").unwrap();
+    assert_eq!(ok.defaults.idle_timeout.0, Some(super::values::MAX_DURATION));
+}

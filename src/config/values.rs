@@ -55,6 +55,9 @@ pub struct HostPort {
     pub port: u16,
 }
 
+/// The longest duration a config accepts: a year (`off` is the way to say "never").
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Timeout, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("off") {
@@ -71,6 +74,9 @@ pub fn parse_duration(s: &str) -> Result<Timeout, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
         _ => return Err(bad()),
     };
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than a year (8760h); write `off` for no limit"));
+    }
     Ok(Timeout(Some(d)))
 }
 
@@ -211,7 +217,8 @@ mod tests {
         ok("0", Some(Duration::ZERO));
         ok("off", None);
         ok("OFF", None);
-        for bad in ["", "5x", "-1s", "1.5s", "s", "ms", "5 mins", "99999999999999999999h"] {
+        ok("8760h", Some(MAX_DURATION));
+        for bad in ["", "5x", "-1s", "1.5s", "s", "ms", "5 mins", "99999999999999999999h", "8761h", "9223372036854775807"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

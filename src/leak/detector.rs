@@ -63,7 +63,7 @@ impl Detector {
         stats: &Stats,
     ) {
         let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
-        let keep_history = th.idle.unwrap_or(Duration::ZERO) * 3 + Duration::from_secs(10);
+        let keep_history = th.idle.unwrap_or(Duration::ZERO).saturating_mul(3).saturating_add(Duration::from_secs(10));
         // History is kept back to the oldest idle connection of each client, whose baseline it holds.
         let mut oldest_idle: HashMap<&str, Instant> = HashMap::new();
         for conn in conns {

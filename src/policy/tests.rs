@@ -121,3 +121,22 @@ fn login_and_drain_timers() {
     i.state = ConnState::Active;
     assert_eq!(next_timer(&i), Some((t0 + Duration::from_secs(1), Timer::DrainGrace)));
 }
+
+#[test]
+fn deadlines_past_what_an_instant_holds_are_no_deadline() {
+    let now = Instant::now();
+    let huge = Timeout(Some(Duration::MAX));
+    let policy = Policy { idle_timeout: huge, max_connection_age: huge, idle_in_transaction_timeout: huge, ..Policy::default() };
+    for state in [ConnState::Idle, ConnState::IdleInTransaction] {
+        let i = TimerInput {
+            state,
+            state_since: now,
+            opened: now,
+            login_deadline: None,
+            drain_deadline: None,
+            policy: &policy,
+            idle_timers_spent: false,
+        };
+        assert_eq!(next_timer(&i), None, "{state:?}");
+    }
+}

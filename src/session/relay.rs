@@ -165,7 +165,7 @@ impl Relay<'_, '_> {
         let mut signalled = pin!(conn.signalled());
         let mut draining = self.ctx.shutdown.is_cancelled();
         if draining {
-            self.drain_deadline = Some(Instant::now() + self.grace());
+            self.drain_deadline = Instant::now().checked_add(self.grace());
         }
         let mut timer = self.next_timer();
         let mut sleep = pin!(tokio::time::sleep_until(far_future(timer)));
@@ -198,7 +198,7 @@ impl Relay<'_, '_> {
                     }
                     if !draining && (bits & signal::SHUTDOWN != 0 || self.ctx.shutdown.is_cancelled()) {
                         draining = true;
-                        self.drain_deadline = Some(Instant::now() + self.grace());
+                        self.drain_deadline = Instant::now().checked_add(self.grace());
                     }
                     timer = self.next_timer();
                     arm(sleep.as_mut(), &mut armed, timer);
