@@ -106,7 +106,10 @@ pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
         ConnState::Startup => i.login_deadline.map(|at| (at, Timer::Login)),
         ConnState::Idle if !i.idle_timers_spent => earliest(
             after(i.policy.idle_timeout.0).map(|at| (at, Timer::Idle)),
-            i.policy.max_connection_age.0.and_then(|age| Some((i.opened.checked_add(age)?.max(i.state_since), Timer::MaxAge))),
+            i.policy
+                .max_connection_age
+                .0
+                .and_then(|age| Some((i.opened.checked_add(age)?.max(i.state_since), Timer::MaxAge))),
         ),
         ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction if !i.idle_timers_spent => {
             after(i.policy.idle_in_transaction_timeout.0).map(|at| (at, Timer::IdleInTransaction))

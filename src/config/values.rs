@@ -218,7 +218,9 @@ mod tests {
         ok("off", None);
         ok("OFF", None);
         ok("8760h", Some(MAX_DURATION));
-        for bad in ["", "5x", "-1s", "1.5s", "s", "ms", "5 mins", "99999999999999999999h", "8761h", "9223372036854775807"] {
+        for bad in
+            ["", "5x", "-1s", "1.5s", "s", "ms", "5 mins", "99999999999999999999h", "8761h", "9223372036854775807"]
+        {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -126,7 +126,8 @@ fn login_and_drain_timers() {
 fn deadlines_past_what_an_instant_holds_are_no_deadline() {
     let now = Instant::now();
     let huge = Timeout(Some(Duration::MAX));
-    let policy = Policy { idle_timeout: huge, max_connection_age: huge, idle_in_transaction_timeout: huge, ..Policy::default() };
+    let policy =
+        Policy { idle_timeout: huge, max_connection_age: huge, idle_in_transaction_timeout: huge, ..Policy::default() };
     for state in [ConnState::Idle, ConnState::IdleInTransaction] {
         let i = TimerInput {
             state,

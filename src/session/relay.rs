@@ -61,11 +61,23 @@ pub struct RelayContext<'a> {
 struct Direction {
     flow: Flow,
     scanner: Scanner,
+    /// The scanner was at a message boundary before the chunk now in `flow` (where the receiver stands if
+    /// nothing of that chunk is written yet).
+    chunk_starts_at_boundary: bool,
 }
 
 impl Direction {
     fn new() -> Direction {
-        Direction { flow: Flow::new(), scanner: Scanner::default() }
+        Direction { flow: Flow::new(), scanner: Scanner::default(), chunk_starts_at_boundary: true }
+    }
+
+    /// Whether the receiver has seen whole messages only (what was written on ends at a boundary).
+    fn receiver_at_boundary(&self) -> bool {
+        match (self.flow.len, self.flow.sent()) {
+            (0, _) => self.scanner.at_boundary(),
+            (_, 0) => self.chunk_starts_at_boundary,
+            _ => false,
+        }
     }
 
     /// The session went idle: give large buffers back.
@@ -331,7 +343,8 @@ impl Relay<'_, '_> {
     fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let cap = self.statement_cap;
         let tracker = &mut self.tracker;
-        let Direction { flow, scanner } = &mut self.to_server;
+        let Direction { flow, scanner, chunk_starts_at_boundary } = &mut self.to_server;
+        *chunk_starts_at_boundary = scanner.at_boundary();
         if let Err(e) = scanner.feed(&flow.buf[..n], |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f)) {
             let fatal = Fatal::protocol(format!("pgwarden: protocol violation: {e}"));
             let Some(at) = e.at else {
@@ -384,7 +397,7 @@ impl Relay<'_, '_> {
         }
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
-        let Direction { flow, scanner } = &mut self.to_client;
+        let Direction { flow, scanner, .. } = &mut self.to_client;
         if let Err(e) = scanner.feed(&flow.buf[..n], Tracker::server_want, |f| tracker.on_server(f)) {
             tracing::warn!(error = %e, "protocol violation from upstream");
             flow.len = 0;
@@ -403,5 +416,38 @@ impl Relay<'_, '_> {
         }
         self.ctx.conn.bytes_out.fetch_add(n as u64, Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::scanner::encode;
+
+    /// Feeds `bytes` as one chunk into a direction, as the relay does.
+    fn feed(d: &mut Direction, bytes: &[u8]) {
+        d.chunk_starts_at_boundary = d.scanner.at_boundary();
+        d.flow.buf[..bytes.len()].copy_from_slice(bytes);
+        d.flow.len = bytes.len();
+        d.scanner.feed(bytes, |_| 0, |_| {}).unwrap();
+    }
+
+    #[test]
+    fn where_the_receiver_stands_when_pgwarden_closes() {
+        let mut d = Direction::new();
+        assert!(d.receiver_at_boundary());
+        let commit = encode(b'Q', b"commit\0");
+        // A whole message pending, nothing of it written: the receiver is at a boundary (the COMMIT is
+        // dropped, Terminate may follow).
+        feed(&mut d, &commit);
+        assert!(d.receiver_at_boundary());
+        // Half a message pending: the receiver stood at a boundary before it.
+        d.flow.discard();
+        feed(&mut d, &commit[..4]);
+        assert!(d.receiver_at_boundary());
+        // Its rest arrives: the receiver is mid-message unless nothing was written.
+        d.flow.discard();
+        feed(&mut d, &commit[4..]);
+        assert!(!d.receiver_at_boundary(), "the first half went on");
     }
 }

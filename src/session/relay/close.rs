@@ -67,7 +67,7 @@ impl Relay<'_, '_> {
     ) -> CloseReason {
         self.cancel_running_query().await;
         let finish = async {
-            let Direction { flow, scanner } = &mut self.to_client;
+            let Direction { flow, scanner, .. } = &mut self.to_client;
             let _ = flow.drain_to(client).await;
             // Complete the server's current message (the cancel above makes a long result end soon).
             while !scanner.at_boundary() {
@@ -87,8 +87,11 @@ impl Relay<'_, '_> {
             if scanner.at_boundary() {
                 let _ = client.write_all(&fatal.encode()).await;
             }
-            let _ = self.to_server.flow.drain_to(server).await;
-            if self.to_server.scanner.at_boundary() {
+            // After the FATAL nothing the client sent goes on (it could be a COMMIT the client was just told
+            // did not happen): only Terminate, and only where the server stands at a message boundary.
+            let at_boundary = self.to_server.receiver_at_boundary();
+            self.to_server.flow.discard();
+            if at_boundary {
                 let _ = write_flush(server, &TERMINATE).await;
             }
         };

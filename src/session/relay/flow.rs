@@ -30,6 +30,17 @@ impl Flow {
         Flow { buf: vec![0; SMALL_BUF], len: 0, sent: 0, unflushed: false, grow: false }
     }
 
+    /// Bytes of the pending chunk already written on.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Drops what is pending (a session closing on pgwarden's initiative forwards nothing more).
+    pub fn discard(&mut self) {
+        self.len = 0;
+        self.sent = 0;
+    }
+
     /// Gives a large buffer back once the session is idle and nothing is in flight.
     pub fn shrink_if_idle(&mut self) {
         if self.len == 0 && self.buf.len() > SMALL_BUF {
