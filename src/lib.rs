@@ -11,7 +11,8 @@
 //! 0. **foundations**: `vocab` (reasons, states, SQLSTATEs, `Fatal`), `protocol` (wire decoders, no I/O),
 //!    `config`, `identity`, `redact`, `logging`;
 //! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
-//!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config);
+//!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
+//!    `http_server` (the limits both HTTP servers run under);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`);
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod demo;
+pub mod http_server;
 pub mod identity;
 pub mod k8s;
 pub mod leak;

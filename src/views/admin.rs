@@ -13,6 +13,7 @@
 
 use super::metrics::Exporter;
 use super::stats::Snapshot;
+use crate::http_server::{ConnectionCap, Limits};
 use crate::state::State;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,7 +30,14 @@ use tracing::{debug, warn};
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(state: Arc<State>, listener: TcpListener, stop: CancellationToken) {
+    serve_with(state, listener, stop, Limits::default()).await
+}
+
+/// [`serve`] under `limits` (header read timeout, connection lifetime, connection cap).
+pub async fn serve_with(state: Arc<State>, listener: TcpListener, stop: CancellationToken, limits: Limits) {
     let admin = Arc::new(Admin { exporter: Exporter::new(&state), state });
+    let cap = ConnectionCap::new(&limits);
+    let builder = crate::http_server::builder(&limits);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -42,16 +50,22 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, stop: CancellationT
                 }
             },
         };
-        let admin = admin.clone();
+        let Some(permit) = cap.try_acquire() else {
+            debug!(%peer, max = limits.max_connections, "admin connections at their cap: closed");
+            continue;
+        };
+        let (admin, builder) = (admin.clone(), builder.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.route(&req)) }
             });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
-                debug!(%peer, error = %e, "admin connection error");
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.connection_timeout, connection).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection error"),
+                Err(_) => debug!(%peer, "admin connection closed at its time limit"),
+                Ok(Ok(())) => {}
             }
         });
     }

@@ -170,7 +170,7 @@ EOF
   [[ ${#AS_PG[@]} -eq 0 ]] || chown -R postgres: "$dir"
   pg "$dir" pg_ctl -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
     { cat "$dir/server.log" >&2; die "PostgreSQL did not start"; }
-  pg "$dir" "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres >/dev/null <<'EOF' ||
+  pg "$dir" psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres >/dev/null <<'EOF' ||
 CREATE ROLE pass_user LOGIN PASSWORD 'password';
 SET password_encryption = 'md5';
 CREATE ROLE md5_user LOGIN PASSWORD 'password';
@@ -202,12 +202,12 @@ start_pgwarden() { # UPSTREAM_PORT
   local clean_env=()
   local v
   for v in $(compgen -e); do [[ $v == PGWARDEN_* ]] && clean_env+=(-u "$v"); done
-  env "${clean_env[@]}" RUST_LOG=info "$PGWARDEN_BIN" proxy --listen "127.0.0.1:$SUITE_PORT" \
-    --admin-listen "127.0.0.1:$admin" --upstream "127.0.0.1:$1" >"$OUT/tokio-postgres-pgwarden.log" 2>&1 &
+  env "${clean_env[@]}" RUST_LOG=info NO_COLOR=1 "$PGWARDEN_BIN" proxy --listen "127.0.0.1:$SUITE_PORT" \
+    --admin-listen "127.0.0.1:$admin" --upstream "127.0.0.1:$1" >"$OUT/tokio-postgres-pgwarden.proxy.log" 2>&1 &
   PGWARDEN_PID=$!
   PGWARDEN_ADMIN=http://127.0.0.1:$admin
   for _ in $(seq 100); do
-    kill -0 "$PGWARDEN_PID" 2>/dev/null || { cat "$OUT/tokio-postgres-pgwarden.log" >&2; die "pgwarden exited"; }
+    kill -0 "$PGWARDEN_PID" 2>/dev/null || { cat "$OUT/tokio-postgres-pgwarden.proxy.log" >&2; die "pgwarden exited"; }
     curl -fsS -o /dev/null "$PGWARDEN_ADMIN/readyz" 2>/dev/null && return 0
     sleep 0.1
   done
@@ -230,7 +230,8 @@ run_suite() { # NAME
   local name=$1 logf=$OUT/tokio-postgres-$1.log rc=0
   log "running the suite ($name)"
   # In the background, so that a signal to this script is handled at once (the trap stops it).
-  (cd "$CRATE_DIR" && exec timeout "$RUN_TIMEOUT" cargo test "${CARGO_ARGS[@]}" -j 1 -- --color never) \
+  # RUST_BACKTRACE=0: a failure's panic message without the stack of the test harness.
+  (cd "$CRATE_DIR" && RUST_BACKTRACE=0 exec timeout "$RUN_TIMEOUT" cargo test "${CARGO_ARGS[@]}" -j 1 -- --color never) \
     >"$logf" 2>&1 &
   SUITE_PID=$!
   wait "$SUITE_PID" || rc=$?
@@ -257,7 +258,10 @@ upstream_ssl=$("$PG_BINDIR/psql" -X -A -t -h 127.0.0.1 -p "$SUITE_PORT" -U postg
 t0=$SECONDS
 run_suite pgwarden
 t_pgwarden=$((SECONDS - t0))
-pgwarden_errors=$(grep -cE ' (ERROR|WARN) |panicked' "$OUT/tokio-postgres-pgwarden.log" || true)
+# Sessions pgwarden admitted during the run (the suite really went through it), and its complaints.
+pgwarden_opened=$(curl -fsS "$PGWARDEN_ADMIN/metrics" |
+  awk '/^pgwarden_client_connections_opened_total/ { n += $NF } END { print n + 0 }')
+pgwarden_errors=$(grep -cE '\b(ERROR|WARN)\b|panicked' "$OUT/tokio-postgres-pgwarden.proxy.log" || true)
 stop_pgwarden
 stop_postgres "$PG_DIR"
 
@@ -301,9 +305,10 @@ done
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "PostgreSQL: $("$PG_BINDIR/postgres" --version)"
   echo "pgwarden: $PGWARDEN_BIN ($("$PGWARDEN_BIN" --version 2>/dev/null || echo '?')), default config"
-  echo "localhost resolves to: $(getent ahosts localhost | awk '{print $1}' | sort -u | tr '\n' ' ')(the suite's only listener is 127.0.0.1:$SUITE_PORT in both runs)"
+  echo "localhost resolves to: $(getent ahosts localhost | awk '!seen[$1]++ { printf "%s ", $1 }')(the suite's only listener is 127.0.0.1:$SUITE_PORT in both runs)"
   echo "pgwarden -> PostgreSQL over TLS (pg_stat_ssl.ssl): $upstream_ssl"
-  echo "pgwarden log lines at WARN/ERROR or panics: $pgwarden_errors (target/drivers/tokio-postgres-pgwarden.log)"
+  echo "sessions pgwarden admitted (psql check + suite): $pgwarden_opened"
+  echo "pgwarden log lines at WARN/ERROR or panics: $pgwarden_errors (target/drivers/tokio-postgres-pgwarden.proxy.log)"
   echo "seconds: fetch $t_fetch, build $t_build, direct run $t_direct, pgwarden run $t_pgwarden, total $SECONDS"
   echo
   printf '%-10s %7s %7s %8s %8s\n' run passed failed ignored missing
@@ -315,17 +320,21 @@ done
   echo
   echo "differences: ${#differing[@]} (allowed by tests/drivers/tokio-postgres-expected-differences.txt: $((${#differing[@]} - ${#unexpected[@]})))"
   for t in "${differing[@]}"; do
-    row=$(printf '%s\n' "${rows[@]}" | awk -v t="$t" '$1 == t')
-    read -r _ a b <<<"$row"
-    echo
-    echo "== $t: direct $a, through pgwarden $b$(is_allowed "$t" && echo ' (allowed)')"
-    [[ $a != FAILED ]] || failure_output direct "$t" | sed 's/^/   direct | /'
-    [[ $b != FAILED ]] || failure_output pgwarden "$t" | sed 's/^/ pgwarden | /'
+    printf '%s\n' "${rows[@]}" | awk -v t="$t" -v allowed="$(is_allowed "$t" && echo ' (allowed)')" \
+      '$1 == t { printf "  %s: direct %s, through pgwarden %s%s\n", t, $2, $3, allowed }'
   done
   if ((${#stale[@]})); then
-    echo
     echo "allow-list entries that no longer differ (remove them): ${stale[*]}"
   fi
+  echo
+  echo "output of the differing tests that failed:"
+  for t in "${differing[@]}"; do
+    for r in direct pgwarden; do
+      [[ $(awk -v t="$t" '$1 == t { print $2 }' "$OUT/tokio-postgres-$r.results") == FAILED ]] || continue
+      echo "== $t ($r)"
+      failure_output "$r" "$t" | sed 's/^/  | /'
+    done
+  done
   echo
   echo "per test (direct / through pgwarden):"
   for row in "${rows[@]}"; do
@@ -334,9 +343,9 @@ done
   done
 } >"$REPORT"
 
-sed -n '1,/^per test/p' "$REPORT" | sed '$d' >&2
+sed -n '1,/^output of the differing tests/p' "$REPORT" | sed '$d' >&2
 if ((${#unexpected[@]})); then
-  log "FAILED: ${#unexpected[@]} test(s) differ through pgwarden: ${unexpected[*]} (details in target/drivers/tokio-postgres-comparison.txt)"
+  log "FAILED: ${#unexpected[@]} test(s) differ through pgwarden and are not in the allow-list (their output: target/drivers/tokio-postgres-comparison.txt)"
   exit 1
 fi
 log "ok: every test has the same result through pgwarden as directly ($(count pgwarden ok) passed, $(count pgwarden FAILED) failed, $(count pgwarden ignored) ignored)"

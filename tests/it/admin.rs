@@ -321,3 +321,55 @@ async fn leaks_and_top_commands() {
     drop((healthy, leaker));
     p.stop().await;
 }
+
+/// Sockets that trickle one byte every 100 ms and never finish a request.
+async fn tricklers(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<std::time::Duration>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let started = std::time::Instant::now();
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                let mut buf = [0u8; 256];
+                for &b in request.iter().cycle().take(400) {
+                    if s.write_all(&[b]).await.is_err() {
+                        break;
+                    }
+                    match tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        _ => {}
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn trickling_sockets_are_cut_at_the_header_timeout_and_capped() {
+    use pgwarden::http_server::Limits;
+    use std::time::Duration;
+    let state = pgwarden::state::State::new(
+        pgwarden::state::Settings::new(crate::support::test_config()).unwrap(),
+        Default::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits { header_read_timeout: Duration::from_millis(500), max_connections: 4, ..Limits::default() };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(pgwarden::views::admin::serve_with(state, listener, stop.clone(), limits));
+    let slow = tricklers(addr, 10).await;
+    let mut lasted = Vec::new();
+    for t in slow {
+        lasted.push(tokio::time::timeout(Duration::from_secs(10), t).await.expect("cut in time").unwrap());
+    }
+    lasted.sort();
+    assert!(lasted[5] < Duration::from_millis(400), "six were over the cap and closed at once: {lasted:?}");
+    assert!(lasted[9] < Duration::from_secs(2), "the rest cut at the header timeout: {lasted:?}");
+    // Meanwhile and after, a real request is served.
+    let ok: serde_json::Value = pgwarden::views::report::get_json(&format!("http://{addr}"), "/clients").await.unwrap();
+    assert!(ok["clients"].is_array());
+    stop.cancel();
+}

@@ -276,3 +276,71 @@ async fn sidecar_identity_from_the_downward_api() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn stalled_bodies_and_silent_sockets_are_cut_and_capped() {
+    use pgwarden::http_server::Limits;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_cert(dir.path(), "pgwarden test CA stall");
+    let cert = ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None });
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(500),
+        body_read_timeout: Duration::from_millis(500),
+        max_connections: 8,
+        ..Limits::default()
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(pgwarden::k8s::inject::server::serve_with(injector, listener, cert, stop.clone(), limits));
+    // 20 sockets that never start TLS: 12 over the cap closed at once, the rest at the handshake timeout.
+    let silent: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let mut buf = [0u8; 16];
+                let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut lasted = Vec::new();
+    for t in silent {
+        lasted.push(t.await.unwrap());
+    }
+    lasted.sort();
+    assert!(lasted[11] < Duration::from_millis(400), "over the cap: closed at once: {lasted:?}");
+    assert!(lasted[19] < Duration::from_secs(2), "cut at the handshake timeout: {lasted:?}");
+    // A request whose body never comes: 408 at the body timeout.
+    let started = Instant::now();
+    let (status, _) = https_head_only(port, &ca).await;
+    assert_eq!(status, 408);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let (status, _) = https(port, &ca, "GET", "/healthz", b"").await.unwrap();
+    assert_eq!(status, 200);
+    stop.cancel();
+}
+
+/// POST /mutate announcing a body that never comes.
+async fn https_head_only(port: u16, ca_pem: &str) -> (u16, Vec<u8>) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n").await.unwrap();
+    let mut resp = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut resp)).await.expect("an answer").unwrap();
+    let status = String::from_utf8_lossy(&resp[9..12]).parse().unwrap();
+    (status, resp[..n].to_vec())
+}

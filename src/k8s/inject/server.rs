@@ -4,6 +4,7 @@
 
 use super::annotations::{CONFIG, CONFIG_KEY};
 use super::config::InjectConfig;
+use crate::http_server::{ConnectionCap, Limits};
 use crate::tls::reloading::ReloadingCert;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -111,7 +112,20 @@ pub async fn serve(
     cert: Arc<ReloadingCert>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(injector, listener, cert, stop, Limits::default()).await
+}
+
+/// [`serve`] under `limits` (header and body read timeouts, connection lifetime, connection cap).
+pub async fn serve_with(
+    injector: Arc<Injector>,
+    listener: TcpListener,
+    cert: Arc<ReloadingCert>,
+    stop: CancellationToken,
+    limits: Limits,
+) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(cert.server_config(b"http/1.1")?);
+    let cap = ConnectionCap::new(&limits);
+    let builder = crate::http_server::builder(&limits);
     let watcher = tokio::spawn(cert.clone().watch(Duration::from_secs(2)));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -125,21 +139,27 @@ pub async fn serve(
                 }
             },
         };
-        let (acceptor, injector) = (acceptor.clone(), injector.clone());
+        let Some(permit) = cap.try_acquire() else {
+            debug!(%peer, max = limits.max_connections, "webhook connections at their cap: closed");
+            continue;
+        };
+        let (acceptor, injector, builder) = (acceptor.clone(), injector.clone(), builder.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return debug!(%peer, "TLS handshake timed out"),
             };
             let service = service_fn(move |req| {
                 let injector = injector.clone();
-                async move { Ok::<_, Infallible>(route(&injector, req).await) }
+                async move { Ok::<_, Infallible>(route(&injector, req, limits.body_read_timeout).await) }
             });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
-            {
-                debug!(%peer, error = %e, "connection error");
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            match tokio::time::timeout(limits.connection_timeout, connection).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "connection error"),
+                Err(_) => debug!(%peer, "connection closed at its time limit"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -147,13 +167,15 @@ pub async fn serve(
     Ok(())
 }
 
-async fn route(injector: &Injector, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(injector: &Injector, req: Request<Incoming>, body_timeout: Duration) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::POST, "/mutate") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("{e}\n").into()),
+            let body = match tokio::time::timeout(body_timeout, Limited::new(req.into_body(), MAX_BODY).collect()).await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("{e}\n").into()),
+                Err(_) => return reply(StatusCode::REQUEST_TIMEOUT, "text/plain", "request body too slow\n".into()),
             };
             match injector.review(&body).await {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
