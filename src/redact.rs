@@ -4,6 +4,11 @@
 //! backslash escapes, `$$…$$` and `$tag$…$tag$`) and numeric constants become `?`; identifiers (also
 //! quoted ones), keywords, parameters (`$1`) and comments stay. An unterminated literal (a statement cut at
 //! `statement_max_length`) is redacted to the end.
+//!
+//! Redaction fails closed. Whether a backslash escapes a quote in a plain `'…'` string depends on
+//! `standard_conforming_strings`, which any session, role, database or startup `options` may turn off, and
+//! which pgwarden does not see. Where the two readings disagree (a plain string whose closing quote follows
+//! an odd run of backslashes), everything from that string to the end is redacted.
 
 use crate::config::StatementText;
 
@@ -51,6 +56,12 @@ pub fn redact(sql: &str) -> String {
                     None => break,
                     Some(b'\\') if backslash => i += 2,
                     Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                    Some(b'\'') if !backslash && escaped_by_backslashes(&b[start + 1..i]) => {
+                        // With standard_conforming_strings off this quote is escaped and the string goes
+                        // on: the two readings part here, so nothing after this point is shown.
+                        i = b.len();
+                        break;
+                    }
                     Some(b'\'') => {
                         i += 1;
                         break;
@@ -128,6 +139,11 @@ pub fn redact(sql: &str) -> String {
     out
 }
 
+/// The string contents before a closing quote end in an odd run of backslashes.
+fn escaped_by_backslashes(before_quote: &[u8]) -> bool {
+    before_quote.iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'$'
 }
@@ -195,6 +211,43 @@ mod tests {
                 let out = redact(&sql);
                 assert!(!out.contains(secret), "{sql:?} -> {out:?}");
             }
+        }
+    }
+
+    #[test]
+    fn standard_conforming_strings_off_cannot_unredact() {
+        // Found in review: `'a\' hunter2'` showed as `? hunter2?`.
+        assert_eq!(redact("ALTER ROLE x PASSWORD 'a\\' hunter2'"), "ALTER ROLE x PASSWORD ?");
+        assert_eq!(redact("select 'a\\\\', 'b'"), "select ?, ?", "an even run escapes nothing either way");
+        assert_eq!(redact("select 'no backslash', 2"), "select ?, ?");
+    }
+
+    use proptest::strategy::Just;
+
+    proptest::proptest! {
+        /// A secret inside a string literal never shows, whichever way standard_conforming_strings is set
+        /// and whatever the literal holds (quotes and backslashes escaped for that setting).
+        #[test]
+        fn no_literal_survives(
+            before in "[a-z ,=()']{0,12}",
+            raw in proptest::collection::vec(proptest::prop_oneof![Just("a"), Just("\\"), Just("'"), Just(" "), Just("s3cr3t")], 0..12),
+            after in "[a-z ,=()'\\\\]{0,12}",
+            backslash_escapes in proptest::bool::ANY,
+        ) {
+            let mut lit = String::from("s3cr3t");
+            for part in &raw {
+                lit.push_str(match (*part, backslash_escapes) {
+                    ("'", false) => "''",
+                    ("'", true) => "\\'",
+                    ("\\", true) => "\\\\",
+                    (p, _) => p,
+                });
+            }
+            // The prefix must not leave a literal open (it would swallow the one under test anyway).
+            let before = if before.matches('\'').count() % 2 == 1 { format!("{before}'") } else { before };
+            let sql = format!("{before} '{lit}' {after}");
+            let out = redact(&sql);
+            proptest::prop_assert!(!out.contains("s3cr3t"), "{:?} -> {:?}", sql, out);
         }
     }
 
