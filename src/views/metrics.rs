@@ -3,19 +3,19 @@
 //!
 //! Per-client series are rebuilt from the stats snapshot at every scrape, so they never drift from
 //! `/clients`. The `client` label is bounded: the first `max_tracked_clients` clients seen keep their own
-//! label for as long as they are known (a client with no connection for 10 minutes is forgotten); the rest
-//! share `other`; a client with leak suspects always gets its own label. Upstream dial metrics are recorded
-//! when they happen (in `state::DialMetrics`) and registered here.
+//! label; the rest share `other`; a client with leak suspects always gets its own label. Every `_total`
+//! series only goes up, also when its clients are forgotten or promoted (see `metrics::labels`). Upstream
+//! dial metrics are recorded when they happen (in `state::DialMetrics`) and registered here.
+
+mod labels;
 
 use super::stats::{ClientStats, Snapshot};
 use crate::clients::ClientEntry;
 use crate::state::State;
 use crate::vocab::{CloseReason, RefuseReason};
+use labels::{Counts, Labels, Live, OTHER};
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-
-pub const OTHER: &str = "other";
 
 pub struct Exporter {
     registry: Registry,
@@ -28,8 +28,9 @@ pub struct Exporter {
     would_close: IntCounterVec,
     leak_suspects: IntGaugeVec,
     oldest_iit: GaugeVec,
-    /// Clients with their own label; serialises scrapes.
-    tracked: Mutex<HashSet<String>>,
+    /// Which label each client is exported under, and the counts that keep `_total` series monotonic;
+    /// serialises scrapes.
+    labels: Mutex<Labels>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -109,30 +110,25 @@ impl Exporter {
                 )
             ),
             registry: r,
-            tracked: Mutex::new(HashSet::new()),
+            labels: Mutex::default(),
         }
     }
 
     /// Rebuilds the per-client series from `snap` and encodes everything in the text format.
     pub fn render(&self, snap: &Snapshot, max_tracked: usize) -> String {
-        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         let stats: Vec<(ClientStats, &ClientEntry)> =
             snap.clients.iter().map(|e| (snap.client(e), e.as_ref())).collect();
-        // Forget labels of clients that are gone; keep the others stable.
-        let known: HashSet<&str> = stats.iter().map(|(s, _)| s.client.as_str()).collect();
-        tracked.retain(|c| known.contains(c.as_str()));
-        let mut sorted: Vec<&(ClientStats, &ClientEntry)> = stats.iter().collect();
-        sorted.sort_by_key(|(s, _)| std::cmp::Reverse(s.opened_total));
-        let mut label: HashMap<&str, String> = HashMap::new();
-        for (s, _) in &sorted {
-            let own = tracked.contains(&s.client) || s.leak_suspected || tracked.len() < max_tracked;
-            if own && s.client != OTHER {
-                tracked.insert(s.client.clone());
-                label.insert(&s.client, s.client.clone());
-            } else {
-                label.insert(&s.client, OTHER.to_string());
-            }
-        }
+        let live: Vec<Live<'_>> = stats
+            .iter()
+            .map(|(s, e)| Live {
+                key: s.client.as_str(),
+                entry: *e as *const ClientEntry as usize,
+                counts: counts_of(e),
+                suspected: s.leak_suspected,
+            })
+            .collect();
+        let (label_of, series) = labels.scrape(&live, max_tracked);
         for v in [&self.connections, &self.max_connections, &self.leak_suspects] {
             v.reset();
         }
@@ -140,9 +136,8 @@ impl Exporter {
             v.reset();
         }
         self.oldest_iit.reset();
-        for (s, entry) in &stats {
-            let l = label[s.client.as_str()].as_str();
-            let c = &entry.counters;
+        for ((s, _), l) in stats.iter().zip(&label_of) {
+            let l = l.as_str();
             for (state, n) in [
                 ("active", s.active),
                 ("idle", s.idle),
@@ -156,24 +151,38 @@ impl Exporter {
                     self.max_connections.with_label_values(&[l]).set(cap as i64);
                 }
             }
-            self.opened.with_label_values(&[l]).inc_by(s.opened_total);
-            for &r in RefuseReason::ALL {
-                add(&self.refused, l, r.as_str(), c.refused.get(r));
-                add(&self.would_refuse, l, r.as_str(), c.would_refuse.get(r));
-            }
-            for &r in CloseReason::ALL {
-                add(&self.closed, l, r.as_str(), c.closed.get(r));
-                add(&self.would_close, l, r.as_str(), c.would_close.get(r));
-            }
             self.leak_suspects.with_label_values(&[l]).add(s.suspect_connections as i64);
             if let Some(secs) = s.oldest_idle_in_transaction_seconds {
                 let g = self.oldest_iit.with_label_values(&[l]);
                 g.set(g.get().max(secs));
             }
         }
+        for (l, c) in &series {
+            self.opened.with_label_values(&[l]).inc_by(c.opened);
+            for &r in RefuseReason::ALL {
+                add(&self.refused, l, r.as_str(), c.refused[r as usize]);
+                add(&self.would_refuse, l, r.as_str(), c.would_refuse[r as usize]);
+            }
+            for &r in CloseReason::ALL {
+                add(&self.closed, l, r.as_str(), c.closed[r as usize]);
+                add(&self.would_close, l, r.as_str(), c.would_close[r as usize]);
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
         String::from_utf8(out).expect("utf-8")
+    }
+}
+
+/// A client's counters, read once.
+fn counts_of(e: &ClientEntry) -> Counts {
+    let c = &e.counters;
+    Counts {
+        opened: c.opened.load(std::sync::atomic::Ordering::Relaxed),
+        refused: std::array::from_fn(|i| c.refused.get(RefuseReason::ALL[i])),
+        would_refuse: std::array::from_fn(|i| c.would_refuse.get(RefuseReason::ALL[i])),
+        closed: std::array::from_fn(|i| c.closed.get(CloseReason::ALL[i])),
+        would_close: std::array::from_fn(|i| c.would_close.get(CloseReason::ALL[i])),
     }
 }
 
