@@ -13,6 +13,8 @@ cargo test --locked
 # The Dockerfile's build step, as a plain command (no Docker engine here); check-k8s.sh then runs the
 # release binary's check-config against the chart's and the manifests' configs.
 cargo build --release --locked --bin pgwarden
+# tokio-postgres's own test suite, straight and through pgwarden (tests/drivers/README.md).
+PGWARDEN_BIN="$PWD/target/release/pgwarden" bash tests/drivers/tokio-postgres.sh
 PGWARDEN_BIN="$PWD/target/release/pgwarden" bash scripts/check-k8s.sh
 # The benchmark harness in quick mode (seconds per measurement), so it never rots.
 PGWARDEN_BIN="$PWD/target/release/pgwarden" python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt

@@ -14,7 +14,7 @@
 #
 # Environment: PGWARDEN_BIN (default target/release/pgwarden; not built here), PG_BINDIR (default
 # /usr/lib/postgresql/15/bin), DRIVERS_RUN_TIMEOUT (seconds per suite run, default 900).
-# Needs cargo, openssl, python3, psql and, when run as root, the `postgres` user to run the server as.
+# Needs cargo, curl, openssl, python3 and, when run as root, the `postgres` user to run the server as.
 # Everything it starts is stopped and removed on every exit path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -40,13 +40,13 @@ die() { log "$*"; exit 1; }
 # ---------------------------------------------------------------------------------------------------
 # Cleanup: everything started below registers here; the EXIT trap runs on success, failure and signals.
 PGWARDEN_PID=""
-SUITE_PID=""
+CHILD_PID=""
 declare -A PG_DIRS=() # temp dir -> run name
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  # timeout(1) leads its own process group and passes the signal on to cargo and the test binary.
-  if [[ -n $SUITE_PID ]]; then kill -TERM "$SUITE_PID" 2>/dev/null || true; wait "$SUITE_PID" 2>/dev/null || true; fi
+  # timeout(1) leads its own process group and passes the signal on to cargo and everything under it.
+  if [[ -n $CHILD_PID ]]; then kill -TERM "$CHILD_PID" 2>/dev/null || true; wait "$CHILD_PID" 2>/dev/null || true; fi
   stop_pgwarden
   local d
   for d in "${!PG_DIRS[@]}"; do stop_postgres "$d"; done
@@ -92,6 +92,18 @@ free_port() {
 }
 port_in_use "$SUITE_PORT" && die "port $SUITE_PORT is taken on 127.0.0.1 or ::1; the suite needs it"
 
+# Runs cargo in DIR under timeout(1), output to LOG, in the background so that a signal to this script
+# is handled at once (the trap stops it); returns cargo's status (124 on timeout).
+cargo_in() { # DIR LOG SECONDS ARGS...
+  local rc=0
+  # RUST_BACKTRACE=0: a failing test's panic message without the stack of the test harness.
+  (cd "$1" && RUST_BACKTRACE=0 exec timeout "$3" cargo "${@:4}") >"$2" 2>&1 &
+  CHILD_PID=$!
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+
 mkdir -p "$OUT"
 SECONDS=0
 
@@ -120,7 +132,7 @@ t_fetch=$SECONDS
 # ---------------------------------------------------------------------------------------------------
 # The build: one cargo process, one job (the machine has 2 cores and others build too).
 log "building the tokio-postgres $VERSION test suite (CARGO_TARGET_DIR=$CARGO_TARGET_DIR, -j 1)"
-(cd "$CRATE_DIR" && cargo test "${CARGO_ARGS[@]}" --no-run -j 1) >"$OUT/tokio-postgres-build.log" 2>&1 ||
+cargo_in "$CRATE_DIR" "$OUT/tokio-postgres-build.log" 3600 test "${CARGO_ARGS[@]}" --no-run -j 1 ||
   { tail -n 40 "$OUT/tokio-postgres-build.log" >&2; die "build failed (target/drivers/tokio-postgres-build.log)"; }
 t_build=$((SECONDS - t_fetch))
 
@@ -229,13 +241,7 @@ stop_pgwarden() {
 run_suite() { # NAME
   local name=$1 logf=$OUT/tokio-postgres-$1.log rc=0
   log "running the suite ($name)"
-  # In the background, so that a signal to this script is handled at once (the trap stops it).
-  # RUST_BACKTRACE=0: a failure's panic message without the stack of the test harness.
-  (cd "$CRATE_DIR" && RUST_BACKTRACE=0 exec timeout "$RUN_TIMEOUT" cargo test "${CARGO_ARGS[@]}" -j 1 -- --color never) \
-    >"$logf" 2>&1 &
-  SUITE_PID=$!
-  wait "$SUITE_PID" || rc=$?
-  SUITE_PID=""
+  cargo_in "$CRATE_DIR" "$logf" "$RUN_TIMEOUT" test "${CARGO_ARGS[@]}" -j 1 -- --color never || rc=$?
   [[ $rc -ne 124 ]] || log "the $name run timed out after ${RUN_TIMEOUT}s; unfinished tests count as missing"
   sed -nE 's/^test (.+) \.\.\. (ok|FAILED|ignored)(, .*)?$/\1 \2/p' "$logf" | sort >"$OUT/tokio-postgres-$name.results"
   [[ -s $OUT/tokio-postgres-$name.results ]] || { tail -n 40 "$logf" >&2; die "the $name run reported no test"; }
