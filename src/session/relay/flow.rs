@@ -23,11 +23,14 @@ pub struct Flow {
     unflushed: bool,
     /// The last read filled the small buffer: more is coming, read in large chunks once this is written.
     pub grow: bool,
+    /// The session went idle while bytes were still pending (the ReadyForQuery that made it idle):
+    /// give the large buffer back once they are written.
+    shrink_when_written: bool,
 }
 
 impl Flow {
     pub fn new() -> Flow {
-        Flow { buf: vec![0; SMALL_BUF], len: 0, sent: 0, unflushed: false, grow: false }
+        Flow { buf: vec![0; SMALL_BUF], len: 0, sent: 0, unflushed: false, grow: false, shrink_when_written: false }
     }
 
     /// Bytes of the pending chunk already written on.
@@ -41,9 +44,11 @@ impl Flow {
         self.sent = 0;
     }
 
-    /// Gives a large buffer back once the session is idle and nothing is in flight.
+    /// The session is idle: gives a large buffer back now, or once what is pending is written.
     pub fn shrink_if_idle(&mut self) {
-        if self.len == 0 && self.buf.len() > SMALL_BUF {
+        if self.len > 0 {
+            self.shrink_when_written = true;
+        } else if self.buf.len() > SMALL_BUF {
             self.buf = vec![0; SMALL_BUF];
         }
     }
@@ -63,7 +68,12 @@ impl Flow {
         }
         self.len = 0;
         self.sent = 0;
-        if std::mem::take(&mut self.grow) {
+        let grow = std::mem::take(&mut self.grow);
+        if std::mem::take(&mut self.shrink_when_written) {
+            if self.buf.len() > SMALL_BUF {
+                self.buf = vec![0; SMALL_BUF];
+            }
+        } else if grow {
             self.buf = vec![0; BUF_SIZE];
         }
         if self.unflushed {
@@ -79,5 +89,27 @@ impl Flow {
     /// Writes everything pending (used when closing, under a deadline).
     pub async fn drain_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush_to(cx, w)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_large_buffer_is_given_back_once_the_idle_making_bytes_are_written() {
+        let mut f = Flow::new();
+        f.buf = vec![0; BUF_SIZE];
+        f.len = 6; // the ReadyForQuery that made the session idle, not yet written
+        f.grow = true;
+        f.shrink_if_idle();
+        assert_eq!(f.buf.len(), BUF_SIZE, "kept while bytes are pending");
+        let mut sink = Vec::new();
+        f.drain_to(&mut sink).await.unwrap();
+        assert_eq!(sink.len(), 6);
+        assert_eq!(f.buf.len(), SMALL_BUF, "given back once written (idle wins over grow)");
+        f.buf = vec![0; BUF_SIZE];
+        f.shrink_if_idle();
+        assert_eq!(f.buf.len(), SMALL_BUF, "at once when nothing is pending");
     }
 }
