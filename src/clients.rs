@@ -76,6 +76,8 @@ struct Table {
     total_open: u32,
     total_cap: Option<u32>,
     next_seq: u64,
+    /// Waiters queued over all clients: a disconnect with nobody waiting scans no client.
+    waiters: usize,
 }
 
 /// All clients. Cheap to clone through `Arc`.
@@ -141,6 +143,7 @@ impl Clients {
                 slots.waiters.push_back(Waiter { seq, cap: caps.client.0, grant });
                 slots.empty_since = None;
                 slots.entry.counters.waiting.fetch_add(1, Relaxed);
+                t.waiters += 1;
                 Admission::Queued(WaitTicket { clients: self.clone(), client: client.clone(), seq, rx: Some(rx) })
             }
             Some(reason) => {
@@ -220,6 +223,9 @@ impl Clients {
     /// Hands free slots to waiters: always the oldest waiter whose own cap and the total cap allow it.
     fn dispatch(self: &Arc<Self>, t: &mut Table) {
         loop {
+            if t.waiters == 0 {
+                return;
+            }
             if t.total_cap.is_some_and(|cap| t.total_open >= cap) {
                 return;
             }
@@ -234,6 +240,7 @@ impl Clients {
             let Some((_, key)) = next else { return };
             let slots = t.clients.get_mut(&key).expect("key from this table");
             let waiter = slots.waiters.pop_front().expect("front exists");
+            t.waiters -= 1;
             let client = slots.entry.id.clone();
             let slot = self.take(t, &client);
             if let Err(slot) = waiter.grant.send(slot) {
@@ -329,11 +336,14 @@ impl Drop for WaitTicket {
         drop(self.rx.take());
         let mut t = self.clients.lock();
         let slots = t.slots(&self.client);
+        let before = slots.waiters.len();
         slots.waiters.retain(|w| w.seq != self.seq);
+        let removed = before - slots.waiters.len();
         slots.entry.counters.waiting.fetch_sub(1, Relaxed);
         if slots.open == 0 && slots.waiters.is_empty() {
             slots.empty_since = Some(Instant::now());
         }
+        t.waiters -= removed;
     }
 }
 

@@ -104,6 +104,8 @@ pub struct Snapshot {
     live: HashMap<u64, LeakReason>,
     closed: Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>,
     statement: (crate::config::StatementText, usize),
+    /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
+    by_client: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -113,9 +115,15 @@ impl Snapshot {
         let detector = state.detector();
         let (live, closed) = snapshot_detector(&detector);
         drop(detector);
+        let conns = state.registry.snapshot();
+        let mut by_client: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in conns.iter().enumerate() {
+            by_client.entry(c.client.display().to_string()).or_default().push(i);
+        }
         Snapshot {
             now,
-            conns: state.registry.snapshot(),
+            by_client,
+            conns,
             clients: state.clients.entries(),
             live,
             closed,
@@ -172,7 +180,7 @@ impl Snapshot {
 
     pub fn client(&self, entry: &ClientEntry) -> ClientStats {
         let key = entry.id.display();
-        let mine: Vec<&Arc<Conn>> = self.conns.iter().filter(|c| c.client.display() == key).collect();
+        let mine: Vec<&Arc<Conn>> = self.by_client.get(key).into_iter().flatten().map(|&i| &self.conns[i]).collect();
         let count = |f: &dyn Fn(ConnState) -> bool| mine.iter().filter(|c| f(c.state())).count() as u32;
         let oldest = |f: &dyn Fn(ConnState) -> bool| {
             mine.iter()
