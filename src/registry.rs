@@ -198,12 +198,18 @@ impl Registry {
 
     /// The backend address of the session owning (`pid`, `key`), if it is live here.
     pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
-        self.lock().values().filter_map(|c| c.cancel_target()).find(|t| t.pid == pid && t.key == key).map(|t| t.addr)
+        self.lock().values().filter_map(|c| c.cancel_target()).find(|t| t.pid == pid && same_key(&t.key, key)).map(|t| t.addr)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Compares cancel keys in time independent of where they differ (as PostgreSQL 18 does), so a client
+/// cannot learn a key byte by byte from how fast its guesses are dropped.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Holds a connection's registry entry; dropping it removes the entry.
