@@ -198,7 +198,11 @@ impl Registry {
 
     /// The backend address of the session owning (`pid`, `key`), if it is live here.
     pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
-        self.lock().values().filter_map(|c| c.cancel_target()).find(|t| t.pid == pid && same_key(&t.key, key)).map(|t| t.addr)
+        self.lock()
+            .values()
+            .filter_map(|c| c.cancel_target())
+            .find(|t| t.pid == pid && same_key(&t.key, key))
+            .map(|t| t.addr)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {

@@ -36,8 +36,11 @@ fn write_cert(dir: &Path, ca_name: &str) -> String {
     ca.pem()
 }
 
-/// POSTs `body` to `path` over TLS trusting `ca_pem`; returns (status, body).
-async fn https(port: u16, ca_pem: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+/// A TLS connection to the webhook on `port`, trusting `ca_pem`.
+async fn tls_connect(
+    port: u16,
+    ca_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
@@ -47,10 +50,15 @@ async fn https(port: u16, ca_pem: &str, method: &str, path: &str, body: &[u8]) -
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// POSTs `body` to `path` over TLS trusting `ca_pem`; returns (status, body).
+async fn https(port: u16, ca_pem: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let mut tls = tls_connect(port, ca_pem).await?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(body).await.unwrap();
@@ -325,19 +333,7 @@ async fn stalled_bodies_and_silent_sockets_are_cut_and_capped() {
 
 /// POST /mutate announcing a body that never comes.
 async fn https_head_only(port: u16, ca_pem: &str) -> (u16, Vec<u8>) {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(port, ca_pem).await.unwrap();
     tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n").await.unwrap();
     let mut resp = vec![0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut resp)).await.expect("an answer").unwrap();
