@@ -28,9 +28,10 @@ const AUTHENTICATION: u8 = b'R';
 const ERROR_RESPONSE: u8 = b'E';
 /// The routine (field `R`, never localized) that refuses a client's channel binding flag.
 const CBIND_ROUTINE: &[u8] = b"read_client_first_message";
-const CBIND_MESSAGE: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client asked for it over its \
-TLS link to pgwarden, and the database, on TLS to pgwarden, refuses that login. Set channel_binding=disable in \
-the client's connection string (or connect to pgwarden without TLS: its link to the database stays encrypted)";
+const CBIND_MESSAGE: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client said it supports \
+channel binding (libpq's channel_binding=prefer over TLS, node-postgres' enableChannelBinding), and the database, \
+on TLS to pgwarden, refuses that login. Set channel_binding=disable in the client's connection string (or \
+connect to pgwarden without TLS: its link to the database stays encrypted)";
 const AUTH_OK: i32 = 0;
 const AUTH_SASL: i32 = 10;
 
