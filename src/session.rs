@@ -45,7 +45,12 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
     let (params, used) =
         match startup::read(&state, &settings, &mut client, &mut inbuf, login_deadline, &shutdown).await {
             Ok(Some(found)) => found,
-            Ok(None) => return,
+            Ok(None) => {
+                // A cancel forwarded, or the client gone: close properly (over TLS with close_notify, which
+                // libpq 17+ expects after a cancel request).
+                let _ = client.shutdown().await;
+                return;
+            }
             Err(refused) => {
                 debug!(%peer, ?refused, "startup refused");
                 let _ = client.write_all(&refused.bytes()).await;
