@@ -6,11 +6,10 @@
 //! the certificate pgwarden serves (`tls::reloading`) and the acceptor for `client_tls`.
 
 use crate::config::{ClientTls, Config, ConfigError, TlsMode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, CryptoProvider};
+use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 pub mod reloading;
 mod verify;
@@ -26,7 +25,7 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
         TlsMode::Disable => return Ok(None),
         TlsMode::Prefer | TlsMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_custom_certificate_verifier(Arc::new(verify::LibpqVerifier { trust: None, provider }))
             .with_no_client_auth(),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let root_certs = root_certs(config)?;
@@ -35,12 +34,12 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
                 // A certificate webpki cannot use as a trust anchor may still be trusted as itself (verify).
                 let _ = roots.add(cert.clone());
             }
-            let verifier = verify::LibpqVerifier {
+            let trust = verify::Trust {
                 roots: Arc::new(roots),
                 root_certs,
                 check_host: config.upstream_tls == TlsMode::VerifyFull,
-                provider,
             };
+            let verifier = verify::LibpqVerifier { trust: Some(trust), provider };
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
     };
@@ -76,45 +75,6 @@ fn root_certs(config: &Config) -> Result<Vec<CertificateDer<'static>>, ConfigErr
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|e| format!("invalid TLS server name {host:?}: {e}"))
-}
-
-/// Accepts any certificate but still checks the handshake signatures (libpq's `sslmode=require`).
-#[derive(Debug)]
-struct NoCertificateCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Client-side TLS: the certificate pgwarden serves and the acceptor built on it.

@@ -15,14 +15,22 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
+/// The certificate check of one `upstream_tls` mode: `trust: None` checks no certificate (libpq's `prefer`
+/// and `require`) but still the handshake signatures.
 #[derive(Debug)]
 pub struct LibpqVerifier {
+    pub trust: Option<Trust>,
+    pub provider: Arc<CryptoProvider>,
+}
+
+/// What `verify-ca` and `verify-full` trust.
+#[derive(Debug)]
+pub struct Trust {
     pub roots: Arc<RootCertStore>,
     /// The root certificates as given (a self-signed server certificate is trusted when it is one of them).
     pub root_certs: Vec<CertificateDer<'static>>,
     /// `verify-full`: the certificate must name the host pgwarden dialled.
     pub check_host: bool,
-    pub provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for LibpqVerifier {
@@ -34,10 +42,11 @@ impl ServerCertVerifier for LibpqVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Some(trust) = &self.trust else { return Ok(ServerCertVerified::assertion()) };
         let cert = ParsedCertificate::try_from(end_entity)?;
         let algs = self.provider.signature_verification_algorithms.all;
-        if let Err(e) = verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, algs) {
-            if !self.root_certs.iter().any(|root| root.as_ref() == end_entity.as_ref()) {
+        if let Err(e) = verify_server_cert_signed_by_trust_anchor(&cert, &trust.roots, intermediates, now, algs) {
+            if !trust.root_certs.iter().any(|root| root.as_ref() == end_entity.as_ref()) {
                 return Err(e);
             }
             // Trusted as it is: only its validity period is left to check.
@@ -52,7 +61,7 @@ impl ServerCertVerifier for LibpqVerifier {
                 None => return Err(Error::InvalidCertificate(CertificateError::BadEncoding)),
             }
         }
-        if self.check_host {
+        if trust.check_host {
             verify_server_name(&cert, server_name)?;
         }
         Ok(ServerCertVerified::assertion())
