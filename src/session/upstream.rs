@@ -112,6 +112,19 @@ pub enum Upstream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Upstream {
+    /// Makes dropping this connection reset it (RST, no FIN and no TLS close_notify): for a server that
+    /// cannot take what it is sent, which a graceful close would wait on. The backend sees the reset at its
+    /// next read or write and ends at once (rolling back any open transaction).
+    pub fn reset(&self) {
+        let tcp = match self {
+            Upstream::Plain(s) => s,
+            Upstream::Tls(s) => s.get_ref().0,
+        };
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    }
+}
+
 impl AsyncRead for Upstream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

@@ -1,5 +1,7 @@
 //! Byte-exact relay through pgwarden against the real PostgreSQL.
 
+use crate::support::pg::pg;
+use crate::support::proxy::eventually;
 use crate::support::raw::{self, Raw};
 use crate::support::{start_proxy, test_config};
 use futures_util::{future::join_all, SinkExt, StreamExt};
@@ -185,5 +187,37 @@ async fn full_duplex_flood_does_not_deadlock() {
     let bytes = tokio::time::timeout(Duration::from_secs(60), reader).await.expect("no deadlock").unwrap();
     assert!(bytes > n * 4000);
     writer.await.unwrap();
+    p.stop().await;
+}
+
+/// A client that pipelines queries with large results, reads none of them and vanishes: PostgreSQL is
+/// blocked writing to pgwarden (so a CancelRequest does nothing and it reads nothing more), and the queries
+/// still queued cannot be delivered. pgwarden must not wait on a server that cannot progress: it resets the
+/// upstream socket, and the backend and the slot are gone in well under the 5 s a polite close could take.
+#[tokio::test]
+async fn a_vanished_client_with_a_blocked_server_frees_its_backend_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let p = start_proxy(test_config()).await;
+    let app = "relay-vanish-blocked";
+    let mut raw = Raw::connect(p.addr, "postgres", app).await;
+    let pid = raw.pid;
+    let (mut batch, padding) = (Vec::new(), "p".repeat(4000));
+    for i in 0..8_000 {
+        batch.extend(raw::query(&format!(
+            "select repeat('z', 100000) as r{i} from generate_series(1, 50) /* {padding} */"
+        )));
+    }
+    // Until every buffer on the way is full: the client's, pgwarden's and PostgreSQL's.
+    let _ = tokio::time::timeout(Duration::from_secs(3), raw.stream.write_all(&batch)).await;
+    assert!(pg().backend_exists(pid), "the backend runs");
+    socket2::SockRef::from(&raw.stream).set_linger(Some(Duration::ZERO)).unwrap();
+    let gone = std::time::Instant::now();
+    drop(raw);
+    assert!(
+        eventually(Duration::from_secs(20), || !pg().backend_exists(pid) && p.conns_of(app).is_empty()).await,
+        "backend and slot released"
+    );
+    let took = gone.elapsed();
+    assert!(took < Duration::from_millis(2500), "released after {took:?}, not at once");
     p.stop().await;
 }

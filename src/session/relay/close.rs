@@ -2,7 +2,8 @@
 //!
 //! Owns: delivering the last bytes each way under [`CLOSE_WRITE_TIMEOUT`], the ErrorResponse at a message
 //! boundary, Terminate to the server, and a CancelRequest first when a query is still running, so pgwarden
-//! never leaves a backend behind.
+//! never leaves a backend behind. A server that takes nothing for [`UPSTREAM_STALL`] is reset instead
+//! (it is blocked, most often writing results nobody will read, and a CancelRequest cannot reach it there).
 
 use super::{Direction, Relay, Tracker};
 use crate::protocol::error_response;
@@ -17,22 +18,30 @@ use tracing::debug;
 
 /// How long closing may spend delivering the last bytes and the ErrorResponse to a peer that does not read.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server whose client is gone may take to accept the last bytes and the Terminate before the
+/// connection is reset: the slot and the backend are held meanwhile.
+const UPSTREAM_STALL: Duration = Duration::from_secs(1);
 
 impl Relay<'_, '_> {
     /// The client closed or reset its socket.
     pub(super) async fn client_gone(&mut self, server: &mut Upstream) -> CloseReason {
-        // Bytes it sent before closing (a Terminate, say) still go to the server.
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.to_server.flow.drain_to(server)).await;
-        if self.tracker.terminated {
-            let _ = server.shutdown().await;
-            return CloseReason::Client;
+        let reason = if self.tracker.terminated { CloseReason::Client } else { CloseReason::Abandoned };
+        // Bytes it sent before closing (a Terminate, say) still go to the server, if the server takes them.
+        if !within(UPSTREAM_STALL, self.to_server.flow.drain_to(server)).await {
+            server.reset();
+            return reason;
         }
-        self.cancel_running_query().await;
-        if self.to_server.scanner.at_boundary() {
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_flush(server, &TERMINATE)).await;
+        if !self.tracker.terminated {
+            self.cancel_running_query().await;
+            if self.to_server.scanner.at_boundary() && !within(UPSTREAM_STALL, write_flush(server, &TERMINATE)).await {
+                server.reset();
+                return reason;
+            }
         }
-        let _ = server.shutdown().await;
-        CloseReason::Abandoned
+        if !within(UPSTREAM_STALL, server.shutdown()).await {
+            server.reset();
+        }
+        reason
     }
 
     /// The server closed its side, or the link to it failed with `error`.
@@ -95,9 +104,12 @@ impl Relay<'_, '_> {
                 let _ = write_flush(server, &TERMINATE).await;
             }
         };
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await;
-        let _ = server.shutdown().await;
-        let _ = client.shutdown().await;
+        if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await.is_ok() {
+            let _ = tokio::time::timeout(UPSTREAM_STALL, server.shutdown()).await;
+        } else {
+            server.reset();
+        }
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, client.shutdown()).await;
         fatal.close_reason()
     }
 
@@ -116,6 +128,11 @@ impl Relay<'_, '_> {
             }
         }
     }
+}
+
+/// Whether `io` completed without error within `limit`.
+async fn within(limit: Duration, io: impl std::future::Future<Output = io::Result<()>>) -> bool {
+    tokio::time::timeout(limit, io).await.is_ok_and(|r| r.is_ok())
 }
 
 async fn write_flush(server: &mut Upstream, bytes: &[u8]) -> io::Result<()> {
