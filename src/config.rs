@@ -92,10 +92,16 @@ pub enum OnLimit {
     Wait,
 }
 
+/// The largest `stats.statement_max_length`: a connection keeps up to four texts of this size (its last
+/// statement, the unnamed and the bound statement, the published copy) beside its named statements' budget
+/// (`relay::statements::MAX_BYTES`), so this bounds what a client can make the sidecar hold per connection.
+pub const MAX_STATEMENT_LENGTH: u32 = 16 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Stats {
     pub statement_text: StatementText,
+    /// At most [`MAX_STATEMENT_LENGTH`].
     pub statement_max_length: u32,
 }
 
@@ -360,8 +366,8 @@ impl Config {
         if self.max_tracked_clients == 0 {
             return fail("max_tracked_clients", "must be at least 1");
         }
-        if self.stats.statement_max_length == 0 || self.stats.statement_max_length > 1 << 20 {
-            return fail("stats.statement_max_length", "must be between 1 and 1048576");
+        if self.stats.statement_max_length == 0 || self.stats.statement_max_length > MAX_STATEMENT_LENGTH {
+            return fail("stats.statement_max_length", &format!("must be between 1 and {MAX_STATEMENT_LENGTH}"));
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}]{}{k}", if k.is_empty() { "" } else { "." });

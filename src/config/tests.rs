@@ -89,12 +89,20 @@ fn errors_name_the_key() {
             "`rules[0].idle_in_transaction_timeout`",
         ),
         ("client_login_timeout: 0", "`client_login_timeout`"),
+        ("stats:\n  statement_max_length: 16385", "`stats.statement_max_length`"),
+        ("stats:\n  statement_max_length: 1048576", "between 1 and 16384"),
     ];
     for (yaml, key) in cases {
         let e = err(yaml);
         assert!(e.contains(key), "{yaml:?} -> {e}");
         assert!(e.starts_with("f.yaml"), "{e}");
     }
+}
+
+#[test]
+fn the_longest_statement_length_is_accepted() {
+    let c = Config::from_yaml("stats:\n  statement_max_length: 16384", "f.yaml").unwrap();
+    assert_eq!(c.stats.statement_max_length, super::MAX_STATEMENT_LENGTH);
 }
 
 #[test]

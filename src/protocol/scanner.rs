@@ -12,6 +12,9 @@
 use thiserror::Error;
 
 const HEADER: usize = 5;
+/// Capture buffer kept while a connection is idle: a statement's text grows it to about
+/// `statement_max_length`, and an idle connection should cost little more than its two small buffers.
+const IDLE_CAPTURE_CAPACITY: usize = 256;
 
 /// One complete message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +128,9 @@ impl Scanner {
         }
     }
 
-    /// Drops the capture buffer's memory if a large message grew it (called when a connection goes idle).
+    /// Drops the capture buffer's memory if a message grew it (called when a connection goes idle).
     pub fn shrink(&mut self) {
-        if self.captured.capacity() > 4096 && self.have == 0 {
+        if self.captured.capacity() > IDLE_CAPTURE_CAPACITY && self.have == 0 {
             self.captured = Vec::new();
         }
     }

@@ -13,10 +13,20 @@ pub fn bin() -> Command {
 /// Runs the real binary as a proxy in front of the test PostgreSQL with `yaml` as its config and `env`;
 /// returns it once it listens, with its listen and admin ports.
 pub async fn spawn_proxy_binary(yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> (std::process::Child, u16, u16) {
+    spawn_proxy_binary_to(pg().port, yaml, env, stderr).await
+}
+
+/// [`spawn_proxy_binary`] in front of the PostgreSQL on `upstream_port`.
+pub async fn spawn_proxy_binary_to(
+    upstream_port: u16,
+    yaml: &str,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (std::process::Child, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let child = bin()
         .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream", &format!("127.0.0.1:{}", pg().port)])
+        .args(["--upstream", &format!("127.0.0.1:{upstream_port}")])
         .env("PGWARDEN_CONFIG_YAML", yaml)
         .envs(env.iter().copied())
         .stdout(Stdio::null())

@@ -17,6 +17,7 @@ mod layers;
 mod leaks;
 mod lifecycle;
 mod logs;
+mod memory;
 mod policy;
 mod relay;
 mod reload;

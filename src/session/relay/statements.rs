@@ -20,6 +20,8 @@ pub const MAX_STATEMENTS: usize = 1024;
 pub const MAX_BYTES: usize = 64 * 1024;
 /// Unconfirmed Parses queued at most.
 const MAX_QUEUED: usize = 256;
+/// Queue slots kept while the session is idle.
+const IDLE_QUEUE_CAPACITY: usize = 8;
 
 struct Kept {
     text: Arc<[u8]>,
@@ -111,6 +113,10 @@ impl Statements {
         self.drop_answered(answered);
         if idle {
             self.overflowed = false;
+            // A pipeline of Parses grew the queue (up to 10 KiB of slots): give it back between batches.
+            if self.queue.is_empty() && self.queue.capacity() > IDLE_QUEUE_CAPACITY {
+                self.queue = VecDeque::new();
+            }
         }
     }
 
@@ -136,7 +142,7 @@ impl Statements {
 
     /// `DEALLOCATE ALL` or `DISCARD ALL`.
     pub fn remove_all(&mut self) {
-        self.kept.clear();
+        self.kept = HashMap::new();
         self.bytes = self.queue.iter().map(|q| cost(&q.name, &q.text)).sum();
     }
 
@@ -172,6 +178,19 @@ mod tests {
 
     fn text(s: &str) -> Arc<[u8]> {
         Arc::from(s.as_bytes())
+    }
+
+    #[test]
+    fn a_long_pipeline_of_parses_gives_its_queue_back_when_idle() {
+        let mut s = Statements::default();
+        for k in 0..200u32 {
+            s.parse(0, format!("p{k}").as_bytes(), text("select"));
+        }
+        assert!(s.queue.capacity() >= 200);
+        s.error(0);
+        s.ready(1, true);
+        assert!(s.queue.capacity() <= IDLE_QUEUE_CAPACITY, "{} slots kept while idle", s.queue.capacity());
+        assert_eq!(s.bytes(), 0);
     }
 
     #[test]
