@@ -131,23 +131,55 @@ def startup_packet(user, db, app):
     return struct.pack("!I", len(body) + 4) + body
 
 
-def open_idle(port, n):
-    """Opens `n` connections (trust auth) and waits for each ReadyForQuery; returns the sockets."""
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise RuntimeError("connection closed by the server")
+        buf += chunk
+    return buf
+
+
+def read_until_ready(s):
+    """Reads whole messages (tag, int32 length including itself, body) up to ReadyForQuery; returns their tags.
+    Parsing the headers, not looking at the tail of a recv, so a 'Z' inside a row or a split read cannot fool it."""
+    tags = []
+    while True:
+        tag, length = struct.unpack("!cI", recv_exact(s, 5))
+        body = recv_exact(s, length - 4)
+        if tag == b"E":
+            fields = body.decode(errors="replace").split("\0")
+            raise RuntimeError(f"ErrorResponse: {' '.join(f for f in fields if f)}")
+        tags.append(tag)
+        if tag == b"Z":
+            return tags
+
+
+def simple_query(sql):
+    body = sql.encode() + b"\0"
+    return b"Q" + struct.pack("!I", len(body) + 4) + body
+
+
+# A query whose text and result both outgrow small idle buffers (pgwarden's are 512 bytes per direction), so the
+# connections that run it have had large buffers once: what an application's pooled, now idle, connection has.
+USED_QUERY = "select repeat('r', 40000), '" + "p" * 2000 + "'"
+
+
+def open_idle(port, n, query=None):
+    """Opens `n` connections (trust auth) and waits for each ReadyForQuery; with `query`, each then runs it once
+    (simple protocol) and reads its result up to ReadyForQuery. Returns the sockets, all idle."""
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(startup_packet("postgres", "postgres", "bench-idle"))
         socks.append(s)
     for s in socks:
-        buf = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("connection closed during startup")
-            buf += chunk
-            # Stop once a ReadyForQuery ('Z', length 5) is at the end of what arrived.
-            if len(buf) >= 6 and buf[-6] == ord("Z") and buf[-5:-1] == b"\0\0\0\x05":
-                break
+        read_until_ready(s)
+        if query:
+            s.sendall(simple_query(query))
+            if b"D" not in read_until_ready(s):
+                raise RuntimeError(f"no row for {query[:40]!r}")
     return socks
 
 
@@ -195,13 +227,14 @@ class Bench:
             "rules:\n  - name: reports\n    match: { application_name: 'report-*' }\n    max_connections: 20\n")
         pw = r.spawn([self.tmp / "pgwarden", "proxy", "--config", self.tmp / "pgwarden.yaml"], "pgwarden.log")
         self.pids["pgwarden"] = pw.pid
-        # PgBouncer in session mode: trust on loopback, pools raised to fit, otherwise defaults.
+        # PgBouncer in session mode: trust on loopback, pools raised to fit, otherwise defaults (the admin console
+        # only so the RSS rows can empty its pool between measurements).
         (self.tmp / "userlist.txt").write_text('"postgres" ""\n')
         (self.tmp / "pgbouncer.ini").write_text(
             f"[databases]\npostgres = host=127.0.0.1 port={self.ports['direct']} dbname=postgres\n"
             f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.ports['pgbouncer']}\nunix_socket_dir =\n"
             "auth_type = trust\nauth_file = userlist.txt\npool_mode = session\nmax_client_conn = 2000\n"
-            "default_pool_size = 1100\nmax_db_connections = 1150\nlogfile = pgbouncer.log\n")
+            "default_pool_size = 1100\nmax_db_connections = 1150\nlogfile = pgbouncer.log\nadmin_users = postgres\n")
         pb = r.spawn([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "pgbouncer.ini"], "pgbouncer.out")
         self.pids["pgbouncer"] = pb.pid
         # HAProxy in TCP mode with defaults (connection limits raised to fit).
@@ -241,16 +274,41 @@ class Bench:
             raise RuntimeError(f"COPY via {target}: {out.stderr.decode()[-300:]}")
         return len(out.stdout) / 1e6 / took
 
-    def idle_rss(self, target):
+    def psql(self, port, db, sql):
+        out = self.runner.run([self.bindir / "psql", "-X", "-tA", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", db, "-c", sql],
+                              capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"psql {sql!r} on {port}: {out.stderr.strip()[-300:]}")
+        return out.stdout.strip()
+
+    def backends(self):
+        return int(self.psql(self.ports["direct"], "postgres", "select count(*) from pg_stat_activity where backend_type = 'client backend'"))
+
+    def release_servers(self, target, backends_before):
+        """Waits until the server connections behind the closed clients are gone, so the next target finds
+        PostgreSQL's slots free (max_connections 1200 fits one target's 1000 only) and every round starts alike.
+        PgBouncer keeps a session's server connection pooled for server_idle_timeout (10 min) after its client
+        left; RECONNECT makes it close them now."""
+        if target == "pgbouncer":
+            self.psql(self.ports["pgbouncer"], "pgbouncer", "RECONNECT")
+        end = time.time() + 30
+        while (left := self.backends()) > backends_before:
+            if time.time() > end:
+                raise RuntimeError(f"{target}: {left} server connections still open, {backends_before} before")
+            time.sleep(0.2)
+
+    def idle_rss(self, target, query=None):
         n = 100 if self.quick else 1000
         pid = self.pids[target]
+        backends_before = self.backends()
         before = rss_bytes(pid)
-        socks = open_idle(self.ports[target], n)
+        socks = open_idle(self.ports[target], n, query)
         time.sleep(1.0)
         after = rss_bytes(pid)
         for s in socks:
             s.close()
         time.sleep(1.0)
+        self.release_servers(target, backends_before)
         return max(after - before, 0) / n
 
     def cpu_per_100k(self, target):
@@ -264,8 +322,8 @@ class Bench:
     def run(self):
         dur = 2 if self.quick else self.args.duration
         rounds = 1 if self.quick else self.args.rounds
-        # (name, unit, measure, targets, baseline): each cell shows its ratio to the baseline's median. The RSS row
-        # has none: PgBouncer preallocates its client slots, so its RSS hardly moves with idle connections (0 bytes
+        # (name, unit, measure, targets, baseline): each cell shows its ratio to the baseline's median. The RSS rows
+        # have none: PgBouncer preallocates its client slots, so its RSS hardly moves with idle connections (0 bytes
         # in a quick run) and is no yardstick, and a direct connection's RSS is a PostgreSQL backend's.
         tests = []
         for clients in (1, 8, 64):
@@ -275,6 +333,9 @@ class Bench:
         tests.append(("select-only -C (connect per transaction) 8 clients", "tps", lambda t: self.pgbench(t, ["-S", "-C", "-c", "8", "-j", "2"], duration=dur), TARGETS, "direct"))
         tests.append(("COPY OUT throughput", "MB/s", self.copy_out, TARGETS, "direct"))
         tests.append(("RSS per idle client connection", "bytes", self.idle_rss, ["pgwarden", "pgbouncer", "haproxy"], None))
+        # Connections that never ran a query flatter a proxy: buffers grown by one query must be given back too.
+        tests.append(("RSS per idle client connection after queries", "bytes", lambda t: self.idle_rss(t, USED_QUERY),
+                      ["pgwarden", "pgbouncer", "haproxy"], None))
         tests.append(("CPU seconds per 100k select-only transactions", "cpu s", self.cpu_per_100k, ["pgwarden", "pgbouncer", "haproxy"], "pgbouncer"))
         if self.args.only:
             tests = [t for t in tests if re.search(self.args.only, t[0])]
@@ -318,7 +379,7 @@ def render(tests, results):
             row += f"{cell:>27} "
         lines.append(row.rstrip())
     lines.append("")
-    lines.append("Each cell: median (min-max) and the ratio to direct (CPU row: to PgBouncer). The RSS row has no ratio:")
+    lines.append("Each cell: median (min-max) and the ratio to direct (CPU row: to PgBouncer). The RSS rows have no ratio:")
     lines.append("PgBouncer preallocates its client slots, so its RSS hardly grows with idle connections and is no yardstick.")
     return "\n".join(lines), summary
 

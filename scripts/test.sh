@@ -16,6 +16,8 @@ cargo build --release --locked --bin pgwarden
 # tokio-postgres's own test suite, straight and through pgwarden (tests/drivers/README.md).
 PGWARDEN_BIN="$PWD/target/release/pgwarden" bash tests/drivers/tokio-postgres.sh
 PGWARDEN_BIN="$PWD/target/release/pgwarden" bash scripts/check-k8s.sh
+# Every fuzz target for a bounded time from the checked-in seeds (scripts/fuzz.sh; longer runs documented there).
+bash scripts/fuzz.sh "${PGWARDEN_FUZZ_SECONDS:-30}"
 # The benchmark harness in quick mode (seconds per measurement), so it never rots.
 PGWARDEN_BIN="$PWD/target/release/pgwarden" python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
 echo "bench --quick: ok ($(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["results"]))' target/bench-quick.json) rows in target/bench-quick.txt)"

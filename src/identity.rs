@@ -101,9 +101,29 @@ pub struct ClientId {
 }
 
 impl ClientId {
+    /// The display key joins the values with `/` and shows an empty value as `-`; a value's own `%` and
+    /// `/`, and a value that is exactly `-`, are percent-encoded, so two different clients never share a
+    /// display key (which names them in the client table, the views and the metrics).
     pub fn new(values: Vec<(Field, String)>) -> Self {
-        let display =
-            values.iter().map(|(_, v)| if v.is_empty() { "-" } else { v.as_str() }).collect::<Vec<_>>().join("/");
+        let mut display = String::new();
+        for (i, (_, v)) in values.iter().enumerate() {
+            if i > 0 {
+                display.push('/');
+            }
+            match v.as_str() {
+                "" => display.push('-'),
+                "-" => display.push_str("%2D"),
+                v => {
+                    for ch in v.chars() {
+                        match ch {
+                            '%' => display.push_str("%25"),
+                            '/' => display.push_str("%2F"),
+                            ch => display.push(ch),
+                        }
+                    }
+                }
+            }
+        }
         ClientId { values, display }
     }
 
@@ -162,6 +182,26 @@ mod tests {
         assert_eq!(c.get(Field::Database), None);
         let c = ClientId::from_startup(&key, &params(&[("user", "alice"), ("application_name", "")]), &pod, &peer);
         assert_eq!(c.display(), "-/alice");
+    }
+
+    #[test]
+    fn different_clients_never_share_a_display_key() {
+        let id = |a: &str, b: &str| ClientId::new(vec![(Field::ApplicationName, a.into()), (Field::User, b.into())]);
+        assert_ne!(id("a/b", "c").display(), id("a", "b/c").display());
+        assert_eq!(id("a/b", "c").display(), "a%2Fb/c");
+        assert_ne!(id("-", "x").display(), id("", "x").display());
+        assert_eq!(id("-", "x").display(), "%2D/x");
+        assert_eq!(id("100%", "x").display(), "100%25/x");
+        assert_ne!(id("%2F", "x").display(), id("/", "x").display());
+        assert_eq!(id("api-v2", "alice").display(), "api-v2/alice", "the common case is unchanged");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn display_keys_are_injective(a in "[-a/%2F]{0,4}", b in "[-a/%2F]{0,4}", c in "[-a/%2F]{0,4}", d in "[-a/%2F]{0,4}") {
+            let id = |x: &str, y: &str| ClientId::new(vec![(Field::ApplicationName, x.into()), (Field::User, y.into())]);
+            proptest::prop_assert_eq!(id(&a, &b).display() == id(&c, &d).display(), (a == c && b == d));
+        }
     }
 
     #[test]

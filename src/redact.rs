@@ -55,13 +55,15 @@ pub fn redact(sql: &str) -> String {
                 match b.get(i) {
                     None => break,
                     Some(b'\\') if backslash => i += 2,
-                    Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                    // Before the `''` pair: in `'a\''E's'` the pair's first quote is escaped with
+                    // standard_conforming_strings off, where the string then ends and `E's'` is a literal.
                     Some(b'\'') if !backslash && escaped_by_backslashes(&b[start + 1..i]) => {
                         // With standard_conforming_strings off this quote is escaped and the string goes
                         // on: the two readings part here, so nothing after this point is shown.
                         i = b.len();
                         break;
                     }
+                    Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
                     Some(b'\'') => {
                         i += 1;
                         break;
@@ -212,6 +214,15 @@ mod tests {
                 assert!(!out.contains(secret), "{sql:?} -> {out:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_escaped_quote_pair_cannot_unredact() {
+        // Found by the redact fuzz target: with standard_conforming_strings off, `'a\''` ends after `\'`
+        // and `E's3cr3t'` is a literal; with it on, `'a\''E'` is the literal and `s3cr3t` a name.
+        let out = redact("select 'a\\''E's3cr3t'");
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert_eq!(out, "select ?");
     }
 
     #[test]

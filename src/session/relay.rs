@@ -335,6 +335,7 @@ impl Relay<'_, '_> {
         if state == ConnState::Idle {
             self.to_server.shrink();
             self.to_client.shrink();
+            self.tracker.shrink();
         }
         true
     }

@@ -257,6 +257,14 @@ impl Tracker {
         }
     }
 
+    /// The session went idle: the last statement was published (the registry holds the copy the views
+    /// show), so a long one gives its memory back here.
+    pub fn shrink(&mut self) {
+        if !self.statement_changed && self.last_statement.capacity() > IDLE_STATEMENT_CAPACITY {
+            self.last_statement = Vec::new();
+        }
+    }
+
     fn set_statement(&mut self, text: &[u8]) {
         if self.statement_cap == 0 {
             return;
@@ -266,6 +274,9 @@ impl Tracker {
         self.statement_changed = true;
     }
 }
+
+/// Bytes of the last statement's buffer kept while idle (longer ones are allocated per statement).
+const IDLE_STATEMENT_CAPACITY: usize = 256;
 
 /// How many body bytes of a client message to capture when statements are kept up to `cap` bytes.
 pub fn client_want(cap: usize, tag: u8) -> usize {

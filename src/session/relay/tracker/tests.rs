@@ -195,3 +195,17 @@ fn client_ends_copy_before_the_copy_in_response_arrives() {
     server(&mut t, &[(b'Z', b"I")]);
     assert_eq!(t.state(), ConnState::Idle, "no COPY IN mode left over");
 }
+
+#[test]
+fn a_published_long_statement_gives_its_buffer_back_when_idle() {
+    let mut t = Tracker::new(4096);
+    let sql = format!("select '{}'\0", "x".repeat(2000));
+    client(&mut t, &[(b'Q', sql.as_bytes())]);
+    t.shrink();
+    assert!(t.last_statement.capacity() > 2000, "kept until published");
+    assert_eq!(t.take_statement().map(<[u8]>::len), Some(sql.len() - 1));
+    t.shrink();
+    assert!(t.last_statement.capacity() <= IDLE_STATEMENT_CAPACITY);
+    client(&mut t, &[(b'Q', b"select 1\0")]);
+    assert_eq!(t.take_statement(), Some(&b"select 1"[..]));
+}
