@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
         grep -E "^(#[0-9]+ +DONE|==[0-9]+==|SUMMARY|Done|stat::number_of_executed_units|thread '|.*panicked)" || true)
     if ls "fuzz/artifacts/$t"/* >/dev/null 2>&1; then
-        echo "fuzz: $t found a crash: $(ls fuzz/artifacts/$t)" >&2
+        echo "fuzz: $t found a crash: $(ls "fuzz/artifacts/$t")" >&2
         exit 1
     fi
 done

@@ -200,7 +200,7 @@ mod tests {
         #[test]
         fn display_keys_are_injective(a in "[-a/%2F]{0,4}", b in "[-a/%2F]{0,4}", c in "[-a/%2F]{0,4}", d in "[-a/%2F]{0,4}") {
             let id = |x: &str, y: &str| ClientId::new(vec![(Field::ApplicationName, x.into()), (Field::User, y.into())]);
-            proptest::prop_assert_eq!(id(&a, &b).display() == id(&c, &d).display(), (a == c && b == d));
+            proptest::prop_assert_eq!(id(&a, &b).display() == id(&c, &d).display(), a == c && b == d);
         }
     }
 

@@ -94,7 +94,7 @@ impl Server {
                         let session = crate::session::run(self.state.clone(), ClientStream::Tcp(stream), Peer::Tcp(peer), shutdown.clone());
                         sessions.spawn(session);
                     }
-                    Err(e) => accept_failed(e).await,
+                    Err(e) => accept_failed(&self.state, e).await,
                 },
                 accepted = async { self.unix.as_ref().expect("branch enabled").listener.accept().await }, if self.unix.is_some() => match accepted {
                     Ok((stream, _)) => {
@@ -104,7 +104,7 @@ impl Server {
                         let session = crate::session::run(self.state.clone(), ClientStream::Unix(stream), peer, shutdown.clone());
                         sessions.spawn(session);
                     }
-                    Err(e) => accept_failed(e).await,
+                    Err(e) => accept_failed(&self.state, e).await,
                 },
             }
         }
@@ -162,8 +162,12 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Out of file descriptors and the like: back off instead of spinning.
-async fn accept_failed(e: std::io::Error) {
-    warn!(error = %e, "accept failed");
+async fn accept_failed(state: &State, e: std::io::Error) {
+    if state.local.count_if_fd_exhausted("accept", &e) {
+        error!(error = %e, "accept failed: out of file descriptors (pgwarden's own limit: raise RLIMIT_NOFILE)");
+    } else {
+        warn!(error = %e, "accept failed");
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 use stream::ClientStream;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, field, info, info_span, warn, Instrument};
+use tracing::{debug, error, field, info, info_span, warn, Instrument};
 
 /// Writes `fatal` to the client and closes its side (best effort: the client may be gone).
 async fn refuse(client: &mut ClientStream, fatal: &Fatal) {
@@ -42,22 +42,24 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
     let mut inbuf = Vec::with_capacity(256);
 
     let login_deadline = login_timeout.and_then(|d| accepted.checked_add(d));
-    let (params, used) =
-        match startup::read(&state, &settings, &mut client, &mut inbuf, login_deadline, &shutdown).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                // A cancel forwarded, or the client gone: close properly (over TLS with close_notify, which
-                // libpq 17+ expects after a cancel request).
-                let _ = client.shutdown().await;
-                return;
-            }
-            Err(refused) => {
-                debug!(%peer, ?refused, "startup refused");
-                let _ = client.write_all(&refused.bytes()).await;
-                let _ = client.shutdown().await;
-                return;
-            }
-        };
+    let awaiting = state.local.awaiting_startup();
+    let read = startup::read(&state, &settings, &mut client, &mut inbuf, login_deadline, &shutdown).await;
+    drop(awaiting);
+    let (params, used) = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            // A cancel forwarded, or the client gone: close properly (over TLS with close_notify, which
+            // libpq 17+ expects after a cancel request).
+            let _ = client.shutdown().await;
+            return;
+        }
+        Err(refused) => {
+            debug!(%peer, ?refused, "startup refused");
+            let _ = client.write_all(&refused.bytes()).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
     let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &state.pod, &peer));
     let guard = state.registry.register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
@@ -82,7 +84,12 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
         let dial_started = Instant::now();
         let upstream = tokio::select! {
             dialed = upstream::dial(&settings) => {
-                state.dials.observe(dial_started.elapsed(), dialed.is_ok());
+                // Out of file descriptors is pgwarden's own limit, not an upstream error: counted apart.
+                let own_limit = dialed.as_ref().err().and_then(|e| e.io_error())
+                    .is_some_and(|e| state.local.count_if_fd_exhausted("dial", e));
+                if !own_limit {
+                    state.dials.observe(dial_started.elapsed(), dialed.is_ok());
+                }
                 dialed
             }
             _ = shutdown.cancelled() => {
@@ -92,6 +99,24 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
         };
         let mut upstream = match upstream {
             Ok(u) => u,
+            Err(e) if e.io_error().is_some_and(crate::state::is_fd_exhaustion) => {
+                error!(
+                    upstream = %config.upstream,
+                    error = %e,
+                    "out of file descriptors: cannot dial the upstream (pgwarden's own limit: raise the container's \
+                     RLIMIT_NOFILE, e.g. ulimit -n)"
+                );
+                let message = format!(
+                    "pgwarden: out of file descriptors (pgwarden's own limit, not the database's): could not \
+                     connect to upstream {}",
+                    config.upstream
+                );
+                return refuse(
+                    &mut client,
+                    &Fatal::closed(CloseReason::Error, SqlState::INSUFFICIENT_RESOURCES, message),
+                )
+                .await;
+            }
             Err(e) => {
                 warn!(upstream = %config.upstream, error = %e, "upstream unreachable");
                 let message = format!("pgwarden: could not connect to upstream {}: {e}", config.upstream);

@@ -12,7 +12,7 @@ use crate::identity::PodIdentity;
 use crate::leak::Detector;
 use crate::registry::{signal, Conn, Registry};
 use crate::tls::ClientTlsSetup;
-use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -35,12 +35,18 @@ impl Settings {
 
     /// The settings of a reloaded `config`: client TLS is kept from `previous` when its keys did not change
     /// (a self-signed certificate stays the same; files are followed by the certificate watcher anyway).
+    /// Upstream TLS is kept when its keys did not change and it trusts the system's roots (read once, not on
+    /// every reload); an `upstream_ca_file` is read again, so a rotated CA bundle applies on reload.
     pub fn reloaded(config: Config, previous: &Settings) -> Result<Settings, ConfigError> {
         let old = &previous.config;
         let same_tls = (config.client_tls, &config.client_tls_cert_file, &config.client_tls_key_file)
             == (old.client_tls, &old.client_tls_cert_file, &old.client_tls_key_file);
         let client_tls = if same_tls { previous.client_tls.clone() } else { crate::tls::server_setup(&config)? };
-        let upstream_tls = crate::tls::client_config(&config)?;
+        let system_roots_again = config.upstream_tls == old.upstream_tls
+            && config.upstream_ca_file.is_none()
+            && old.upstream_ca_file.is_none();
+        let upstream_tls =
+            if system_roots_again { previous.upstream_tls.clone() } else { crate::tls::client_config(&config)? };
         Ok(Settings { config: Arc::new(config), upstream_tls, client_tls })
     }
 }
@@ -69,6 +75,72 @@ impl Default for DialMetrics {
     }
 }
 
+/// pgwarden's own limits, counted apart from the upstream's errors; the metrics view exports them.
+pub struct LocalMetrics {
+    /// Accepts and upstream dials that failed because pgwarden ran out of file descriptors (`at`: where).
+    pub fd_exhausted: IntCounterVec,
+    /// Sockets accepted whose startup packet has not arrived yet (TLS negotiation included): before it no
+    /// client is known, so only this shows a flood of sockets that never start (a slowloris).
+    pub awaiting_startup: IntGauge,
+}
+
+impl Default for LocalMetrics {
+    fn default() -> Self {
+        let local = LocalMetrics {
+            fd_exhausted: IntCounterVec::new(
+                Opts::new(
+                    "fd_exhausted_total",
+                    "accepts and upstream dials that failed because pgwarden ran out of file descriptors",
+                )
+                .namespace("pgwarden"),
+                &["at"],
+            )
+            .expect("valid counter"),
+            awaiting_startup: IntGauge::with_opts(
+                Opts::new("connections_awaiting_startup", "accepted sockets whose startup packet has not arrived")
+                    .namespace("pgwarden"),
+            )
+            .expect("valid gauge"),
+        };
+        // Both series exist from the start, so an alert on them has something to compare.
+        for at in ["accept", "dial"] {
+            local.fd_exhausted.with_label_values(&[at]);
+        }
+        local
+    }
+}
+
+impl LocalMetrics {
+    /// Counts an accept or dial (`at`) that failed with `e`, if `e` is running out of file descriptors.
+    pub fn count_if_fd_exhausted(&self, at: &str, e: &std::io::Error) -> bool {
+        let exhausted = is_fd_exhaustion(e);
+        if exhausted {
+            self.fd_exhausted.with_label_values(&[at]).inc();
+        }
+        exhausted
+    }
+
+    /// Holds one socket in `awaiting_startup` until dropped.
+    pub fn awaiting_startup(&self) -> AwaitingStartup<'_> {
+        self.awaiting_startup.inc();
+        AwaitingStartup(&self.awaiting_startup)
+    }
+}
+
+/// EMFILE or ENFILE: the process or the system is out of file descriptors.
+pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// One socket counted in `pgwarden_connections_awaiting_startup`.
+pub struct AwaitingStartup<'a>(&'a IntGauge);
+
+impl Drop for AwaitingStartup<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl DialMetrics {
     pub fn observe(&self, took: Duration, ok: bool) {
         self.duration.observe(took.as_secs_f64());
@@ -86,6 +158,7 @@ pub struct State {
     pub clients: Arc<Clients>,
     pub pod: PodIdentity,
     pub dials: DialMetrics,
+    pub local: LocalMetrics,
     /// Read once per connection (and on reload), never per message.
     settings: RwLock<Arc<Settings>>,
     detector: Mutex<Detector>,
@@ -99,6 +172,7 @@ impl State {
             clients: Arc::default(),
             pod,
             dials: DialMetrics::default(),
+            local: LocalMetrics::default(),
             settings: RwLock::new(Arc::new(settings)),
             detector: Mutex::default(),
             draining: AtomicBool::new(false),
@@ -156,5 +230,31 @@ impl State {
         let leak = &self.settings().config.leak;
         let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0].into_iter().flatten().min();
         shortest.map_or(Duration::from_secs(1), |t| (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsMode;
+
+    #[test]
+    fn a_reload_keeps_upstream_tls_built_on_system_roots_and_rereads_a_ca_file() {
+        let config = Config { upstream_tls: TlsMode::Prefer, ..Config::default() };
+        let first = Settings::new(config.clone()).unwrap();
+        let again = Settings::reloaded(config.clone(), &first).unwrap();
+        assert!(Arc::ptr_eq(first.upstream_tls.as_ref().unwrap(), again.upstream_tls.as_ref().unwrap()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let config = Config { upstream_tls: TlsMode::VerifyFull, upstream_ca_file: Some(ca), ..config };
+        let first = Settings::new(config.clone()).unwrap();
+        let again = Settings::reloaded(config.clone(), &first).unwrap();
+        assert!(!Arc::ptr_eq(first.upstream_tls.as_ref().unwrap(), again.upstream_tls.as_ref().unwrap()));
+        let back = Settings::reloaded(Config { upstream_tls: TlsMode::Disable, ..config }, &again).unwrap();
+        assert!(back.upstream_tls.is_none(), "a changed mode is built anew");
     }
 }

@@ -147,6 +147,7 @@ pub struct SqlState(&'static str);
 
 impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const INSUFFICIENT_RESOURCES: SqlState = SqlState("53000");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");

@@ -4,6 +4,9 @@
 //! (rather than watching inotify events) catches every way a file is replaced: an in-place write, a rename
 //! over it, and the `..data` symlink swap of a mounted ConfigMap, with no event to miss. A new config is
 //! applied with [`State::update_settings`]; an invalid one is logged and the old settings stay.
+//!
+//! Reading the file and building the settings (TLS files, the system's root certificates) block, so they
+//! run on tokio's blocking pool, never on the runtime thread that relays every session.
 
 use crate::config::source::ConfigSource;
 use crate::state::{Settings, State};
@@ -22,15 +25,21 @@ pub fn spawn(state: Arc<State>, source: ConfigSource, requests: mpsc::Receiver<(
 
 /// Runs the reloader until `requests` closes (SIGHUP sends on it): the file is read every `poll`.
 pub async fn watch(state: Arc<State>, source: ConfigSource, mut requests: mpsc::Receiver<()>, poll: Duration) {
-    let read = || source.config.as_ref().and_then(|p| std::fs::read(p).ok());
-    let mut seen = read();
+    let source = Arc::new(source);
+    let read = || async {
+        match &source.config {
+            Some(p) => tokio::fs::read(p).await.ok(),
+            None => None,
+        }
+    };
+    let mut seen = read().await;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let why = tokio::select! {
             r = requests.recv() => match r { Some(()) => "SIGHUP", None => return },
             _ = tick.tick(), if source.config.is_some() => {
-                let now = read();
+                let now = read().await;
                 // A missing file (mid-swap) is not a change: wait for the new one.
                 if now.is_none() || now == seen {
                     continue;
@@ -39,12 +48,21 @@ pub async fn watch(state: Arc<State>, source: ConfigSource, mut requests: mpsc::
                 "file changed"
             }
         };
-        apply(&state, &source, why);
+        apply(&state, &source, why).await;
     }
 }
 
-fn apply(state: &State, source: &ConfigSource, why: &str) {
-    match source.load().and_then(|config| Settings::reloaded(config, &state.settings())) {
+async fn apply(state: &Arc<State>, source: &Arc<ConfigSource>, why: &str) {
+    let (state2, source2) = (state.clone(), source.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        source2.load().and_then(|config| Settings::reloaded(config, &state2.settings()))
+    })
+    .await;
+    let Ok(built) = built else {
+        error!(trigger = why, "config reload failed (the loader panicked); keeping the previous settings");
+        return;
+    };
+    match built {
         Ok(settings) => {
             let same = *settings.config == *state.settings().config;
             state.update_settings(settings);

@@ -38,6 +38,16 @@ pub enum DialError {
     Io(#[from] io::Error),
 }
 
+impl DialError {
+    /// The socket error behind this failure, if it was one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            DialError::Connect { source, .. } | DialError::Io(source) | DialError::Tls(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// A connected upstream: the stream and the address it reached (where cancel requests for it go).
 pub struct Connected {
     pub stream: Upstream,

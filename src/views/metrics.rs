@@ -51,6 +51,8 @@ impl Exporter {
         let r = Registry::new();
         r.register(Box::new(state.dials.duration.clone())).expect("unique metric");
         r.register(Box::new(state.dials.errors.clone())).expect("unique metric");
+        r.register(Box::new(state.local.fd_exhausted.clone())).expect("unique metric");
+        r.register(Box::new(state.local.awaiting_startup.clone())).expect("unique metric");
         let client = &["client"];
         let client_reason = &["client", "reason"];
         let build = register!(r, IntGaugeVec::new(opts("build_info", "pgwarden build (value 1)"), &["version"]));

@@ -166,6 +166,9 @@ const SPEC_METRICS: &[&str] = &[
     "pgwarden_upstream_connect_errors_total",
     "pgwarden_build_info",
     "pgwarden_info",
+    // Beyond the SPEC's list (hardening issue): pgwarden's own limits, apart from the upstream's.
+    "pgwarden_fd_exhausted_total",
+    "pgwarden_connections_awaiting_startup",
 ];
 
 #[tokio::test]

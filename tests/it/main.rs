@@ -16,6 +16,7 @@ mod inject;
 mod layers;
 mod leaks;
 mod lifecycle;
+mod limits;
 mod logs;
 mod memory;
 mod policy;
