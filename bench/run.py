@@ -4,6 +4,7 @@ on one machine, alternating targets round by round so machine drift hits all ali
 
     bench/run.py              # the full run (~15 min): the table in BENCHMARKS.md
     bench/run.py --quick      # seconds per measurement; what CI runs so the harness never rots
+    bench/run.py --only views # only the admin views at scale (examples/views_at_scale.rs)
 
 Installs pgbouncer and haproxy from apt when missing (root), builds pgwarden in release mode, starts a throwaway
 PostgreSQL (max_connections 1200), and prints one table (median of rounds, min-max, ratio to direct) and JSON.
@@ -384,6 +385,25 @@ def render(tests, results):
     return "\n".join(lines), summary
 
 
+def views_at_scale():
+    """The admin views with 10,000 connections over 2,000 clients (examples/views_at_scale.rs, in-process on the
+    production runtime): time per scrape, and how late a 1 ms ticker on the relaying thread runs meanwhile."""
+    binary = os.environ.get("PGWARDEN_VIEWS_BENCH") or str(ROOT / "target/release/examples/views_at_scale")
+    if not os.environ.get("PGWARDEN_VIEWS_BENCH"):
+        log("building examples/views_at_scale (release)")
+        subprocess.run(["cargo", "build", "--release", "--locked", "--example", "views_at_scale"], cwd=ROOT, check=True)
+    out = subprocess.run([binary, "10000", "2000"], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = ["", f"Admin views with {r['connections']} connections over {r['clients']} clients (one runtime thread):",
+             f"{'view':<14} {'median ms':>10} {'max ms':>8} {'bytes':>10} {'requests':>9}"]
+    for v in ("metrics", "clients", "connections"):
+        lines.append(f"/{v:<13} {r[v + '_ms_median']:>10.2f} {r[v + '_ms_max']:>8.2f} {r[v + '_bytes']:>10} {r[v + '_requests']:>9}")
+    lines.append(f"lag of a 1 ms ticker on the relay thread: idle p50 {r['lag_idle_ms_p50']:.2f} ms, p99 {r['lag_idle_ms_p99']:.2f} ms; "
+                 f"while scraped back to back p50 {r['lag_scraped_ms_p50']:.2f} ms, p99 {r['lag_scraped_ms_p99']:.2f} ms, "
+                 f"max {r['lag_scraped_ms_max']:.2f} ms")
+    return "\n".join(lines), r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="seconds per measurement, one round (CI)")
@@ -402,6 +422,9 @@ def main():
     table, summary = render(tests, results)
     print(table)
     doc = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "quick": args.quick, "results": summary}
+    if not args.only or re.search(args.only, "admin views at scale"):
+        views_table, doc["views_at_scale"] = views_at_scale()
+        print(views_table)
     print(json.dumps(doc, indent=2))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2))

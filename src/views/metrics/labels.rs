@@ -85,6 +85,10 @@ pub struct Labels {
     /// When each own label last had a live client (scrape number), to free the stalest first.
     last_live: HashMap<String, u64>,
     scrape: u64,
+    /// This scrape's own labels without a live client, stalest first: what `free_one` may free. Built once
+    /// per scrape (a label with a live client is never freed, and none becomes freeable mid-scrape), so a
+    /// scrape is O(clients log clients), not O(clients²).
+    freeable: std::collections::VecDeque<String>,
 }
 
 impl Labels {
@@ -103,15 +107,18 @@ impl Labels {
             let s = self.seen.remove(&key).expect("listed");
             self.retire(&s.label, &s.under_label());
         }
+        let mut freeable: Vec<&String> = self.tracked.keys().filter(|l| !present.contains_key(l.as_str())).collect();
+        freeable.sort_by_key(|l| (self.last_live.get(*l).copied().unwrap_or(0), l.as_str()));
+        self.freeable = freeable.into_iter().cloned().collect();
         // Labels past the limit (given to suspects) go once their clients are gone.
-        while self.tracked.len() > max_tracked && self.free_one(&present) {}
+        while self.tracked.len() > max_tracked && self.free_one() {}
         // Most active first, so the tracked places go to the clients that matter.
         let mut order: Vec<usize> = (0..live.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(live[i].counts.opened));
         let mut labels = vec![String::new(); live.len()];
         for i in order {
             let c = &live[i];
-            let label = self.label_for(c, max_tracked, &present);
+            let label = self.label_for(c, max_tracked);
             let base = match self.seen.remove(c.key) {
                 None => Counts::default(),
                 Some(s) if s.label == label => s.base,
@@ -135,7 +142,7 @@ impl Labels {
         (labels, series)
     }
 
-    fn label_for(&mut self, c: &Live<'_>, max_tracked: usize, live: &HashMap<&str, usize>) -> String {
+    fn label_for(&mut self, c: &Live<'_>, max_tracked: usize) -> String {
         if c.key == OTHER {
             return OTHER.to_string();
         }
@@ -144,34 +151,29 @@ impl Labels {
         }
         if self.tracked.len() >= max_tracked && c.suspected {
             // A suspect always gets its own label: free the stalest label whose client is gone, if any.
-            self.free_one(live);
+            self.free_one();
         }
         if self.tracked.len() < max_tracked || c.suspected {
             self.tracked.insert(c.key.to_string(), Counts::default());
             return c.key.to_string();
         }
-        if self.free_one(live) {
+        if self.free_one() {
             self.tracked.insert(c.key.to_string(), Counts::default());
             return c.key.to_string();
         }
         OTHER.to_string()
     }
 
-    /// Frees the own label that has gone longest without a live client (none of `live`'s); its counts move
-    /// into `other`.
-    fn free_one(&mut self, live: &HashMap<&str, usize>) -> bool {
-        let live_now: std::collections::HashSet<&str> = self.seen.values().map(|s| s.label.as_str()).collect();
-        let stalest = self
-            .tracked
-            .keys()
-            .filter(|l| !live_now.contains(l.as_str()) && !live.contains_key(l.as_str()))
-            .min_by_key(|l| self.last_live.get(*l).copied().unwrap_or(0))
-            .cloned();
-        let Some(label) = stalest else { return false };
-        let counts = self.tracked.remove(&label).expect("listed");
-        self.last_live.remove(&label);
-        self.other.add(&counts);
-        true
+    /// Frees the own label that has gone longest without a live client; its counts move into `other`.
+    fn free_one(&mut self) -> bool {
+        while let Some(label) = self.freeable.pop_front() {
+            if let Some(counts) = self.tracked.remove(&label) {
+                self.last_live.remove(&label);
+                self.other.add(&counts);
+                return true;
+            }
+        }
+        false
     }
 
     fn retire(&mut self, label: &str, counts: &Counts) {
