@@ -101,6 +101,11 @@ impl Detector {
 
         let mut live = HashMap::new();
         for conn in conns {
+            // A connection that closed after `conns` was taken was judged by `closing` already; a snapshot from
+            // before that (another worker thread's) must not make it a live suspect again.
+            if conn.closed().is_some() {
+                continue;
+            }
             let Some(t) = self.clients.get(conn.client.display()) else {
                 continue;
             };

@@ -187,3 +187,35 @@ mod pools {
         }
     }
 }
+
+/// With more than one worker thread, housekeeping's snapshot can be older than a session's close: the
+/// suspect it still lists was kept as evidence by `closing` and must not be kept twice.
+#[test]
+fn a_suspect_closing_after_the_snapshot_is_kept_once() {
+    use crate::clients::Clients;
+    use crate::config::{Leak, Stats};
+    use crate::identity::{ClientId, Field, Peer};
+    use crate::registry::Registry;
+    use crate::vocab::ConnState;
+    use std::sync::Arc;
+    let (registry, clients) = (Arc::new(Registry::default()), Arc::new(Clients::default()));
+    let id = Arc::new(ClientId::new(vec![(Field::ApplicationName, "app".into())]));
+    let _entry = clients.entry(&id);
+    let now = Instant::now();
+    let guard = registry.register(id, Peer::Tcp("127.0.0.1:1".parse().unwrap()), now);
+    let conn = guard.conn().clone();
+    conn.set_state(ConnState::IdleInTransaction, now);
+    let now = now + Duration::from_secs(120);
+    let (leak, stats) = (Leak::default(), Stats::default());
+    let mut d = Detector::default();
+    d.tick(now, &registry.snapshot(), &clients.entries(), &leak, &stats);
+    assert_eq!(d.live().count(), 1, "idle in transaction for 2 min: a suspect");
+    let stale = registry.snapshot();
+    conn.mark_closed(now, "idle_in_transaction_timeout");
+    d.closing(&conn, now, &leak);
+    d.tick(now, &stale, &clients.entries(), &leak, &stats);
+    drop(guard);
+    d.tick(now, &registry.snapshot(), &clients.entries(), &leak, &stats);
+    assert_eq!(d.live().count(), 0);
+    assert_eq!(d.closed().count(), 1, "kept once");
+}
