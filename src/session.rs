@@ -138,7 +138,10 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
             shutdown: &shutdown,
             login_deadline: login_timeout.and_then(|d| accepted.checked_add(d)?.checked_add(waited)),
         };
-        let reason = relay::run(&ctx, &mut client, &mut upstream.stream, &inbuf[used..]).await;
+        // The startup bytes are forwarded: only what followed them goes on, and the buffer goes now.
+        let early = inbuf.split_off(used);
+        drop(inbuf);
+        let reason = relay::run(&ctx, &mut client, &mut upstream.stream, early).await;
         admitted.reason = reason;
         conn.mark_closed(Instant::now(), reason.as_str());
         state.session_closed(&conn);

@@ -93,12 +93,13 @@ enum Side {
     Server,
 }
 
-/// Relays until the session ends; `early` holds client bytes that arrived with the startup packet.
+/// Relays until the session ends; `early` holds client bytes that arrived with the startup packet (taken
+/// by value so its memory, as large as the startup packet was, goes at once rather than with the session).
 pub async fn run(
     ctx: &RelayContext<'_>,
     client: &mut ClientStream,
     server: &mut Upstream,
-    early: &[u8],
+    early: Vec<u8>,
 ) -> CloseReason {
     let config = ctx.state.settings().config.clone();
     let statement_cap = match config.stats.statement_text {
@@ -120,14 +121,18 @@ pub async fn run(
         drain_deadline: None,
         violation: None,
     };
-    if !early.is_empty() {
+    let n = early.len();
+    if n > 0 {
         let flow = &mut relay.to_server.flow;
-        if early.len() > flow.buf.len() {
-            flow.buf = vec![0; early.len().max(BUF_SIZE)];
+        if n > flow.buf.len() {
+            flow.buf = vec![0; n.max(BUF_SIZE)];
         }
-        flow.buf[..early.len()].copy_from_slice(early);
-        flow.len = early.len();
-        if let Err(fatal) = relay.client_bytes(early.len()) {
+        flow.buf[..n].copy_from_slice(&early);
+        flow.len = n;
+    }
+    drop(early);
+    if n > 0 {
+        if let Err(fatal) = relay.client_bytes(n) {
             return relay.close(client, server, fatal).await;
         }
     }
