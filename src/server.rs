@@ -163,7 +163,8 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 
 /// Out of file descriptors and the like: back off instead of spinning.
 async fn accept_failed(state: &State, e: std::io::Error) {
-    if state.local.count_if_fd_exhausted("accept", &e) {
+    if crate::state::is_fd_exhaustion(&e) {
+        state.local.count_fd_exhausted("accept");
         error!(error = %e, "accept failed: out of file descriptors (pgwarden's own limit: raise RLIMIT_NOFILE)");
     } else {
         warn!(error = %e, "accept failed");

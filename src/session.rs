@@ -83,23 +83,22 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
         let mut admitted = Admitted::new(slot, state.clients.entry(&client_id));
         let dial_started = Instant::now();
         let upstream = tokio::select! {
-            dialed = upstream::dial(&settings) => {
-                // Out of file descriptors is pgwarden's own limit, not an upstream error: counted apart.
-                let own_limit = dialed.as_ref().err().and_then(|e| e.io_error())
-                    .is_some_and(|e| state.local.count_if_fd_exhausted("dial", e));
-                if !own_limit {
-                    state.dials.observe(dial_started.elapsed(), dialed.is_ok());
-                }
-                dialed
-            }
+            dialed = upstream::dial(&settings) => dialed,
             _ = shutdown.cancelled() => {
                 admitted.reason = CloseReason::Shutdown;
                 return refuse(&mut client, &Fatal::shutdown("pgwarden is shutting down")).await;
             }
         };
+        // Out of file descriptors is pgwarden's own limit, not an upstream error: counted apart.
+        let out_of_fds = upstream.as_ref().err().is_some_and(upstream::DialError::out_of_fds);
+        if out_of_fds {
+            state.local.count_fd_exhausted("dial");
+        } else {
+            state.dials.observe(dial_started.elapsed(), upstream.is_ok());
+        }
         let mut upstream = match upstream {
             Ok(u) => u,
-            Err(e) if e.io_error().is_some_and(crate::state::is_fd_exhaustion) => {
+            Err(e) if out_of_fds => {
                 error!(
                     upstream = %config.upstream,
                     error = %e,

@@ -111,13 +111,9 @@ impl Default for LocalMetrics {
 }
 
 impl LocalMetrics {
-    /// Counts an accept or dial (`at`) that failed with `e`, if `e` is running out of file descriptors.
-    pub fn count_if_fd_exhausted(&self, at: &str, e: &std::io::Error) -> bool {
-        let exhausted = is_fd_exhaustion(e);
-        if exhausted {
-            self.fd_exhausted.with_label_values(&[at]).inc();
-        }
-        exhausted
+    /// Counts an accept or dial (`at`) that failed for want of a file descriptor.
+    pub fn count_fd_exhausted(&self, at: &str) {
+        self.fd_exhausted.with_label_values(&[at]).inc();
     }
 
     /// Holds one socket in `awaiting_startup` until dropped.

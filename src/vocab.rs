@@ -112,6 +112,15 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    pub const ALL: [ConnState; 6] = [
+        ConnState::Startup,
+        ConnState::Waiting,
+        ConnState::Active,
+        ConnState::Idle,
+        ConnState::IdleInTransaction,
+        ConnState::IdleInFailedTransaction,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConnState::Startup => "startup",
@@ -261,14 +270,7 @@ mod tests {
 
     #[test]
     fn conn_state_round_trips() {
-        for s in [
-            ConnState::Startup,
-            ConnState::Waiting,
-            ConnState::Active,
-            ConnState::Idle,
-            ConnState::IdleInTransaction,
-            ConnState::IdleInFailedTransaction,
-        ] {
+        for s in ConnState::ALL {
             assert_eq!(ConnState::from_u8(s as u8), s);
         }
     }

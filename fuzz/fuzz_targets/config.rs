@@ -27,14 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 .collect(),
         );
         let (policy, _rule) = effective(&config, &client);
-        for state in [
-            ConnState::Startup,
-            ConnState::Waiting,
-            ConnState::Active,
-            ConnState::Idle,
-            ConnState::IdleInTransaction,
-            ConnState::IdleInFailedTransaction,
-        ] {
+        for state in ConnState::ALL {
             for spent in [false, true] {
                 let input = TimerInput {
                     state,

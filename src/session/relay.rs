@@ -121,17 +121,14 @@ pub async fn run(
         drain_deadline: None,
         violation: None,
     };
-    let n = early.len();
-    if n > 0 {
-        let flow = &mut relay.to_server.flow;
+    if !early.is_empty() {
+        let (flow, n) = (&mut relay.to_server.flow, early.len());
         if n > flow.buf.len() {
             flow.buf = vec![0; n.max(BUF_SIZE)];
         }
         flow.buf[..n].copy_from_slice(&early);
         flow.len = n;
-    }
-    drop(early);
-    if n > 0 {
+        drop(early);
         if let Err(fatal) = relay.client_bytes(n) {
             return relay.close(client, server, fatal).await;
         }

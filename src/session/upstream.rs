@@ -39,11 +39,13 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// The socket error behind this failure, if it was one.
-    pub fn io_error(&self) -> Option<&io::Error> {
+    /// pgwarden ran out of file descriptors (its own limit, not the upstream's fault).
+    pub fn out_of_fds(&self) -> bool {
         match self {
-            DialError::Connect { source, .. } | DialError::Io(source) | DialError::Tls(source) => Some(source),
-            _ => None,
+            DialError::Connect { source, .. } | DialError::Io(source) | DialError::Tls(source) => {
+                crate::state::is_fd_exhaustion(source)
+            }
+            _ => false,
         }
     }
 }

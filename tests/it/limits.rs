@@ -114,24 +114,20 @@ async fn sockets_that_never_start_are_visible() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let mut seen = 0.0;
-    for _ in 0..100 {
-        seen = metric(&metrics().await, "pgwarden_connections_awaiting_startup");
-        if seen == 3.0 {
-            break;
+    // The gauge's value once it reads `want`, or its last value after 2 s.
+    let settles_at = |want: f64| async move {
+        let mut seen = -1.0;
+        for _ in 0..100 {
+            seen = metric(&metrics().await, "pgwarden_connections_awaiting_startup");
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen, 3.0, "three silent sockets");
+        seen
+    };
+    assert_eq!(settles_at(3.0).await, 3.0, "three silent sockets");
     drop(silent);
-    let mut after = -1.0;
-    for _ in 0..100 {
-        after = metric(&metrics().await, "pgwarden_connections_awaiting_startup");
-        if after == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(after, 0.0, "gone with the sockets");
+    assert_eq!(settles_at(0.0).await, 0.0, "gone with the sockets");
     p.stop().await;
 }

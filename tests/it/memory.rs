@@ -39,6 +39,12 @@ fn sync() -> Vec<u8> {
     raw::message(b'S', &[])
 }
 
+/// `count` Parses named `{prefix}_{k}` of distinct 1 KB statements.
+fn parses(prefix: &str, count: usize) -> Vec<u8> {
+    let pad = "t".repeat(1000);
+    (0..count).flat_map(|k| parse(&format!("{prefix}_{k}"), &format!("select {k} /* {pad} */"))).collect()
+}
+
 /// Sends `bytes` on every connection (a few at a time) and reads each up to `ready` ReadyForQuery messages.
 async fn on_all(conns: &mut [Raw], ready: usize, bytes: impl Fn(usize) -> Vec<u8>) {
     let bytes = &bytes;
@@ -79,9 +85,7 @@ async fn a_thousand_connections_and_two_million_rejected_parses_stay_bounded() {
         let mut b = Vec::new();
         for batch in 0..20 {
             b.extend(parse(&format!("bad_{i}_{batch}"), "selec nothing"));
-            for k in 1..100 {
-                b.extend(parse(&format!("s_{i}_{batch}_{k}"), &format!("select {k} /* {} */", "t".repeat(1000))));
-            }
+            b.extend(parses(&format!("s_{i}_{batch}"), 99));
             b.extend(sync());
         }
         b
@@ -92,10 +96,7 @@ async fn a_thousand_connections_and_two_million_rejected_parses_stay_bounded() {
 
     // Named statements the server accepts, 150 KB of text per connection: kept up to the 64 KiB budget.
     on_all(&mut conns, 1, |i| {
-        let mut b = Vec::new();
-        for k in 0..150 {
-            b.extend(parse(&format!("ok_{i}_{k}"), &format!("select {k} /* {} */", "u".repeat(1000))));
-        }
+        let mut b = parses(&format!("ok_{i}"), 150);
         b.extend(sync());
         b
     })
