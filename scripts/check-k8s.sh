@@ -143,8 +143,48 @@ for set in "${value_sets[@]}"; do
   done
 done
 
+# --- gateway mode (gateway.enabled; deploy/values/gateway.yaml above is a full example) -----------
+# Minimal: only the required upstream. Then watching two namespaces: a Role per namespace instead of
+# the ClusterRole. Both are checked by check_k8s_render.py below too, with the other renders.
+gateway_args=(--set gateway.enabled=true --set gateway.upstream=db.example:5432)
+gateway_ns_args=("${gateway_args[@]}" --set 'gateway.namespaces={shop,batch}')
+for variant in gateway-min gateway-ns; do
+  if [[ "$variant" == gateway-min ]]; then
+    args=("${gateway_args[@]}")
+    label="gateway.enabled=true,gateway.upstream=db.example:5432"
+  else
+    args=("${gateway_ns_args[@]}")
+    label="gateway.enabled=true,gateway.upstream=db.example:5432,gateway.namespaces={shop,batch}"
+  fi
+  check "helm lint --strict ($label)" helm lint --strict --quiet "$CHART" --namespace "$NAMESPACE" "${args[@]}"
+  for version in "${KUBE_VERSIONS[@]}"; do
+    out="$WORK/render-$variant-$version.yaml"
+    check "helm template ($label, k8s $version)" render "$out" "$version" "${args[@]}"
+    if $last_ok; then
+      check "kubernetes-validate --strict -k $version ($label)" validate "$version" "$out"
+      rendered+=("$out")
+    fi
+  done
+done
+check "gateway RBAC (gateway.namespaces empty): one ClusterRole + ClusterRoleBinding, pods list+watch only" \
+  python3 scripts/check_k8s_render.py --gateway-rbac "$NAMESPACE" "$WORK/render-gateway-min-1.33.0.yaml"
+check "gateway RBAC (gateway.namespaces={shop,batch}): Role + RoleBinding in shop and batch, no ClusterRole" \
+  python3 scripts/check_k8s_render.py --gateway-rbac "$NAMESPACE" "$WORK/render-gateway-ns-1.33.0.yaml" shop batch
+check "fleet-reader ClusterRole: exactly pods list + pods/proxy get, bound to nobody" \
+  python3 scripts/check_k8s_render.py --fleet-reader "$WORK/render-default-1.33.0.yaml"
+check_fails "no gateway by default" "could not find template" \
+  render "$WORK/x.yaml" 1.33.0 --show-only templates/gateway-deployment.yaml
+check_fails "no fleet-reader ClusterRole with fleetReader.create=false" "could not find template" \
+  render "$WORK/x.yaml" 1.33.0 --set fleetReader.create=false --show-only templates/fleet-reader-rbac.yaml
+check_fails "chart rejects gateway.enabled without gateway.upstream" "gateway.upstream is required" \
+  render "$WORK/x.yaml" 1.33.0 --set gateway.enabled=true
+check_fails "chart rejects gateway.config.listen (gateway.port sets it)" "gateway.config.listen: the chart sets it" \
+  render "$WORK/x.yaml" 1.33.0 "${gateway_args[@]}" --set gateway.config.listen=0.0.0.0:7000
+check_fails "schema rejects a gateway namespace that is no namespace name" "/gateway/namespaces/0" \
+  render "$WORK/x.yaml" 1.33.0 "${gateway_args[@]}" --set 'gateway.namespaces={Shop_1}'
+
 if ((${#rendered[@]})); then
-  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config${PGWARDEN_BIN:+ (+ pgwarden check-config)}" \
+  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config, gateway, RBAC${PGWARDEN_BIN:+ (+ pgwarden check-config)}" \
     python3 scripts/check_k8s_render.py "$NAMESPACE" "${rendered[@]}"
 fi
 
@@ -207,6 +247,21 @@ if [[ -n "$PGWARDEN_BIN" ]]; then
     python3 scripts/check_k8s_render.py --env-configs "${manifests[@]}"
 else
   echo "skip  pgwarden check-config (PGWARDEN_BIN empty, or no pgwarden binary in target/)"
+fi
+# The gateway's proxy.yaml (pod_identity.from: peer_address) of the gateway renders above: minimal,
+# watching namespaces, and deploy/values/gateway.yaml.
+gateway_renders=()
+for f in "$WORK"/render-gateway-min-1.33.0.yaml "$WORK"/render-gateway-ns-1.33.0.yaml \
+  "$WORK"/render-gateway-1.33.0.yaml; do
+  if [[ -f "$f" ]]; then
+    gateway_renders+=("$f")
+  fi
+done
+if [[ -n "$PGWARDEN_BIN" ]]; then
+  check "pgwarden check-config on the gateway's proxy.yaml" \
+    python3 scripts/check_k8s_render.py --gateway-configs "${gateway_renders[@]}"
+else
+  echo "skip  pgwarden check-config on the gateway's proxy.yaml (PGWARDEN_BIN empty, or no pgwarden binary in target/)"
 fi
 
 # --- summary ---------------------------------------------------------------------------------

@@ -15,15 +15,27 @@ and knows nothing about what pgwarden needs, so this script checks:
   the release namespace excluded.
 - Injector ConfigMap: inject.yaml has the injector keys and every SPEC "Config file" key under
   `proxy`; with PGWARDEN_BIN set, `$PGWARDEN_BIN check-config` accepts that `proxy` block.
+- Gateway (gateway.enabled; objects labelled app.kubernetes.io/component=gateway): proxy.yaml in its
+  ConfigMap has pod_identity.from peer_address, an upstream, listen/admin_listen on the container
+  ports postgres/pgwarden-admin, and only SPEC "Config file" keys; the Deployment runs
+  `proxy --config /config/proxy.yaml` from that ConfigMap under its own ServiceAccount, with the
+  Downward API env, the pgwarden.io/inject=disabled pod label and probes on pgwarden-admin; the Service
+  and PodDisruptionBudget select its pods; RBAC is list+watch on pods and nothing else, a ClusterRole
+  when pod_identity.namespaces is empty, else a Role and RoleBinding in each of those namespaces.
+- Fleet reader ClusterRole (component fleet-reader): exactly pods list and pods/proxy get, bound by no
+  binding of the chart.
 - Grafana dashboard ConfigMaps (a `*.json` data key): the JSON parses, its panels query through the
   `${datasource}` variable, and every expression passes the PrometheusRule checks above (SPEC
   metrics and labels), through scripts/dashboard_metrics.py.
 
 With --env-configs, checks instead that every PGWARDEN_CONFIG_YAML in the given manifests passes
-`$PGWARDEN_BIN check-config`. With --spec-metrics, prints the SPEC metric names, one a line (a
+`$PGWARDEN_BIN check-config`. With --gateway-configs, that the gateway's proxy.yaml in each rendered file
+passes `$PGWARDEN_BIN check-config`. With --gateway-rbac RELEASE_NAMESPACE FILE [NS...], that FILE grants the gateway list+watch
+on pods through a Role and RoleBinding in exactly the namespaces NS, or (no NS) through one ClusterRole
+and ClusterRoleBinding. With --fleet-reader FILE, that FILE has the fleet-reader ClusterRole. With --spec-metrics, prints the SPEC metric names, one a line (a
 histogram once, without _bucket/_sum/_count), for `dashboard_metrics.py --names-file`.
 
-Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml... | --spec-metrics
+Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml... | --gateway-configs RENDERED.yaml... | --gateway-rbac RELEASE_NAMESPACE RENDERED.yaml [NS...] | --fleet-reader RENDERED.yaml | --spec-metrics
 Exit status 0 when every file passes, 1 otherwise.
 """
 
@@ -100,6 +112,22 @@ SPEC_CONFIG_KEYS = {
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
 INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "proxy"}
 
+# The gateway's proxy.yaml: the SPEC keys plus pod_identity (gateway mode); the chart always sets these.
+GATEWAY_CONFIG_KEYS = SPEC_CONFIG_KEYS | {"pod_identity", "pod_identity.from", "pod_identity.namespaces"}
+GATEWAY_REQUIRED_KEYS = {"listen", "admin_listen", "upstream", "pod_identity", "client_key"}
+# The gateway's Downward API environment: name -> fieldPath (PGWARDEN_WORKLOAD: a plain value).
+GATEWAY_ENV = {
+    "PGWARDEN_POD_NAME": "metadata.name",
+    "PGWARDEN_POD_NAMESPACE": "metadata.namespace",
+    "PGWARDEN_NODE_NAME": "spec.nodeName",
+    "PGWARDEN_SERVICE_ACCOUNT": "spec.serviceAccountName",
+    "PGWARDEN_POD_IP": "status.podIP",
+}
+# RBAC rules as (apiGroup, resource, verb) triples; the code uses these and no more.
+GATEWAY_RULES = {("", "pods", "list"), ("", "pods", "watch")}
+FLEET_READER_RULES = {("", "pods", "list"), ("", "pods/proxy", "get")}
+COMPONENT = "app.kubernetes.io/component"
+
 # Alerts the chart must define, and what their annotations must name.
 ALERTS = {
     "PgwardenLeakSuspected": ("{{ $labels.client }}", "{{ $labels.pod }}"),
@@ -131,6 +159,21 @@ class Checker:
         found = [d for d in self.by_kind.get(kind, []) if name is None or d["metadata"]["name"] == name]
         if len(found) != 1:
             self.error(f"expected one {kind}{' ' + name if name else ''}, found {len(found)}")
+            return None
+        return found[0]
+
+    def of_component(self, component: str, kind: str | None = None) -> list[dict]:
+        """Objects labelled app.kubernetes.io/component=COMPONENT (of KIND)."""
+        return [
+            d for d in self.docs
+            if (kind is None or d.get("kind") == kind)
+            and (d["metadata"].get("labels") or {}).get(COMPONENT) == component
+        ]
+
+    def one_of(self, component: str, kind: str) -> dict | None:
+        found = self.of_component(component, kind)
+        if len(found) != 1:
+            self.error(f"expected one {kind} of component {component}, found {len(found)}")
             return None
         return found[0]
 
@@ -194,8 +237,8 @@ class Checker:
     # --- Webhook ---------------------------------------------------------------------------
     def check_webhook(self) -> None:
         mwc = self.one("MutatingWebhookConfiguration")
-        deploy = self.one("Deployment")
-        svc = self.one("Service")
+        deploy = self.one_of("injector", "Deployment")
+        svc = self.one_of("injector", "Service")
         if not (mwc and deploy and svc):
             return
         svc_name = svc["metadata"]["name"]
@@ -355,6 +398,201 @@ class Checker:
         elif os.environ.get("PGWARDEN_BIN"):
             self.notes.append("pgwarden inject --check accepts inject.yaml")
 
+
+    # --- Gateway -------------------------------------------------------------------------
+    def gateway_config(self) -> dict | None:
+        """The gateway's proxy.yaml, parsed; None without a gateway (or when it does not parse)."""
+        cms = [cm for cm in self.of_component("gateway", "ConfigMap") if "proxy.yaml" in (cm.get("data") or {})]
+        if not cms:
+            return None
+        if len(cms) != 1:
+            self.error(f"expected one gateway ConfigMap with proxy.yaml, found {len(cms)}")
+            return None
+        try:
+            cfg = yaml.safe_load(cms[0]["data"]["proxy.yaml"])
+        except yaml.YAMLError as e:
+            self.error(f"gateway proxy.yaml does not parse: {e}")
+            return None
+        if not isinstance(cfg, dict):
+            self.error("gateway proxy.yaml is not a mapping")
+            return None
+        return cfg
+
+    def check_gateway(self) -> None:
+        objects = self.of_component("gateway")
+        if not objects:
+            return
+        deploy = self.one_of("gateway", "Deployment")
+        cfg = self.gateway_config()
+        if cfg is None:
+            self.error("gateway objects but no gateway ConfigMap with proxy.yaml")
+            return
+        if not deploy:
+            return
+        name = deploy["metadata"]["name"]
+        ns = deploy["metadata"].get("namespace")
+        if ns != self.release_ns:
+            self.error(f"gateway Deployment in namespace {ns}, not the release namespace")
+
+        # proxy.yaml
+        have = set()
+        for k, v in cfg.items():
+            have.add(k)
+            if isinstance(v, dict):
+                have.update(f"{k}.{sub}" for sub in v)
+        if have - GATEWAY_CONFIG_KEYS:
+            self.error(f"gateway proxy.yaml: keys not in SPEC: {sorted(have - GATEWAY_CONFIG_KEYS)}")
+        if GATEWAY_REQUIRED_KEYS - set(cfg):
+            self.error(f"gateway proxy.yaml lacks {sorted(GATEWAY_REQUIRED_KEYS - set(cfg))}")
+        identity = cfg.get("pod_identity") or {}
+        if identity.get("from") != "peer_address":
+            self.error(f"gateway proxy.yaml: pod_identity.from is {identity.get('from')!r}, want peer_address")
+        namespaces = identity.get("namespaces")
+        if not isinstance(namespaces, list):
+            self.error(f"gateway proxy.yaml: pod_identity.namespaces is {namespaces!r}, want a list")
+            namespaces = []
+        if not cfg.get("upstream"):
+            self.error("gateway proxy.yaml: no upstream")
+        for path, value in walk(cfg):
+            if value is True and path != "enforce":
+                self.error(f"gateway proxy.yaml: {path} is the boolean true: a bare `on` in YAML 1.1?")
+
+        # Deployment
+        pod = deploy["spec"]["template"]
+        spec = pod["spec"]
+        if (pod["metadata"].get("labels") or {}).get("pgwarden.io/inject") != "disabled":
+            self.error("gateway pod template lacks the label pgwarden.io/inject: disabled")
+        selector = deploy["spec"]["selector"]["matchLabels"]
+        pod_labels = pod["metadata"].get("labels") or {}
+        if any(pod_labels.get(k) != v for k, v in selector.items()):
+            self.error("gateway Deployment selector does not match its pod labels")
+        containers = spec.get("containers", [])
+        if len(containers) != 1:
+            self.error(f"gateway pod has {len(containers)} containers, want 1")
+            return
+        c = containers[0]
+        if c.get("args") != ["proxy", "--config", "/config/proxy.yaml"]:
+            self.error(f"gateway args are {c.get('args')}")
+        env = {e["name"]: e for e in c.get("env", [])}
+        for var, field in GATEWAY_ENV.items():
+            got = (env.get(var) or {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            if got != field:
+                self.error(f"gateway env {var}: fieldPath {got!r}, want {field}")
+        if (env.get("PGWARDEN_WORKLOAD") or {}).get("value") != name:
+            self.error(f"gateway env PGWARDEN_WORKLOAD is not the Deployment's name {name}")
+        ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+        port = lambda addr: int(str(addr).rsplit(":", 1)[1])  # noqa: E731
+        try:
+            if ports.get("postgres") != port(cfg.get("listen")):
+                self.error(f"gateway container port postgres {ports.get('postgres')} != port of listen {cfg.get('listen')}")
+            if ports.get("pgwarden-admin") != port(cfg.get("admin_listen")):
+                self.error(f"gateway container port pgwarden-admin {ports.get('pgwarden-admin')} != port of admin_listen {cfg.get('admin_listen')}")
+        except (IndexError, ValueError):
+            self.error(f"gateway listen/admin_listen are no host:port: {cfg.get('listen')}, {cfg.get('admin_listen')}")
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = (c.get(probe) or {}).get("httpGet") or {}
+            if (get.get("path"), get.get("port")) != (path, "pgwarden-admin"):
+                self.error(f"gateway {probe}: {get}, want {path} on pgwarden-admin")
+        sc = c.get("securityContext") or {}
+        if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+                and sc.get("runAsNonRoot") and (sc.get("capabilities") or {}).get("drop") == ["ALL"]):
+            self.error(f"gateway container securityContext is not hardened: {sc}")
+        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        cm_name = next((cm["metadata"]["name"] for cm in self.of_component("gateway", "ConfigMap")
+                        if "proxy.yaml" in (cm.get("data") or {})), None)
+        config_volumes = [n for n, v in volumes.items() if (v.get("configMap") or {}).get("name") == cm_name]
+        if not any(mounts.get(n, {}).get("mountPath") == "/config" and "subPath" not in mounts[n] for n in config_volumes):
+            self.error(f"gateway does not mount ConfigMap {cm_name} at /config (without subPath)")
+
+        # ServiceAccount
+        sa_name = spec.get("serviceAccountName")
+        if sa_name == self.injector_service_account():
+            self.error("gateway runs under the injector's ServiceAccount")
+        sas = [sa for sa in self.of_component("gateway", "ServiceAccount") if sa["metadata"]["name"] == sa_name]
+        if len(sas) != 1:
+            self.error(f"gateway ServiceAccount {sa_name} not rendered")
+
+        # Service and PodDisruptionBudget select the gateway's pods.
+        svc = self.one_of("gateway", "Service")
+        if svc:
+            sel = svc["spec"].get("selector") or {}
+            if not sel or any(pod_labels.get(k) != v for k, v in sel.items()):
+                self.error("gateway Service does not select the gateway pods")
+            targets = {p.get("targetPort") for p in svc["spec"].get("ports", [])}
+            if not {"postgres", "pgwarden-admin"} <= targets:
+                self.error(f"gateway Service targets {targets}, want postgres and pgwarden-admin")
+        for pdb in self.of_component("gateway", "PodDisruptionBudget"):
+            sel = pdb["spec"]["selector"]["matchLabels"]
+            if any(pod_labels.get(k) != v for k, v in sel.items()):
+                self.error("gateway PodDisruptionBudget does not select the gateway pods")
+
+        self.check_gateway_rbac(sa_name, namespaces)
+        self.notes.append(
+            f"gateway {name}: proxy.yaml, Deployment, Service, RBAC "
+            f"({'Roles in ' + ', '.join(namespaces) if namespaces else 'ClusterRole'})"
+        )
+
+    def injector_service_account(self) -> str | None:
+        deploys = self.of_component("injector", "Deployment")
+        return deploys[0]["spec"]["template"]["spec"].get("serviceAccountName") if deploys else None
+
+    def check_gateway_rbac(self, sa_name: str | None, namespaces: list[str]) -> None:
+        """list+watch on pods for the gateway's ServiceAccount: a ClusterRole without namespaces, else
+        a Role and RoleBinding in each namespace, and nothing more."""
+        want_sa = {"kind": "ServiceAccount", "name": sa_name, "namespace": self.release_ns}
+        roles = self.of_component("gateway", "Role")
+        bindings = self.of_component("gateway", "RoleBinding")
+        croles = self.of_component("gateway", "ClusterRole")
+        cbindings = self.of_component("gateway", "ClusterRoleBinding")
+        if namespaces:
+            if croles or cbindings:
+                self.error(f"gateway watches {namespaces} but has a ClusterRole/ClusterRoleBinding")
+            places = (("Role", roles), ("RoleBinding", bindings))
+            for kind, objs in places:
+                got = sorted(o["metadata"].get("namespace") for o in objs)
+                if got != sorted(namespaces):
+                    self.error(f"gateway {kind}s in namespaces {got}, want {sorted(namespaces)}")
+            role_by_ns = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in roles}
+            for b in bindings:
+                bns = b["metadata"].get("namespace")
+                ref = b.get("roleRef") or {}
+                if ref.get("kind") != "Role" or (bns, ref.get("name")) not in role_by_ns:
+                    self.error(f"gateway RoleBinding in {bns} refers to {ref}, not the Role in {bns}")
+                if b.get("subjects") != [want_sa]:
+                    self.error(f"gateway RoleBinding in {bns}: subjects {b.get('subjects')}, want [{want_sa}]")
+            rules_of = roles
+        else:
+            if roles or bindings:
+                self.error("gateway watches the whole cluster but has Roles/RoleBindings")
+            if len(croles) != 1 or len(cbindings) != 1:
+                self.error(f"gateway: {len(croles)} ClusterRole(s), {len(cbindings)} ClusterRoleBinding(s), want 1 each")
+                return
+            ref = cbindings[0].get("roleRef") or {}
+            if (ref.get("kind"), ref.get("name")) != ("ClusterRole", croles[0]["metadata"]["name"]):
+                self.error(f"gateway ClusterRoleBinding refers to {ref}")
+            if cbindings[0].get("subjects") != [want_sa]:
+                self.error(f"gateway ClusterRoleBinding: subjects {cbindings[0].get('subjects')}, want [{want_sa}]")
+            rules_of = croles
+        for r in rules_of:
+            where = f"{r['kind']} {r['metadata'].get('namespace', '')}/{r['metadata']['name']}"
+            for e in rule_errors(r, GATEWAY_RULES):
+                self.error(f"gateway {where}: {e}")
+
+    # --- Fleet reader ----------------------------------------------------------------------
+    def check_fleet_reader(self) -> None:
+        for r in self.of_component("fleet-reader"):
+            name = r["metadata"]["name"]
+            if r.get("kind") != "ClusterRole":
+                self.error(f"fleet-reader object {r.get('kind')} {name}: only a ClusterRole is expected")
+                continue
+            for e in rule_errors(r, FLEET_READER_RULES):
+                self.error(f"ClusterRole {name}: {e}")
+            for b in self.by_kind.get("ClusterRoleBinding", []) + self.by_kind.get("RoleBinding", []):
+                if (b.get("roleRef") or {}).get("name") == name:
+                    self.error(f"{b['kind']} {b['metadata']['name']} binds {name}; the chart binds it to nobody")
+            self.notes.append(f"ClusterRole {name}: pods list, pods/proxy get")
+
     # --- Grafana dashboard ----------------------------------------------------------------
     def check_dashboards(self) -> None:
         spec_names = {dashboard_metrics.base_name(n) for n in SPEC_METRICS}
@@ -379,8 +617,28 @@ class Checker:
         self.check_rules()
         self.check_webhook()
         self.check_injector_config()
+        self.check_gateway()
+        self.check_fleet_reader()
         self.check_dashboards()
         return not self.errors
+
+
+def rule_errors(role: dict, want: set[tuple[str, str, str]]) -> list[str]:
+    """How ROLE's rules differ from exactly WANT ((apiGroup, resource, verb) triples): extra or missing
+    grants, resourceNames, nonResourceURLs, wildcards."""
+    errors = []
+    have = set()
+    for rule in role.get("rules") or []:
+        extra = set(rule) - {"apiGroups", "resources", "verbs"}
+        if extra:
+            errors.append(f"rule {rule} has {sorted(extra)}")
+        for g in rule.get("apiGroups") or []:
+            for res in rule.get("resources") or []:
+                for v in rule.get("verbs") or []:
+                    have.add((g, res, v))
+    if have != want:
+        errors.append(f"grants {sorted(have)}, want exactly {sorted(want)}")
+    return errors
 
 
 def pgwarden_run(args: list[str], text: str) -> str | None:
@@ -430,6 +688,61 @@ def check_env_configs(files: list[str]) -> bool:
     return ok
 
 
+def check_gateway_configs(files: list[str]) -> bool:
+    """`$PGWARDEN_BIN check-config` on the gateway's proxy.yaml of each rendered file."""
+    ok = True
+    for f in files:
+        c = Checker(Path(f), "")
+        cfg_text = next(
+            (cm["data"]["proxy.yaml"] for cm in c.of_component("gateway", "ConfigMap") if "proxy.yaml" in (cm.get("data") or {})),
+            None,
+        )
+        if cfg_text is None:
+            ok = False
+            print(f"FAIL {f}: no gateway ConfigMap with proxy.yaml")
+            continue
+        error = pgwarden_check_config(cfg_text)
+        if error:
+            ok = False
+            print(f"FAIL {f}: gateway proxy.yaml: {error}")
+        else:
+            print(f"ok   {f}: gateway proxy.yaml accepted by pgwarden check-config")
+    return ok
+
+
+def check_gateway_rbac_only(f: str, release_ns: str, namespaces: list[str]) -> bool:
+    """FILE grants the gateway list+watch on pods in exactly NAMESPACES (none: cluster-wide), and its
+    proxy.yaml watches those namespaces."""
+    c = Checker(Path(f), release_ns)
+    cfg = c.gateway_config()
+    deploy = c.one_of("gateway", "Deployment")
+    if cfg is None or deploy is None:
+        c.error("no gateway rendered")
+    else:
+        watched = (cfg.get("pod_identity") or {}).get("namespaces")
+        if watched != namespaces:
+            c.error(f"proxy.yaml pod_identity.namespaces is {watched}, want {namespaces}")
+        c.check_gateway_rbac(deploy["spec"]["template"]["spec"].get("serviceAccountName"), namespaces)
+    for e in c.errors:
+        print(f"FAIL {f}: {e}")
+    if not c.errors:
+        where = f"Role+RoleBinding in {', '.join(namespaces)}" if namespaces else "ClusterRole+ClusterRoleBinding"
+        print(f"ok   {f}: gateway may list+watch pods ({where}), nothing else")
+    return not c.errors
+
+
+def check_fleet_reader_only(f: str) -> bool:
+    c = Checker(Path(f), "")
+    if len(c.of_component("fleet-reader", "ClusterRole")) != 1:
+        c.error("expected one fleet-reader ClusterRole")
+    c.check_fleet_reader()
+    for e in c.errors:
+        print(f"FAIL {f}: {e}")
+    if not c.errors:
+        print(f"ok   {f}: {'; '.join(c.notes)}")
+    return not c.errors
+
+
 def walk(d: dict, prefix: str = ""):
     for k, v in d.items():
         path = f"{prefix}{k}"
@@ -451,6 +764,12 @@ def main(argv: list[str]) -> int:
         return 64
     if argv[1] == "--env-configs":
         return 0 if check_env_configs(argv[2:]) else 1
+    if argv[1] == "--gateway-configs":
+        return 0 if check_gateway_configs(argv[2:]) else 1
+    if argv[1] == "--gateway-rbac" and len(argv) >= 4:
+        return 0 if check_gateway_rbac_only(argv[3], argv[2], argv[4:]) else 1
+    if argv[1] == "--fleet-reader":
+        return 0 if check_fleet_reader_only(argv[2]) else 1
     release_ns, files = argv[1], argv[2:]
     ok = True
     for f in files:

@@ -3,6 +3,8 @@
 //! Precedence: a flag beats its `PGWARDEN_*` variable (clap's `env`), which beats the file; the file is
 //! `--config FILE` (or `PGWARDEN_CONFIG`), else the YAML text in `PGWARDEN_CONFIG_YAML`, else the defaults.
 
+pub mod fleet;
+
 use crate::config::overrides::Overrides;
 use crate::config::source::ConfigSource;
 use crate::config::ConfigError;
@@ -57,6 +59,11 @@ pub enum Command {
         /// Print the `/leaks` JSON instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Every injected pod at once, through the Kubernetes API server (or Prometheus): which workload leaks.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// The mutating admission webhook that injects the sidecar (HTTPS: POST /mutate, GET /healthz).
     Inject {
@@ -123,6 +130,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Proxy(source) => run_proxy(source),
         Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
         Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
+        Command::Fleet { command } => runtime()?.block_on(fleet::run(command)),
         Command::Demo { keep_running } => Ok(crate::demo::run(keep_running)?),
         Command::Inject { check: true, config, .. } => {
             let cfg = match config {
@@ -221,6 +229,14 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
         let mut server = Server::new(state.clone());
         if let Some(socket) = unix {
             server.listen_unix(socket);
+        }
+        if let Some(directory) = state.peers.clone() {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!("pod_identity.from: peer_address (gateway mode) needs the Kubernetes API: {e}")
+            })?;
+            let namespaces = config.pod_identity.namespaces.clone();
+            info!(namespaces = ?namespaces, "gateway mode: naming clients by the pod behind their address");
+            server.supervise("pod identity watch", crate::k8s::pods::watch(client, directory, namespaces));
         }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);

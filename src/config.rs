@@ -43,6 +43,8 @@ pub struct Config {
     /// `false` is report-only: nothing refused or closed, only counted and logged.
     pub enforce: bool,
     pub client_key: Vec<Field>,
+    /// Where the `pod`, `namespace` and `workload` fields come from: this pod, or the peer's pod (gateway).
+    pub pod_identity: PodIdentityConfig,
     pub max_total_connections: Limit,
     /// Distinct clients labelled in metrics; the rest share the label `other`.
     pub max_tracked_clients: u32,
@@ -90,6 +92,30 @@ pub enum StatementText {
 pub enum OnLimit {
     Reject,
     Wait,
+}
+
+/// Where a connection's pod identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodIdentityFrom {
+    /// The sidecar's own pod, from the Downward API environment (`PGWARDEN_POD_*`).
+    DownwardApi,
+    /// Gateway mode: the pod whose IP the client connects from, from a watch on pods in the Kubernetes API.
+    PeerAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodIdentityConfig {
+    pub from: PodIdentityFrom,
+    /// `peer_address` only: the namespaces whose pods are watched; empty watches the whole cluster.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for PodIdentityConfig {
+    fn default() -> Self {
+        PodIdentityConfig { from: PodIdentityFrom::DownwardApi, namespaces: Vec::new() }
+    }
 }
 
 /// The largest `stats.statement_max_length`: a connection keeps up to four texts of this size (its last
@@ -188,6 +214,7 @@ impl Default for Config {
             shutdown_grace: secs(30),
             enforce: true,
             client_key: vec![Field::ApplicationName, Field::User],
+            pod_identity: PodIdentityConfig::default(),
             max_total_connections: Limit(None),
             max_tracked_clients: 200,
             stats: Stats::default(),
@@ -361,6 +388,20 @@ impl Config {
         for (i, f) in self.client_key.iter().enumerate() {
             if self.client_key[..i].contains(f) {
                 return fail("client_key", &format!("lists {} twice", f.name()));
+            }
+        }
+        if self.pod_identity.from == PodIdentityFrom::DownwardApi && !self.pod_identity.namespaces.is_empty() {
+            return fail("pod_identity.namespaces", "is only used with pod_identity.from: peer_address");
+        }
+        for (i, ns) in self.pod_identity.namespaces.iter().enumerate() {
+            let dns_label = |s: &str| {
+                (1..=63).contains(&s.len())
+                    && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !s.starts_with('-')
+                    && !s.ends_with('-')
+            };
+            if !dns_label(ns) {
+                return Err((format!("pod_identity.namespaces[{i}]"), format!("{ns:?} is not a namespace name")));
             }
         }
         if self.max_tracked_clients == 0 {

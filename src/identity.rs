@@ -58,6 +58,13 @@ impl PodIdentity {
         }
     }
 
+    /// Gateway mode, a peer that no known pod carries: `pod` and `workload` are `peer:<address>`, so such
+    /// clients stay apart by address and say how they were identified; `namespace` is unknown.
+    pub fn unknown_peer(peer: &Peer) -> Self {
+        let named = format!("peer:{}", peer.ip_label());
+        PodIdentity { pod: Some(named.clone()), workload: Some(named), ..Default::default() }
+    }
+
     pub fn in_kubernetes(&self) -> bool {
         self.pod.is_some()
     }

@@ -1,6 +1,11 @@
-//! The Kubernetes code: the mutating admission webhook that injects the sidecar (`inject`).
+//! The Kubernetes code: the mutating admission webhook that injects the sidecar (`inject`), gateway mode's
+//! pod watcher (`pods`), the fleet view that reads every sidecar through the API server (`fleet`), and the
+//! owner chain both use (`owner`).
 //!
-//! It depends on the config and nothing of the data path; the sidecar's own Kubernetes identity (the
-//! Downward API) is read in `identity`.
+//! None of it is on the data path; the sidecar's own Kubernetes identity (the Downward API) is read in
+//! `identity`, and sessions read the watcher's results from `pods::PodDirectory`.
 
+pub mod fleet;
 pub mod inject;
+pub mod owner;
+pub mod pods;

@@ -12,7 +12,7 @@
 //!    `config`, `identity`, `redact`, `logging`;
 //! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
 //!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
-//!    `http_server` (the limits both HTTP servers run under);
+//!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`);
@@ -28,6 +28,7 @@ pub mod identity;
 pub mod k8s;
 pub mod leak;
 pub mod logging;
+pub mod pods;
 pub mod policy;
 pub mod protocol;
 pub mod redact;

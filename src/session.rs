@@ -60,12 +60,13 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
             return;
         }
     };
-    let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &state.pod, &peer));
+    let pod = state.pod_of(&peer);
+    let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &pod, &peer));
     let guard = state.registry.register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
     let span =
         info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty, pod = field::Empty);
-    if let Some(pod) = &state.pod.pod {
+    if let Some(pod) = &pod.pod {
         span.record("pod", pod.as_str());
     }
     async move {

@@ -7,9 +7,11 @@
 //! any socket, task or loop (see `server`), nor what a session does (see `session`).
 
 use crate::clients::Clients;
+use crate::config::PodIdentityFrom;
 use crate::config::{Config, ConfigError};
-use crate::identity::PodIdentity;
+use crate::identity::{Peer, PodIdentity};
 use crate::leak::Detector;
+use crate::pods::{PeerPod, PodDirectory};
 use crate::registry::{signal, Conn, Registry};
 use crate::tls::ClientTlsSetup;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
@@ -152,7 +154,10 @@ pub const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(600);
 pub struct State {
     pub registry: Arc<Registry>,
     pub clients: Arc<Clients>,
-    pub pod: PodIdentity,
+    /// The pod this pgwarden runs in.
+    pub pod: Arc<PodIdentity>,
+    /// Gateway mode (`pod_identity.from: peer_address`): the pods by IP, kept by the pod watcher.
+    pub peers: Option<Arc<PodDirectory>>,
     pub dials: DialMetrics,
     pub local: LocalMetrics,
     /// Read once per connection (and on reload), never per message.
@@ -163,16 +168,31 @@ pub struct State {
 
 impl State {
     pub fn new(settings: Settings, pod: PodIdentity) -> Arc<State> {
+        let peers = (settings.config.pod_identity.from == PodIdentityFrom::PeerAddress).then(Arc::default);
         Arc::new(State {
             registry: Arc::default(),
             clients: Arc::default(),
-            pod,
+            pod: Arc::new(pod),
+            peers,
             dials: DialMetrics::default(),
             local: LocalMetrics::default(),
             settings: RwLock::new(Arc::new(settings)),
             detector: Mutex::default(),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The pod a connection from `peer` belongs to: this pod, or in gateway mode the pod behind the peer's
+    /// address (a peer no pod carries is named by its address: [`PodIdentity::unknown_peer`]).
+    pub fn pod_of(&self, peer: &Peer) -> Arc<PodIdentity> {
+        let Some(peers) = &self.peers else { return self.pod.clone() };
+        match peer {
+            Peer::Tcp(addr) => match peers.lookup(addr.ip()) {
+                PeerPod::Pod(pod) => pod,
+                PeerPod::Unknown => Arc::new(PodIdentity::unknown_peer(peer)),
+            },
+            Peer::Unix { .. } => Arc::new(PodIdentity::unknown_peer(peer)),
+        }
     }
 
     /// The settings new connections use now.

@@ -162,3 +162,23 @@ fn durations_past_a_year_are_refused_everywhere() {
     let ok = Config::from_yaml("defaults: {idle_timeout: 8760h}", "t.yaml").unwrap();
     assert_eq!(ok.defaults.idle_timeout.0, Some(super::values::MAX_DURATION));
 }
+
+#[test]
+fn pod_identity_from_peer_address_is_gateway_mode() {
+    let c = Config::from_yaml(
+        "pod_identity: {from: peer_address, namespaces: [shop, batch-1]}\nclient_key: [namespace, workload, user]\n\
+         rules: [{match: {workload: 'image-*'}, max_connections: 2}]",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.pod_identity.from, PodIdentityFrom::PeerAddress);
+    assert_eq!(c.pod_identity.namespaces, ["shop", "batch-1"]);
+    assert_eq!(Config::default().pod_identity.from, PodIdentityFrom::DownwardApi);
+    let err = |y: &str| Config::from_yaml(y, "t.yaml").unwrap_err().to_string();
+    let e = err("pod_identity: {namespaces: [shop]}");
+    assert!(e.contains("`pod_identity.namespaces`") && e.contains("peer_address"), "{e}");
+    let e = err("pod_identity: {from: peer_address, namespaces: [Shop_1]}");
+    assert!(e.contains("`pod_identity.namespaces[0]`") && e.contains("not a namespace name"), "{e}");
+    let e = err("pod_identity: {from: peer}");
+    assert!(e.contains("`pod_identity.from`"), "{e}");
+}

@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 pub const CONTAINER: &str = "pgwarden";
 /// The label that opts a pod out (`disabled`) or in (`enabled`, matched by the webhook configuration).
 pub const INJECT_LABEL: &str = "pgwarden.io/inject";
+/// The label the webhook puts on every pod it injects (value `true`), so `pgwarden fleet` and the budget
+/// coordinator list pods with a sidecar by selector.
+pub const INJECTED_LABEL: &str = "pgwarden.io/injected";
 pub const ADMIN_PORT_NAME: &str = "pgwarden-admin";
 /// The shared socket directory's volume (`pgwarden.io/unix-socket`).
 pub const SOCKET_VOLUME: &str = "pgwarden-socket";
@@ -92,6 +95,13 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
     } else {
         patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(annotations::STATUS)), "value": "injected"}));
     }
+    if meta.labels.is_none() {
+        patch.push(json!({"op": "add", "path": "/metadata/labels", "value": {INJECTED_LABEL: "true"}}));
+    } else {
+        patch.push(
+            json!({"op": "add", "path": format!("/metadata/labels/{}", escape(INJECTED_LABEL)), "value": "true"}),
+        );
+    }
     Ok(Some(patch))
 }
 
@@ -119,26 +129,9 @@ pub fn proxy_config(
     Ok(proxy)
 }
 
-/// The workload a pod belongs to, from its controller: a ReplicaSet's name minus its pod-template hash is
-/// the Deployment.
+/// The workload a pod belongs to (see `k8s::owner`).
 pub fn workload(pod: &Pod) -> String {
-    let meta = &pod.metadata;
-    let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    match owner {
-        Some(o) if o.kind == "ReplicaSet" => {
-            let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
-            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
-                Some(deployment) => deployment.to_string(),
-                None => o.name.rsplit_once('-').map_or(o.name.clone(), |(d, _)| d.to_string()),
-            }
-        }
-        Some(o) => o.name.clone(),
-        None => meta
-            .name
-            .clone()
-            .or_else(|| meta.generate_name.as_ref().map(|g| g.trim_end_matches('-').to_string()))
-            .unwrap_or_default(),
-    }
+    super::owner::workload(&pod.metadata)
 }
 
 fn sidecar(pod: &Pod, cfg: &InjectConfig, proxy: &Config) -> Value {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -64,7 +64,21 @@ async fn apply(state: &Arc<State>, source: &Arc<ConfigSource>, why: &str) {
     };
     match built {
         Ok(settings) => {
-            let same = *settings.config == *state.settings().config;
+            let before = state.settings();
+            let same = *settings.config == *before.config;
+            for (key, changed) in [
+                ("listen", settings.config.listen != before.config.listen),
+                ("listen_unix", settings.config.listen_unix != before.config.listen_unix),
+                ("admin_listen", settings.config.admin_listen != before.config.admin_listen),
+                ("pod_identity", settings.config.pod_identity != before.config.pod_identity),
+            ] {
+                if changed {
+                    warn!(
+                        trigger = why,
+                        key, "this key applies at the next restart only; the running proxy keeps its value"
+                    );
+                }
+            }
             state.update_settings(settings);
             if same {
                 debug!(trigger = why, "config re-read, unchanged");

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | liveness: 200 while the process serves |
-//! | `GET /readyz` | readiness: 200, or 503 while draining; never depends on the upstream's health |
+//! | `GET /readyz` | readiness: 200, or 503 while draining (and in gateway mode until pods were first listed); never depends on the upstream's health |
 //! | `GET /clients` | `{"identity": {...}, "clients": [...]}` |
 //! | `GET /connections` | `{"connections": [...]}` |
 //! | `GET /leaks` | `{"leaks": [...]}`, worst first |
@@ -94,6 +94,10 @@ impl Admin {
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" if state.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+            "/readyz" if state.peers.as_ref().is_some_and(|p| !p.synced()) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway mode: waiting for the first list of pods from the Kubernetes API\n".into(),
+            ),
             "/readyz" => text(StatusCode::OK, "ready\n".into()),
             "/metrics" => {
                 let max_tracked = state.settings().config.max_tracked_clients as usize;

@@ -11,11 +11,12 @@ mod labels;
 
 use super::stats::{ClientStats, Snapshot};
 use crate::clients::ClientEntry;
+use crate::pods::PodDirectory;
 use crate::state::State;
 use crate::vocab::{CloseReason, RefuseReason};
 use labels::{Counts, Labels, Live, OTHER};
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use std::sync::Mutex;
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::{Arc, Mutex};
 
 pub struct Exporter {
     registry: Registry,
@@ -28,13 +29,11 @@ pub struct Exporter {
     would_close: IntCounterVec,
     leak_suspects: IntGaugeVec,
     oldest_iit: GaugeVec,
+    /// Gateway mode: the pod directory and its series.
+    pod_identity: Option<PodIdentityMetrics>,
     /// Which label each client is exported under, and the counts that keep `_total` series monotonic;
     /// serialises scrapes.
     labels: Mutex<Labels>,
-}
-
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace("pgwarden")
 }
 
 macro_rules! register {
@@ -43,6 +42,47 @@ macro_rules! register {
         $registry.register(Box::new(m.clone())).expect("unique metric");
         m
     }};
+}
+
+struct PodIdentityMetrics {
+    directory: Arc<PodDirectory>,
+    pods: IntGauge,
+    synced: IntGauge,
+    unknown_peers: IntCounter,
+}
+
+impl PodIdentityMetrics {
+    fn new(r: &Registry, directory: Arc<PodDirectory>) -> PodIdentityMetrics {
+        PodIdentityMetrics {
+            directory,
+            pods: register!(r, IntGauge::with_opts(opts("pod_identity_pods", "gateway mode: pods known by IP"))),
+            synced: register!(
+                r,
+                IntGauge::with_opts(opts(
+                    "pod_identity_synced",
+                    "gateway mode: 1 once every watched namespace was listed"
+                ))
+            ),
+            unknown_peers: register!(
+                r,
+                IntCounter::with_opts(opts(
+                    "pod_identity_unknown_peers_total",
+                    "gateway mode: connections from an address no known pod carries (named peer:<address>)"
+                ))
+            ),
+        }
+    }
+
+    fn update(&self) {
+        self.pods.set(self.directory.len() as i64);
+        self.synced.set(self.directory.synced() as i64);
+        let total = self.directory.unknown_peers_total();
+        self.unknown_peers.inc_by(total.saturating_sub(self.unknown_peers.get()));
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("pgwarden")
 }
 
 impl Exporter {
@@ -65,7 +105,9 @@ impl Exporter {
             let v = |s: &Option<String>| s.clone().unwrap_or_default();
             info.with_label_values(&[v(&pod.pod), v(&pod.namespace), v(&pod.workload)]).set(1);
         }
+        let pod_identity = state.peers.clone().map(|d| PodIdentityMetrics::new(&r, d));
         Exporter {
+            pod_identity,
             connections: register!(
                 r,
                 IntGaugeVec::new(opts("client_connections", "connections by client and state"), &["client", "state"])
@@ -138,6 +180,9 @@ impl Exporter {
             v.reset();
         }
         self.oldest_iit.reset();
+        if let Some(p) = &self.pod_identity {
+            p.update();
+        }
         for ((s, _), l) in stats.iter().zip(&label_of) {
             let l = l.as_str();
             for (state, n) in [

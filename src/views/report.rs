@@ -16,6 +16,16 @@ pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
 
 /// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body.
 pub async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> anyhow::Result<T> {
+    let body = get(admin, path).await?;
+    serde_json::from_slice(&body).with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
+}
+
+/// GETs `path` from the admin URL; the body of a 2xx answer as text.
+pub async fn get_text(admin: &str, path: &str) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&get(admin, path).await?).into_owned())
+}
+
+async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
     let authority = admin
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--admin must be an http:// URL, got {admin:?}"))?
@@ -32,7 +42,7 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -
         if !status.is_success() {
             bail!("{admin}{path} answered {status}");
         }
-        serde_json::from_slice(&body).with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
+        Ok(body)
     };
     tokio::time::timeout(Duration::from_secs(10), fetch).await.map_err(|_| anyhow!("{admin}{path} timed out"))?
 }
@@ -153,6 +163,9 @@ mod tests {
             application_name: Some(name.into()),
             user: None,
             database: None,
+            namespace: None,
+            workload: None,
+            pod: None,
             open,
             active: 0,
             idle: open,

@@ -22,6 +22,13 @@ pub struct ClientStats {
     pub application_name: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
+    /// The pod fields, present when they are in the client key (gateway mode names clients by them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub open: u32,
     pub active: u32,
     pub idle: u32,
@@ -198,6 +205,9 @@ impl Snapshot {
             application_name: entry.id.get(Field::ApplicationName).map(str::to_string),
             user: entry.id.get(Field::User).map(str::to_string),
             database: entry.id.get(Field::Database).map(str::to_string),
+            namespace: entry.id.get(Field::Namespace).map(str::to_string),
+            workload: entry.id.get(Field::Workload).map(str::to_string),
+            pod: entry.id.get(Field::Pod).map(str::to_string),
             open: c.open.load(Relaxed),
             active: count(&|s| s == ConnState::Active),
             idle: count(&|s| s == ConnState::Idle),

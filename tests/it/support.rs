@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_kube;
 pub mod libpq;
 pub mod pg;
 pub mod proxy;

@@ -50,6 +50,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-injector" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The gateway's Deployment, Service, ServiceAccount, ConfigMap and RBAC objects (gateway.enabled). */}}
+{{- define "pgwarden.gatewayName" -}}
+{{- printf "%s-gateway" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The ClusterRole for people running `pgwarden fleet` (fleetReader.create). */}}
+{{- define "pgwarden.fleetReaderName" -}}
+{{- printf "%s-fleet-reader" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Secret holding tls.crt, tls.key and ca.crt of the webhook's serving certificate. */}}
 {{- define "pgwarden.tlsSecretName" -}}
 {{- printf "%s-injector-tls" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
@@ -81,7 +91,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- splitList ":" . | last }}
 {{- end }}
 
-{{/* Fails the render when the sidecar ports and the proxy's listen addresses disagree. */}}
+{{/* Fails the render on values the schema cannot reject: sidecar ports that disagree with the proxy's listen
+    addresses, a PodDisruptionBudget that blocks drains, a gateway without an upstream. */}}
 {{- define "pgwarden.validate" -}}
 {{- $listenPort := include "pgwarden.portOf" .Values.proxy.listen }}
 {{- if ne $listenPort (toString .Values.sidecar.listenPort) }}
@@ -96,5 +107,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and .Values.injector.podDisruptionBudget.enabled (le (int .Values.injector.replicas) (int .Values.injector.podDisruptionBudget.minAvailable)) }}
 {{- fail (printf "injector.podDisruptionBudget.minAvailable (%v) must be below injector.replicas (%v), or node drains block; disable the PodDisruptionBudget for a single replica" .Values.injector.podDisruptionBudget.minAvailable .Values.injector.replicas) }}
+{{- end }}
+{{- with .Values.gateway }}
+{{- if .enabled }}
+{{- if not .upstream }}
+{{- fail "gateway.upstream is required when gateway.enabled is true: the database the gateway proxies to, as host:port (e.g. --set gateway.upstream=postgres.db.svc:5432)" }}
+{{- end }}
+{{- if eq (int .port) (int .adminPort) }}
+{{- fail (printf "gateway.port and gateway.adminPort must differ (both %v)" .port) }}
+{{- end }}
+{{- range $key, $value := dict "listen" "gateway.port" "admin_listen" "gateway.adminPort" "upstream" "gateway.upstream" "client_key" "gateway.clientKey" }}
+{{- if hasKey $.Values.gateway.config $key }}
+{{- fail (printf "gateway.config.%s: the chart sets it from %s; set that instead" $key $value) }}
+{{- end }}
+{{- end }}
+{{- if and .podDisruptionBudget.enabled (le (int .replicas) (int .podDisruptionBudget.minAvailable)) }}
+{{- fail (printf "gateway.podDisruptionBudget.minAvailable (%v) must be below gateway.replicas (%v), or node drains block; disable the PodDisruptionBudget for a single replica" .podDisruptionBudget.minAvailable .replicas) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -62,6 +62,7 @@ fn statefulset_pod_gets_the_sidecar_first_in_init_containers() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["ports"][0]["name"], ADMIN_PORT_NAME);
     assert_eq!(doc["metadata"]["annotations"][annotations::STATUS], "injected");
+    assert_eq!(doc["metadata"]["labels"][INJECTED_LABEL], "true", "findable by the selector fleet uses");
 }
 
 #[test]
@@ -70,7 +71,10 @@ fn deployment_pod_without_init_containers_gets_the_list_created() {
     let ops = mutate(&p, &InjectConfig::default(), None).unwrap().unwrap();
     assert_eq!(ops[0]["path"], "/spec/initContainers");
     assert_eq!(ops[1]["path"], "/metadata/annotations/pgwarden.io~1status", "`/` escaped as ~1");
+    assert_eq!(ops[2]["path"], "/metadata/labels/pgwarden.io~1injected", "added beside the pod's own labels");
     let doc = patched(&p, &ops);
+    assert_eq!(doc["metadata"]["labels"]["app"], "checkout-api", "the pod's labels are kept");
+    assert_eq!(doc["metadata"]["labels"][INJECTED_LABEL], "true");
     let c = &doc["spec"]["initContainers"][0];
     let cfg = Config::from_yaml(env(c, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap(), "sidecar").unwrap();
     assert_eq!(cfg.defaults.max_connections, Limit(Some(20)));

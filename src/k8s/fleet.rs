@@ -1,0 +1,108 @@
+//! `pgwarden fleet`: the leak picture of every injected pod at once, read from a laptop through the
+//! Kubernetes API server, or from Prometheus.
+//!
+//! - `read`: lists the pods labelled `pgwarden.io/injected=true` and GETs each sidecar's `/clients` and
+//!   `/leaks` through the API server's pod proxy, bounded in concurrency and time per pod;
+//! - `prometheus`: the same figures from Prometheus' HTTP API (one query per figure, not one read per pod);
+//! - `aggregate`: a pure function from per-pod reports to the summary per workload and per client;
+//! - `render`: the text the commands print.
+//!
+//! The report types below are what both sources produce and what `aggregate` consumes.
+
+pub mod aggregate;
+pub mod prometheus;
+pub mod read;
+pub mod render;
+
+use serde::{Deserialize, Serialize};
+
+/// One client of one pod, as much as both sources know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientFigures {
+    pub client: String,
+    pub open: u32,
+    pub suspects: u32,
+    pub refused_total: u64,
+    pub oldest_idle_in_transaction_seconds: Option<f64>,
+    /// Distinct reasons of its suspects (empty from Prometheus, which does not export them).
+    #[serde(default)]
+    pub leak_reasons: Vec<String>,
+}
+
+/// A suspect connection of one pod: the evidence a verdict cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub pod: String,
+    pub client: String,
+    pub backend_pid: Option<i32>,
+    pub state: String,
+    pub state_seconds: f64,
+    pub age_seconds: f64,
+    pub last_statement: Option<String>,
+    pub leak_reason: Option<String>,
+    /// Set when pgwarden already reclaimed it: how it ended.
+    pub closed_reason: Option<String>,
+}
+
+/// What one pod's sidecar said, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodReport {
+    pub namespace: String,
+    pub pod: String,
+    /// The sidecar's own identity (`PGWARDEN_WORKLOAD`), else the pod's owner chain.
+    pub workload: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Read { clients: Vec<ClientFigures>, evidence: Vec<Evidence> },
+    Failed { reason: String },
+}
+
+impl PodReport {
+    /// The report of a pod read through its admin API.
+    pub fn from_sidecar(
+        namespace: &str,
+        pod: &str,
+        fallback_workload: &str,
+        clients: &crate::views::stats::ClientsResponse,
+        leaks: &crate::views::stats::LeaksResponse,
+    ) -> PodReport {
+        let figures = clients
+            .clients
+            .iter()
+            .map(|c| ClientFigures {
+                client: c.client.clone(),
+                open: c.open,
+                suspects: c.suspect_connections,
+                refused_total: c.refused_total,
+                oldest_idle_in_transaction_seconds: c.oldest_idle_in_transaction_seconds,
+                leak_reasons: c.leak_reasons.clone(),
+            })
+            .collect();
+        let evidence = leaks
+            .leaks
+            .iter()
+            .flat_map(|l| l.suspects.iter())
+            .map(|s| Evidence {
+                pod: pod.to_string(),
+                client: s.client.clone(),
+                backend_pid: s.backend_pid,
+                state: s.state.clone(),
+                state_seconds: s.state_seconds,
+                age_seconds: s.age_seconds,
+                last_statement: s.last_statement.clone(),
+                leak_reason: s.leak_reason.clone(),
+                closed_reason: s.closed_reason.clone(),
+            })
+            .collect();
+        PodReport {
+            namespace: clients.identity.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+            pod: pod.to_string(),
+            workload: clients.identity.workload.clone().unwrap_or_else(|| fallback_workload.to_string()),
+            outcome: Outcome::Read { clients: figures, evidence },
+        }
+    }
+}

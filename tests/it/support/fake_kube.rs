@@ -1,0 +1,273 @@
+//! A small fake Kubernetes API server on a loopback port: pods that list and watch (label and field
+//! selectors ignored except `labelSelector=k=v`), pod proxy answers set by the test, and a kubeconfig that
+//! points at it, so both in-process kube clients and the `pgwarden` binary talk to it over real HTTP.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct World {
+    pods: Vec<Value>,
+    version: u64,
+    watchers: Vec<(Option<String>, mpsc::UnboundedSender<Value>)>,
+    /// Pod proxy answers by path (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/clients`).
+    answers: HashMap<String, (u16, String)>,
+    requests: Vec<String>,
+}
+
+pub struct FakeKube {
+    pub addr: SocketAddr,
+    world: Arc<Mutex<World>>,
+}
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+pub fn status(code: u16, reason: &str, message: &str) -> String {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+        .to_string()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn query(q: &str) -> HashMap<String, String> {
+    q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), decode(v))).collect()
+}
+
+fn matches(pod: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool {
+    if namespace.is_some_and(|ns| pod["metadata"]["namespace"] != ns) {
+        return false;
+    }
+    selector.is_none_or(|sel| {
+        sel.split(',').filter(|s| !s.is_empty()).all(|term| match term.split_once('=') {
+            Some((k, v)) => pod["metadata"]["labels"][k] == v,
+            None => true,
+        })
+    })
+}
+
+impl FakeKube {
+    pub async fn start() -> FakeKube {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let world: Arc<Mutex<World>> = Arc::default();
+        let w = world.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let w = w.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let w = w.clone();
+                        async move { Ok::<_, Infallible>(route(&w, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeKube { addr, world }
+    }
+
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap()
+    }
+
+    /// Adds (or replaces, by uid) a pod and tells the watchers.
+    pub fn add_pod(&self, mut pod: Value) {
+        let mut w = self.world();
+        w.version += 1;
+        pod["metadata"]["resourceVersion"] = json!(w.version.to_string());
+        let uid = pod["metadata"]["uid"].clone();
+        let kind = if w.pods.iter().any(|p| p["metadata"]["uid"] == uid) { "MODIFIED" } else { "ADDED" };
+        w.pods.retain(|p| p["metadata"]["uid"] != uid);
+        w.pods.push(pod.clone());
+        notify(&mut w, kind, &pod);
+    }
+
+    /// Deletes a pod by namespace and name and tells the watchers.
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let mut w = self.world();
+        w.version += 1;
+        let Some(i) =
+            w.pods.iter().position(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)
+        else {
+            return;
+        };
+        let mut pod = w.pods.remove(i);
+        pod["metadata"]["resourceVersion"] = json!(w.version.to_string());
+        notify(&mut w, "DELETED", &pod);
+    }
+
+    /// Ends every watch with `410 Gone`, as an API server does when a watcher's version is compacted away.
+    pub fn expire_watches(&self) {
+        let mut w = self.world();
+        let event = json!({"type": "ERROR", "object": serde_json::from_str::<Value>(&status(410, "Expired", "too old resource version")).unwrap()});
+        for (_, tx) in w.watchers.drain(..) {
+            let _ = tx.send(event.clone());
+        }
+    }
+
+    /// The answer of a pod proxy path (or any other GET path).
+    pub fn answer(&self, path: &str, code: u16, body: impl Into<String>) {
+        self.world().answers.insert(path.to_string(), (code, body.into()));
+    }
+
+    /// Paths (with query) requested so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.world().requests.clone()
+    }
+
+    /// Watches open now.
+    pub fn watchers(&self) -> usize {
+        let mut w = self.world();
+        w.watchers.retain(|(_, tx)| !tx.is_closed());
+        w.watchers.len()
+    }
+
+    /// A kubeconfig whose current context `fake` points here with namespace `namespace`; a second context
+    /// `other` points at a closed port.
+    pub fn kubeconfig(&self, dir: &Path, namespace: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             - name: nowhere\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
+             user: tester\n    namespace: {namespace}\n- name: other\n  context:\n    cluster: nowhere\n    user: tester\n\
+             users:\n- name: tester\n  user:\n    token: not-a-real-token\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+fn notify(w: &mut World, kind: &str, pod: &Value) {
+    let event = json!({"type": kind, "object": pod});
+    w.watchers.retain(|(ns, tx)| {
+        if ns.as_deref().is_some_and(|ns| pod["metadata"]["namespace"] != ns) {
+            return !tx.is_closed();
+        }
+        tx.send(event.clone()).is_ok()
+    });
+}
+
+fn route(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let q = query(req.uri().query().unwrap_or(""));
+    let mut w = world.lock().unwrap();
+    w.requests.push(req.uri().to_string());
+    if let Some((code, body)) = w.answers.get(&path) {
+        return full(*code, body.clone());
+    }
+    let namespace = path.strip_prefix("/api/v1/namespaces/").and_then(|r| r.strip_suffix("/pods"));
+    if path != "/api/v1/pods" && namespace.is_none() {
+        if path.contains("/proxy/") {
+            return full(
+                503,
+                status(503, "ServiceUnavailable", "error trying to reach service: dial tcp: connection refused"),
+            );
+        }
+        return full(404, status(404, "NotFound", &format!("the server could not find {path}")));
+    }
+    let selector = q.get("labelSelector").map(String::as_str);
+    if q.get("watch").is_some_and(|v| v == "true" || v == "1") {
+        let (tx, rx) = mpsc::unbounded_channel::<Value>();
+        w.watchers.push((namespace.map(str::to_string), tx));
+        let selector = selector.map(str::to_string);
+        let ns = namespace.map(str::to_string);
+        let stream = futures_util::stream::unfold(rx, move |mut rx| {
+            let (selector, ns) = (selector.clone(), ns.clone());
+            async move {
+                loop {
+                    let event = rx.recv().await?;
+                    if event["type"] != "ERROR" && !matches(&event["object"], ns.as_deref(), selector.as_deref()) {
+                        continue;
+                    }
+                    let mut line = serde_json::to_vec(&event).unwrap();
+                    line.push(b'\n');
+                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx));
+                }
+            }
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap();
+    }
+    let items: Vec<&Value> = w.pods.iter().filter(|p| matches(p, namespace, selector)).collect();
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": w.version.to_string()}, "items": items});
+    full(200, list.to_string())
+}
+
+/// A running pod of `workload` (a Deployment's ReplicaSet) with `ip`, the sidecar's admin port named, and
+/// the injected label.
+pub fn pod(namespace: &str, name: &str, workload: &str, ip: &str, created: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": format!("uid-{namespace}-{name}-{ip}"),
+            "creationTimestamp": created,
+            "labels": {"app": workload, "pod-template-hash": "5f7c9d8b4", "pgwarden.io/injected": "true"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{workload}-5f7c9d8b4"),
+                                 "uid": "rs-uid", "controller": true}],
+            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:metadata": {}}}]
+        },
+        "spec": {
+            "nodeName": "node-a",
+            "serviceAccountName": workload,
+            "containers": [{"name": "app", "image": "app:1"}],
+            "initContainers": [{"name": "pgwarden", "image": "pgwarden:test", "restartPolicy": "Always",
+                                "ports": [{"name": "pgwarden-admin", "containerPort": 9187}]}]
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    })
+}
