@@ -12,6 +12,7 @@ mod config_cli;
 mod deadpeer;
 mod demo;
 mod dropin;
+mod fleet;
 mod gateway;
 mod inject;
 mod layers;

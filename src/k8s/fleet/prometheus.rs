@@ -16,14 +16,43 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// The queries, by figure. `{M}` is replaced by the label matchers (a namespace, or nothing).
-pub const QUERIES: [(&str, &str); 5] = [
-    ("open", "sum by (namespace, pod, client) (pgwarden_client_connections{M})"),
-    ("suspects", "sum by (namespace, pod, client) (pgwarden_client_leak_suspects{M})"),
-    ("refused", "sum by (namespace, pod, client) (pgwarden_client_connections_refused_total{M})"),
-    ("idle_in_transaction", "max by (namespace, pod, client) (pgwarden_client_oldest_idle_in_transaction_seconds{M})"),
-    ("workload", "max by (namespace, pod, workload) (pgwarden_info{M})"),
+/// A query per figure: its name, the aggregation, the metric and its own label matcher. `open` leaves out
+/// `waiting` (a waiting connection holds no slot, as in `/clients`).
+pub const QUERIES: [Query; 5] = [
+    Query {
+        figure: "open",
+        by: "sum by (namespace, pod, client)",
+        metric: "pgwarden_client_connections",
+        matcher: "state!=\"waiting\"",
+    },
+    Query {
+        figure: "suspects",
+        by: "sum by (namespace, pod, client)",
+        metric: "pgwarden_client_leak_suspects",
+        matcher: "",
+    },
+    Query {
+        figure: "refused",
+        by: "sum by (namespace, pod, client)",
+        metric: "pgwarden_client_connections_refused_total",
+        matcher: "",
+    },
+    Query {
+        figure: "idle_in_transaction",
+        by: "max by (namespace, pod, client)",
+        metric: "pgwarden_client_oldest_idle_in_transaction_seconds",
+        matcher: "",
+    },
+    Query { figure: "workload", by: "max by (namespace, pod, workload)", metric: "pgwarden_info", matcher: "" },
 ];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    pub figure: &'static str,
+    pub by: &'static str,
+    pub metric: &'static str,
+    pub matcher: &'static str,
+}
 
 /// One sample of an instant vector.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,13 +78,17 @@ struct Data {
     result: Vec<Sample>,
 }
 
-/// The query text for one figure, limited to `namespace` when given.
-pub fn query_text(template: &str, namespace: Option<&str>) -> String {
-    let matchers = match namespace {
-        Some(ns) => format!("{{namespace=\"{}\"}}", ns.replace('\\', "\\\\").replace('"', "\\\"")),
-        None => String::new(),
-    };
-    template.replace("{M}", &matchers)
+/// The PromQL of one figure, limited to `namespace` when given.
+pub fn query_text(q: &Query, namespace: Option<&str>) -> String {
+    let mut matchers: Vec<String> = Vec::new();
+    if let Some(ns) = namespace {
+        matchers.push(format!("namespace=\"{}\"", ns.replace('\\', "\\\\").replace('"', "\\\"")));
+    }
+    if !q.matcher.is_empty() {
+        matchers.push(q.matcher.to_string());
+    }
+    let selector = if matchers.is_empty() { String::new() } else { format!("{{{}}}", matchers.join(",")) };
+    format!("{} ({}{selector})", q.by, q.metric)
 }
 
 /// Parses one `/api/v1/query` answer into its samples.
@@ -121,8 +154,8 @@ pub fn reports(answers: &BTreeMap<&str, Vec<Sample>>) -> Vec<PodReport> {
 /// Runs every query of [`QUERIES`] against `base` and returns the pod reports.
 pub async fn read(base: &str, namespace: Option<&str>, timeout: Duration) -> anyhow::Result<Vec<PodReport>> {
     let mut answers = BTreeMap::new();
-    for (figure, template) in QUERIES {
-        let q = query_text(template, namespace);
+    for query in &QUERIES {
+        let (figure, q) = (query.figure, query_text(query, namespace));
         let path = format!("api/v1/query?query={}", encode(&q));
         let body = tokio::time::timeout(timeout, get(base, &path))
             .await
@@ -200,9 +233,12 @@ mod tests {
 
     #[test]
     fn queries_are_limited_to_a_namespace_and_encoded() {
-        let q = query_text(QUERIES[0].1, Some("shop"));
-        assert_eq!(q, "sum by (namespace, pod, client) (pgwarden_client_connections{namespace=\"shop\"})");
-        assert_eq!(query_text(QUERIES[0].1, None), "sum by (namespace, pod, client) (pgwarden_client_connections)");
+        let q = query_text(&QUERIES[0], Some("shop"));
+        assert_eq!(
+            q,
+            "sum by (namespace, pod, client) (pgwarden_client_connections{namespace=\"shop\",state!=\"waiting\"})"
+        );
+        assert_eq!(query_text(&QUERIES[1], None), "sum by (namespace, pod, client) (pgwarden_client_leak_suspects)");
         assert_eq!(encode("a b{x=\"1\"}"), "a%20b%7Bx%3D%221%22%7D");
     }
 

@@ -42,8 +42,7 @@ pub fn table(s: &Summary) -> String {
     );
     for w in &s.workloads {
         let pods: Vec<String> = w.leaking_pods.iter().map(|p| format!("{} ({})", p.pod, p.suspects)).collect();
-        let _ = writeln!(
-            out,
+        let row = format!(
             "{:<40} {:>4} {:>5} {:>7} {:>7} {:>10}  {}",
             cut(&format!("{}/{}", w.namespace, w.workload), 40),
             w.pods,
@@ -53,6 +52,7 @@ pub fn table(s: &Summary) -> String {
             secs(w.oldest_idle_in_transaction_seconds),
             pods.join(", ")
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     }
     let _ = writeln!(
         out,
@@ -60,8 +60,7 @@ pub fn table(s: &Summary) -> String {
         "WORKLOAD", "CLIENT", "PODS", "OPEN", "SUSPECT", "REFUSED", "OLDEST-IIT"
     );
     for c in &s.clients {
-        let _ = writeln!(
-            out,
+        let row = format!(
             "{:<30} {:<30} {:>4} {:>5} {:>7} {:>7} {:>10}  {}",
             cut(&format!("{}/{}", c.namespace, c.workload), 30),
             cut(&c.client, 30),
@@ -72,6 +71,7 @@ pub fn table(s: &Summary) -> String {
             secs(c.oldest_idle_in_transaction_seconds),
             c.leak_reasons.join(",")
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     }
     failures(&mut out, s);
     out
@@ -81,7 +81,7 @@ fn evidence_line(e: &Evidence) -> String {
     let pid = e.backend_pid.map_or_else(|| "-".to_string(), |p| p.to_string());
     let ended = e.closed_reason.as_deref().map_or(String::new(), |r| format!(", closed by pgwarden: {r}"));
     format!(
-        "    pod {}  client {}  backend pid {}  {} for {:.0}s (connection age {:.0}s{ended})  {}\n      last statement: {}",
+        "    pod {}  client {}  backend pid {}  {} for {:.0}s (connection age {:.0}s{ended})  flagged {}\n      last statement: {}",
         e.pod,
         e.client,
         pid,

@@ -196,7 +196,9 @@ fn route(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Resp
     let q = query(req.uri().query().unwrap_or(""));
     let mut w = world.lock().unwrap();
     w.requests.push(req.uri().to_string());
-    if let Some((code, body)) = w.answers.get(&path) {
+    let w = &mut *w;
+    let uri = req.uri().to_string();
+    if let Some((code, body)) = w.answers.get(&uri).or_else(|| w.answers.get(&path)) {
         return full(*code, body.clone());
     }
     let namespace = path.strip_prefix("/api/v1/namespaces/").and_then(|r| r.strip_suffix("/pods"));

@@ -32,10 +32,15 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start_proxy(config: Config) -> TestProxy {
+    start_proxy_as(config, PodIdentity::default()).await
+}
+
+/// A proxy that believes it runs in `pod` (as a sidecar reads it from the Downward API).
+pub async fn start_proxy_as(config: Config, pod: PodIdentity) -> TestProxy {
     let settings = Settings::new(config).expect("valid test config");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = State::new(settings, PodIdentity::default());
+    let state = State::new(settings, pod);
     let shutdown = CancellationToken::new();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
