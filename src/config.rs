@@ -390,6 +390,15 @@ impl Config {
                 return fail("client_key", &format!("lists {} twice", f.name()));
             }
         }
+        if self.pod_identity.from == PodIdentityFrom::PeerAddress
+            && !self.client_key.iter().any(|f| matches!(f, Field::Pod | Field::Namespace | Field::Workload))
+        {
+            return fail(
+                "client_key",
+                "pod_identity.from: peer_address names clients by their pod, but client_key has none of pod, \
+                 namespace, workload (e.g. [namespace, workload, application_name, user])",
+            );
+        }
         if self.pod_identity.from == PodIdentityFrom::DownwardApi && !self.pod_identity.namespaces.is_empty() {
             return fail("pod_identity.namespaces", "is only used with pod_identity.from: peer_address");
         }

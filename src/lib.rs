@@ -15,7 +15,8 @@
 //!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
-//! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`);
+//! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`: the
+//!    webhook, gateway mode's pod watcher, the fleet view);
 //! 5. **composition root**: `server` (listeners, accept loop, supervised tasks, reload, signals, drain);
 //! 6. **commands**: `demo`, `cli`.
 

@@ -177,8 +177,10 @@ fn pod_identity_from_peer_address_is_gateway_mode() {
     let err = |y: &str| Config::from_yaml(y, "t.yaml").unwrap_err().to_string();
     let e = err("pod_identity: {namespaces: [shop]}");
     assert!(e.contains("`pod_identity.namespaces`") && e.contains("peer_address"), "{e}");
-    let e = err("pod_identity: {from: peer_address, namespaces: [Shop_1]}");
+    let e = err("pod_identity: {from: peer_address, namespaces: [Shop_1]}\nclient_key: [workload]");
     assert!(e.contains("`pod_identity.namespaces[0]`") && e.contains("not a namespace name"), "{e}");
+    let e = err("pod_identity: {from: peer_address}");
+    assert!(e.contains("`client_key`") && e.contains("none of pod, namespace, workload"), "{e}");
     let e = err("pod_identity: {from: peer}");
     assert!(e.contains("`pod_identity.from`"), "{e}");
 }

@@ -342,6 +342,7 @@ async fn record_fleet_fixtures() {
             .unwrap();
     }
     let _ = child.kill();
+    let _ = child.wait();
     drop(clients);
     for p in proxies {
         p.stop().await;
