@@ -143,3 +143,53 @@ async fn watched_namespaces_are_listed_one_by_one() {
     assert!(paths.iter().any(|p| p.starts_with("/api/v1/namespaces/batch/pods?")), "{paths:?}");
     assert!(!paths.iter().any(|p| p.starts_with("/api/v1/pods")), "no cluster-wide request: {paths:?}");
 }
+
+#[tokio::test]
+async fn the_binary_in_gateway_mode_watches_pods_from_its_kubeconfig_and_says_when_it_has_no_api() {
+    let kube = FakeKube::start().await;
+    kube.add_pod(pod("shop", "web-5f7c9d8b4-bbbbb", "web", "127.0.0.3", "2026-12-01T10:00:00Z"));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "shop");
+    let yaml = "upstream_tls: disable\npod_identity: {from: peer_address}\nclient_key: [namespace, workload, application_name]\n";
+    let (mut child, port, admin) = crate::lifecycle::spawn_proxy_binary(
+        yaml,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{admin}");
+    let ready = async {
+        loop {
+            if pgwarden::views::report::get_text(&url, "/readyz").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready).await.expect("ready once the pods were listed");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config.user("postgres").dbname("postgres").application_name("web");
+    let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.simple_query("select 1").await.unwrap();
+    let clients: Value = pgwarden::views::report::get_json(&url, "/clients").await.unwrap();
+    assert_eq!(clients["clients"][0]["client"], "shop/web/web", "{clients}");
+    assert!(kube.requests().iter().any(|r| r.starts_with("/api/v1/pods?") && r.contains("watch=true")), "a watch");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // No Kubernetes API at all: exit 1 naming the setting, instead of a gateway that cannot name anyone.
+    let out = crate::lifecycle::bin()
+        .args(["proxy", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("PGWARDEN_CONFIG_YAML", yaml)
+        .env("KUBECONFIG", dir.path().join("missing"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pod_identity.from: peer_address (gateway mode) needs the Kubernetes API"), "{stderr}");
+}
