@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long, env = "PGWARDEN_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
         log_format: String,
     },
+    /// Print a shell completion script: `pgwarden completions bash > /etc/bash_completion.d/pgwarden`, or
+    /// `source <(pgwarden completions zsh)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// An end-to-end run of the incident pgwarden exists for, against a throwaway PostgreSQL.
     Demo {
         /// Leave the database, the proxy and the services running to explore with `top` (Ctrl-C ends).
@@ -128,9 +134,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Proxy(source) => run_proxy(source),
-        Command::Top { admin, once } => runtime()?.block_on(top(&admin, once)),
-        Command::Leaks { admin, json } => runtime()?.block_on(leaks(&admin, json)),
+        Command::Top { admin, once } => {
+            report::admin_authority(&admin).map_err(|m| ConfigError::invalid("--admin (or PGWARDEN_ADMIN)", m))?;
+            runtime()?.block_on(top(&admin, once))
+        }
+        Command::Leaks { admin, json } => {
+            report::admin_authority(&admin).map_err(|m| ConfigError::invalid("--admin (or PGWARDEN_ADMIN)", m))?;
+            runtime()?.block_on(leaks(&admin, json))
+        }
         Command::Fleet { command } => runtime()?.block_on(fleet::run(command)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pgwarden", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Demo { keep_running } => Ok(crate::demo::run(keep_running)?),
         Command::Inject { check: true, config, .. } => {
             let cfg = match config {

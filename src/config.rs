@@ -280,6 +280,28 @@ pub enum Source {
     Defaults,
 }
 
+/// serde's messages in the words of a YAML file: no Rust type names.
+fn plain_words(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for int in ["u8", "u16", "u32", "u64", "usize", "i32", "i64"] {
+        out = out.replace(&format!("expected {int}"), "expected a whole number");
+    }
+    out = out.replace("expected struct Config", "expected a mapping of config keys (key: value)");
+    while let Some(i) = out.find("expected struct ") {
+        let end = out[i + 16..].find(|c: char| !c.is_alphanumeric()).map_or(out.len(), |e| i + 16 + e);
+        out.replace_range(i..end, "expected a mapping (key: value)");
+    }
+    out.replace("expected a sequence", "expected a list ([a, b])")
+        .replace("expected a scalar value", "expected a single value, not a list or a mapping")
+}
+
+/// Where an unknown top-level key is (serde_norway gives no position for it): ` at line N column 1`.
+fn unknown_key_line(msg: &str, text: &str) -> Option<String> {
+    let key = msg.strip_prefix("unknown field `")?.split('`').next()?;
+    let line = text.lines().position(|l| l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))?;
+    Some(format!(" at line {} column 1", line + 1))
+}
+
 impl Config {
     /// Parses YAML text; `origin` names the file or variable in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -294,6 +316,12 @@ impl Config {
             if let Some((prefix, rest)) = inner.split_once(": ") {
                 if !prefix.contains(' ') && path.starts_with(prefix) {
                     inner = rest.to_string();
+                }
+            }
+            inner = plain_words(&inner);
+            if !inner.contains(" at line ") {
+                if let Some(at) = unknown_key_line(&inner, text) {
+                    inner.push_str(&at);
                 }
             }
             if path.is_empty() || path == "." {

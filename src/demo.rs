@@ -114,7 +114,10 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     let verdict = verdict(&state, &pg.0, &tallies);
     println!("{}", verdict.as_ref().map_or_else(|e| format!("{e:#}"), |v| v.clone()));
     if keep_running {
-        println!("\n--keep-running: explore with `pgwarden top --admin http://{admin}` or `pgwarden leaks --admin http://{admin}`;");
+        let me = command_name();
+        println!(
+            "\n--keep-running: explore with `{me} top --admin http://{admin}` or `{me} leaks --admin http://{admin}`;"
+        );
         println!(
             "psql \"host=127.0.0.1 port={} user=app dbname=postgres\" goes through the proxy. Ctrl-C stops everything.",
             addr.port()
@@ -203,6 +206,30 @@ fn verdict(state: &State, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyho
         c.backend_pid.unwrap_or_default(),
         c.last_statement.as_deref().unwrap_or("-"),
     );
-    let _ = write!(out, "Against a running proxy, `pgwarden leaks` prints this evidence and exits 3; `pgwarden top` shows the table live.");
+    let me = command_name();
+    let _ = write!(
+        out,
+        "Against a running proxy, `{me} leaks` prints this evidence and exits 3; `{me} top` shows the table live."
+    );
+    if me != "pgwarden" {
+        let _ = write!(out, "\n(`cargo install --locked --path .` puts `pgwarden` on your PATH, in ~/.cargo/bin.)");
+    }
     Ok(out)
+}
+
+/// How to run this binary again from here: `pgwarden` when that is what PATH finds, else its path
+/// (relative to the current directory when under it, like `./target/release/pgwarden`).
+fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe() else { return "pgwarden".into() };
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("pgwarden").canonicalize().ok().as_ref() == Some(&exe))
+    });
+    if on_path {
+        return "pgwarden".into();
+    }
+    let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
+    match cwd.as_ref().and_then(|d| exe.strip_prefix(d).ok()) {
+        Some(rel) => format!("./{}", rel.display()),
+        None => exe.display().to_string(),
+    }
 }

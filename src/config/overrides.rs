@@ -80,6 +80,32 @@ impl Overrides {
     }
 }
 
+impl Overrides {
+    /// The flag (and its variable) that set config `key`, when one did: a validation error then names
+    /// what the user typed, not a file key they never wrote.
+    pub fn origin_of(&self, key: &str) -> Option<String> {
+        let flag = match key {
+            "listen" => (&self.listen, "listen"),
+            "upstream" => (&self.upstream, "upstream"),
+            "admin_listen" => (&self.admin_listen, "admin-listen"),
+            "log_format" => (&self.log_format, "log-format"),
+            "defaults.max_connections" => (&self.max_connections, "max-connections"),
+            "defaults.idle_timeout" => (&self.idle_timeout, "idle-timeout"),
+            "defaults.idle_in_transaction_timeout" => {
+                (&self.idle_in_transaction_timeout, "idle-in-transaction-timeout")
+            }
+            "defaults.max_connection_age" => (&self.max_connection_age, "max-connection-age"),
+            "defaults.on_limit" => (&self.on_limit, "on-limit"),
+            "defaults.wait_timeout" => (&self.wait_timeout, "wait-timeout"),
+            "enforce" => (&self.enforce, "enforce"),
+            _ => return None,
+        };
+        let (value, flag) = flag;
+        value.as_ref()?;
+        Some(format!("--{flag} (or PGWARDEN_{})", flag.to_ascii_uppercase().replace('-', "_")))
+    }
+}
+
 /// Parses a lowercase enum spelled as in the file.
 fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
     serde_norway::from_str(s.trim()).map_err(|e| {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Args)]
 pub struct ConfigSource {
-    /// Config file (YAML). It is re-read on SIGHUP.
+    /// Config file (YAML). Re-read when its content changes (checked every 0.5 s, so a mounted ConfigMap's
+    /// update applies) and on SIGHUP.
     #[arg(long, env = "PGWARDEN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The whole config file as YAML text (used by the injected sidecar).
@@ -27,7 +28,10 @@ impl ConfigSource {
             (None, None) => Config::default(),
         };
         self.overrides.apply(&mut config)?;
-        config.validate().map_err(|(key, msg)| ConfigError::invalid(format!("config key `{key}`"), msg))?;
+        config.validate().map_err(|(key, msg)| {
+            let origin = self.overrides.origin_of(&key).unwrap_or_else(|| format!("config key `{key}`"));
+            ConfigError::invalid(origin, msg)
+        })?;
         Ok(config)
     }
 }

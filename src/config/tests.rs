@@ -184,3 +184,20 @@ fn pod_identity_from_peer_address_is_gateway_mode() {
     let e = err("pod_identity: {from: peer}");
     assert!(e.contains("`pod_identity.from`"), "{e}");
 }
+
+#[test]
+fn messages_speak_yaml_not_rust() {
+    let err = |y: &str| Config::from_yaml(y, "t.yaml").unwrap_err().to_string();
+    let e = err("max_tracked_clients: off");
+    assert!(e.contains("`max_tracked_clients`") && e.contains("expected a whole number"), "{e}");
+    assert!(err("- a").contains("expected a mapping of config keys"));
+    let e = err("defaults: 5");
+    assert!(e.contains("expected a mapping (key: value)") && !e.contains("Policy"), "{e}");
+    assert!(err("client_key: application_name").contains("expected a list"));
+    assert!(err("listen: [1]").contains("expected a single value"));
+    let e = err("upstream: db:5432\nbogus: 1\n");
+    assert!(e.contains("unknown field `bogus`") && e.contains("at line 2 column 1"), "{e}");
+    for e in [err("max_tracked_clients: off"), err("- a"), err("defaults: 5")] {
+        assert!(!e.contains("u32") && !e.contains("struct"), "{e}");
+    }
+}

@@ -173,8 +173,9 @@ impl Detector {
                         reason = oldest.reason.as_str(),
                         backend_pid = oldest.conn.backend_pid(),
                         last_statement = statement.as_deref().unwrap_or(""),
-                        "leak suspected: client {key} holds {} suspect connection(s)",
-                        suspects.len()
+                        "leak suspected: client {key} holds {} suspect connection{}",
+                        suspects.len(),
+                        if suspects.len() == 1 { "" } else { "s" }
                     );
                 }
                 (None, true) => {

@@ -25,18 +25,30 @@ pub async fn get_text(admin: &str, path: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&get(admin, path).await?).into_owned())
 }
 
-async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
+/// The `host:port` of an admin URL, or why it is none (`http://host:port`, an optional trailing `/`).
+pub fn admin_authority(admin: &str) -> Result<&str, String> {
     let authority = admin
         .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--admin must be an http:// URL, got {admin:?}"))?
+        .ok_or_else(|| format!("must be an http:// URL like {DEFAULT_ADMIN}, got {admin:?}"))?
         .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(format!("must be http://HOST:PORT with no path, got {admin:?}"));
+    }
+    Ok(authority)
+}
+
+async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
+    let authority = admin_authority(admin).map_err(|m| anyhow!("--admin {m}"))?;
     let fetch = async {
         let stream =
             TcpStream::connect(authority).await.with_context(|| format!("cannot reach the admin API at {admin}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = Request::get(path).header("host", authority).body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("{admin}{path}: no HTTP answer (is {admin} a pgwarden admin API?)"))?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -107,29 +119,47 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
         return "no leaks suspected\n".to_string();
     }
     let mut out = String::new();
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     for l in &r.leaks {
         let s = &l.stats;
-        let _ = writeln!(
-            out,
-            "LEAK SUSPECTED: client {} holds {} connection(s) ({} cap), {} suspect now, reasons: {}; refused {}, timed out {}",
-            s.client,
-            s.open,
-            s.max_connections.map_or("no".to_string(), |n| n.to_string()),
-            s.suspect_connections,
+        let cap = s.max_connections.map_or("no cap".to_string(), |n| format!("cap {n}"));
+        let holds = plural(s.open as u64, "connection", "connections");
+        let tail = format!(
+            "reasons: {}; {} refused, {} timed out",
             s.leak_reasons.join(", "),
             s.refused_total,
             s.timed_out_total
         );
-        let _ =
-            writeln!(out, "  {:>8} {:<24} {:<42} {:>8} {:>8}  LAST STATEMENT", "PID", "REASON", "STATE", "IDLE", "AGE");
-        for c in &l.suspects {
-            let state = match (&c.closed_reason, c.closed_seconds_ago) {
-                (Some(why), Some(ago)) => format!("closed {why} {ago:.0}s ago"),
-                _ => c.state.clone(),
-            };
+        if s.suspect_connections > 0 {
             let _ = writeln!(
                 out,
-                "  {:>8} {:<24} {:<42} {:>7.0}s {:>7.0}s  {}",
+                "LEAK SUSPECTED: client {} holds {holds} ({cap}), {} suspect; {tail}",
+                s.client, s.suspect_connections
+            );
+        } else {
+            // Only reclaimed suspects are left: the evidence of a leak pgwarden already closed.
+            let closed = plural(l.suspects.len() as u64, "suspect connection", "suspect connections");
+            let _ = writeln!(
+                out,
+                "LEAK RECLAIMED: client {}: {closed} closed by pgwarden; it holds {holds} now ({cap}); {tail}",
+                s.client
+            );
+        }
+        let states: Vec<String> = l
+            .suspects
+            .iter()
+            .map(|c| match (&c.closed_reason, c.closed_seconds_ago) {
+                (Some(why), Some(ago)) => format!("closed {why} {ago:.0}s ago"),
+                _ => c.state.clone(),
+            })
+            .collect();
+        let w = states.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(5);
+        let _ =
+            writeln!(out, "  {:>8} {:<24} {:<w$} {:>8} {:>8}  LAST STATEMENT", "PID", "REASON", "STATE", "IDLE", "AGE");
+        for (c, state) in l.suspects.iter().zip(&states) {
+            let _ = writeln!(
+                out,
+                "  {:>8} {:<24} {:<w$} {:>7.0}s {:>7.0}s  {}",
                 c.backend_pid.map_or("-".to_string(), |p| p.to_string()),
                 c.leak_reason.as_deref().unwrap_or("-"),
                 state,
@@ -227,8 +257,27 @@ mod tests {
         let r =
             LeaksResponse { leaks: vec![LeakReport { stats: client("leaky", 5, 1), suspects: vec![conn, closed] }] };
         let text = leaks_report(&r);
-        assert!(text.contains("LEAK SUSPECTED: client leaky"));
+        assert!(text.starts_with("LEAK SUSPECTED: client leaky holds 5 connections (cap 5), 1 suspect;"), "{text}");
+        assert!(!text.contains("(s)"), "{text}");
+        let only_live = LeaksResponse {
+            leaks: vec![LeakReport { stats: client("leaky", 5, 1), suspects: vec![r.leaks[0].suspects[0].clone()] }],
+        };
+        let live_text = leaks_report(&only_live);
+        let row = live_text.lines().nth(2).unwrap();
+        assert!(row.find("55s").unwrap() < 50, "STATE is as wide as its values, not 42: {live_text}");
         assert!(text.contains("4242") && text.contains("select * from images where id = ?"));
         assert!(text.contains("closed idle_in_transact"));
+        // A client whose suspects were all reclaimed is no live leak: the report says so.
+        let mut gone = client("leaky", 0, 0);
+        gone.leak_reasons = vec!["idle_in_transaction".into()];
+        let r =
+            LeaksResponse { leaks: vec![LeakReport { stats: gone, suspects: vec![r.leaks[0].suspects[1].clone()] }] };
+        let text = leaks_report(&r);
+        assert!(
+            text.starts_with(
+                "LEAK RECLAIMED: client leaky: 1 suspect connection closed by pgwarden; it holds 0 connections now"
+            ),
+            "{text}"
+        );
     }
 }

@@ -42,6 +42,30 @@ fn bad_flags_and_env_exit_64_naming_them() {
     let out = bin().args(["proxy", "--idle-timeout", "whenever"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
+    // A value the flag's parser accepts but validation refuses still names the flag, not a file key.
+    let out = bin().args(["proxy", "--idle-timeout", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr.contains("--idle-timeout (or PGWARDEN_IDLE_TIMEOUT)") && stderr.contains("write `off`"), "{stderr}");
+    assert!(!stderr.contains("defaults.idle_timeout"), "{stderr}");
+    // An admin URL without its scheme is bad usage; an admin URL that is no pgwarden says which URL.
+    for cmd in ["top", "leaks"] {
+        let out = bin().args([cmd, "--admin", "127.0.0.1:9187"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd}: {stderr}");
+        assert!(stderr.contains("--admin") && stderr.contains("http://"), "{stderr}");
+    }
+    let not_http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", not_http.local_addr().unwrap());
+    let closer = std::thread::spawn(move || {
+        let (mut s, _) = not_http.accept().unwrap();
+        std::io::Write::write_all(&mut s, b"not http at all\r\n").unwrap();
+    });
+    let out = bin().args(["top", "--once", "--admin", &url]).output().unwrap();
+    closer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&url), "the error names the URL: {stderr}");
     let out = bin().args(["proxy"]).env("PGWARDEN_MAX_CONNECTIONS", "lots").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PGWARDEN_MAX_CONNECTIONS"));
@@ -50,6 +74,13 @@ fn bad_flags_and_env_exit_64_naming_them() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PGWARDEN_CONFIG_YAML: config key `enforce`"));
     let out = bin().args(["check-config", "/nonexistent/pgwarden.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let out = bin().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "an unknown shell is bad usage");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("fleet") && script.contains("idle-timeout"), "{shell}");
+    }
     let out = bin().arg("--version").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }

@@ -42,3 +42,16 @@ async fn one_warn_per_transition_in_report_only_mode() {
     assert_eq!(cleared.len(), 1, "one INFO on recovery:\n{stderr}");
     assert_eq!(cleared[0]["level"], "INFO");
 }
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let (mut child, port, _) =
+        spawn_proxy_binary("upstream_tls: disable\n", &[("RUST_LOG", "info")], Stdio::piped()).await;
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(stderr.contains("pgwarden proxy ready"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "ANSI escapes in piped logs: {stderr:?}");
+}
