@@ -31,10 +31,7 @@ pub fn record(pod: &Pod) -> Option<PodRecord> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
-    if spec.host_network == Some(true) || meta.deletion_timestamp.is_some() && status.pod_ip.is_none() {
-        return None;
-    }
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if spec.host_network == Some(true) || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return None;
     }
     let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();

@@ -59,7 +59,8 @@ async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
     tokio::time::timeout(Duration::from_secs(10), fetch).await.map_err(|_| anyhow!("{admin}{path} timed out"))?
 }
 
-fn opt_secs(v: Option<f64>) -> String {
+/// Seconds rounded, `-` for none (the tables' age columns).
+pub fn opt_secs(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"))
 }
 
@@ -172,7 +173,8 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
     out
 }
 
-fn truncate(s: &str, n: usize) -> String {
+/// At most `n` characters, the last one `…` when cut.
+pub fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {

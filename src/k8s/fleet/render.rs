@@ -2,21 +2,8 @@
 
 use super::aggregate::{Summary, WorkloadSummary};
 use super::Evidence;
+use crate::views::report::{opt_secs as secs, truncate as cut};
 use std::fmt::Write as _;
-
-fn secs(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"))
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
-}
 
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
