@@ -255,6 +255,11 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
             info!(namespaces = ?namespaces, "gateway mode: naming clients by the pod behind their address");
             server.supervise("pod identity watch", crate::k8s::pods::watch(client, directory, namespaces));
         }
+        if config.budget.coordinator.is_some() {
+            let poller = crate::k8s::budget::client::Poller::new(state.clone(), config.budget.clone())
+                .map_err(|e| ConfigError::invalid("budget", format!("{e:#}")))?;
+            server.supervise("budget client", poller.run());
+        }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
         signals::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
@@ -306,12 +311,34 @@ fn run_inject(
                 None
             }
         };
-        let injector = std::sync::Arc::new(server::Injector { config: inject_config, kube });
+        let mut limits = crate::http_server::Limits::default();
+        let coordinator = if inject_config.budgets.enabled {
+            let Some(client) = kube.clone() else {
+                return Err(anyhow::anyhow!("budgets.enabled: the budget coordinator needs the Kubernetes API").into());
+            };
+            let budgets = &inject_config.budgets;
+            let members = std::sync::Arc::new(crate::k8s::budget::members::Members::new(budgets.entries.clone()));
+            let selector = format!("{}=true", crate::k8s::inject::INJECTED_LABEL);
+            tokio::spawn(crate::k8s::pods::watch_into(
+                client.clone(),
+                members.clone(),
+                Vec::new(),
+                Some(selector),
+                "budget coordinator",
+            ));
+            limits.max_connections = budgets.max_connections;
+            info!(entries = budgets.entries.len(), audience = %budgets.audience, "budget coordinator on: GET /v1/share");
+            let reviewer = crate::k8s::budget::review::Reviewer::new(client, budgets.audience.clone());
+            Some(crate::k8s::budget::coordinator::Coordinator { members, reviewer })
+        } else {
+            None
+        };
+        let injector = std::sync::Arc::new(server::Injector { config: inject_config, kube, coordinator });
         let stop = CancellationToken::new();
         let (reload_tx, _reload_rx) = mpsc::channel(1);
         signals::spawn_signal_handlers(stop.clone(), reload_tx).map_err(anyhow::Error::from)?;
         info!(listen = %listen_addr, "pgwarden injector ready");
-        server::serve(injector, listener, cert, stop).await?;
+        server::serve_with(injector, listener, cert, stop, limits).await?;
         Ok(())
     })
 }

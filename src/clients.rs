@@ -75,6 +75,8 @@ struct Table {
     clients: HashMap<String, ClientSlots>,
     total_open: u32,
     total_cap: Option<u32>,
+    /// This pod's share of its workload budget (`None`: no budget cap), set by the budget poller.
+    budget_cap: Option<u32>,
     next_seq: u64,
     /// Waiters queued over all clients: a disconnect with nobody waiting scans no client.
     waiters: usize,
@@ -119,6 +121,7 @@ impl Clients {
         let mut t = self.lock();
         t.total_cap = caps.total.0;
         let total_full = caps.total.0.is_some_and(|cap| t.total_open >= cap);
+        let budget_full = t.budget_cap.is_some_and(|cap| t.total_open >= cap);
         let slots = t.slots(client);
         *slots.entry.max_connections.lock().unwrap_or_else(|e| e.into_inner()) = caps.client.0;
         let client_full = caps.client.0.is_some_and(|cap| slots.open >= cap) || !slots.waiters.is_empty();
@@ -126,6 +129,8 @@ impl Clients {
             Some(RefuseReason::ClientLimit)
         } else if total_full {
             Some(RefuseReason::TotalLimit)
+        } else if budget_full {
+            Some(RefuseReason::Budget)
         } else {
             None
         };
@@ -182,6 +187,20 @@ impl Clients {
         gone
     }
 
+    /// This pod's budget share changed (`None`: no budget cap): waiters that now fit are admitted at once.
+    /// Connections already open above a smaller cap stay; the caller decides whether to reclaim idle ones.
+    pub fn set_budget_cap(self: &Arc<Self>, cap: Option<u32>) {
+        let mut t = self.lock();
+        if t.budget_cap != cap {
+            t.budget_cap = cap;
+            self.dispatch(&mut t);
+        }
+    }
+
+    pub fn budget_cap(&self) -> Option<u32> {
+        self.lock().budget_cap
+    }
+
     /// New settings: every client's cap (also of its queued waiters) and the total cap are recomputed with
     /// `cap_of`, and waiters that now fit are admitted at once.
     pub fn recheck(self: &Arc<Self>, cap_of: impl Fn(&ClientId) -> Option<u32>, total: Option<u32>) {
@@ -226,7 +245,7 @@ impl Clients {
             if t.waiters == 0 {
                 return;
             }
-            if t.total_cap.is_some_and(|cap| t.total_open >= cap) {
+            if t.total_cap.into_iter().chain(t.budget_cap).any(|cap| t.total_open >= cap) {
                 return;
             }
             let next = t

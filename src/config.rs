@@ -52,6 +52,39 @@ pub struct Config {
     pub defaults: Policy,
     pub leak: Leak,
     pub rules: Vec<Rule>,
+    /// Workload budgets: where this sidecar asks for its share (the injector sets it; off by default).
+    pub budget: BudgetClient,
+}
+
+/// A sidecar's budget client: the coordinator to ask, how it is trusted, and what holds when it is away.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetClient {
+    /// `https://HOST[:PORT]` of the coordinator (the injector's Service); `None`: budgets off.
+    pub coordinator: Option<String>,
+    /// PEM CA certificates that sign the coordinator's certificate (the injector writes them inline);
+    /// without it and `ca_file`, the system's roots.
+    pub ca_pem: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// The projected ServiceAccount token (audience-bound), read again before every request.
+    pub token_file: PathBuf,
+    /// How long the last share holds once the coordinator stops answering (`off`: until it answers again).
+    pub keep_last: Timeout,
+    /// The per-pod cap after that, and before the first answer (`off`: none beyond the local rules).
+    pub fallback_max_connections: Limit,
+}
+
+impl Default for BudgetClient {
+    fn default() -> Self {
+        BudgetClient {
+            coordinator: None,
+            ca_pem: None,
+            ca_file: None,
+            token_file: PathBuf::from("/var/run/secrets/pgwarden.io/budget/token"),
+            keep_last: secs(60),
+            fallback_max_connections: Limit(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +254,7 @@ impl Default for Config {
             defaults: Policy::default(),
             leak: Leak::default(),
             rules: Vec::new(),
+            budget: BudgetClient::default(),
         }
     }
 }
@@ -439,6 +473,22 @@ impl Config {
             };
             if !dns_label(ns) {
                 return Err((format!("pod_identity.namespaces[{i}]"), format!("{ns:?} is not a namespace name")));
+            }
+        }
+        if let Some(url) = &self.budget.coordinator {
+            if !url.starts_with("https://") || url.len() <= "https://".len() {
+                return fail("budget.coordinator", "must be an https:// URL (the token it carries is a credential)");
+            }
+            if self.budget.ca_pem.is_some() && self.budget.ca_file.is_some() {
+                return fail("budget.ca_pem", "set ca_pem or ca_file, not both");
+            }
+            if let Some(pem) = &self.budget.ca_pem {
+                use rustls_pki_types::pem::PemObject;
+                let certs =
+                    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+                if !certs.is_ok_and(|c| !c.is_empty()) {
+                    return fail("budget.ca_pem", "holds no PEM certificate");
+                }
             }
         }
         if self.max_tracked_clients == 0 {

@@ -12,7 +12,8 @@
 //!    `config`, `identity`, `redact`, `logging`;
 //! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
 //!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
-//!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod);
+//!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod),
+//!    `budget` (workload budgets: the share function, budget entries, a sidecar's lease);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`: the
@@ -20,6 +21,7 @@
 //! 5. **composition root**: `server` (listeners, accept loop, supervised tasks, reload, signals, drain);
 //! 6. **commands**: `demo`, `cli`.
 
+pub mod budget;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -20,6 +20,8 @@ pub mod signal {
     pub const RELOAD: u8 = 1;
     /// The proxy is draining.
     pub const SHUTDOWN: u8 = 2;
+    /// The pod holds more than its workload budget share: close if still idle (see `State::apply_budget`).
+    pub const RECLAIM_BUDGET: u8 = 4;
 }
 
 /// Where a session's backend lives, so a CancelRequest carrying its key can be forwarded there.

@@ -6,6 +6,7 @@
 //! on it that span its parts (a settings update, a session's close, a round of housekeeping). Does not own:
 //! any socket, task or loop (see `server`), nor what a session does (see `session`).
 
+use crate::budget::lease::{self, Lease, Source};
 use crate::clients::Clients;
 use crate::config::PodIdentityFrom;
 use crate::config::{Config, ConfigError};
@@ -160,6 +161,8 @@ pub struct State {
     pub peers: Option<Arc<PodDirectory>>,
     pub dials: DialMetrics,
     pub local: LocalMetrics,
+    /// This pod's share of its workload budget (`budget.coordinator`), written by the budget poller.
+    pub budget: Arc<Lease>,
     /// Read once per connection (and on reload), never per message.
     settings: RwLock<Arc<Settings>>,
     detector: Mutex<Detector>,
@@ -169,6 +172,8 @@ pub struct State {
 impl State {
     pub fn new(settings: Settings, pod: PodIdentity) -> Arc<State> {
         let peers = (settings.config.pod_identity.from == PodIdentityFrom::PeerAddress).then(Arc::default);
+        let b = &settings.config.budget;
+        let budget = Arc::new(Lease::new(b.coordinator.is_some(), b.keep_last.0, b.fallback_max_connections.0));
         Arc::new(State {
             registry: Arc::default(),
             clients: Arc::default(),
@@ -176,6 +181,7 @@ impl State {
             peers,
             dials: DialMetrics::default(),
             local: LocalMetrics::default(),
+            budget,
             settings: RwLock::new(Arc::new(settings)),
             detector: Mutex::default(),
             draining: AtomicBool::new(false),
@@ -231,8 +237,40 @@ impl State {
         self.detector().closing(conn, Instant::now(), &self.settings().config.leak);
     }
 
-    /// One round of housekeeping: leak detection and forgetting long-idle clients.
+    /// Puts the budget cap in force now into admission and, when the budget says `reclaim_idle` and the pod
+    /// holds more than its share, tells the longest-idle connections above it to close (busy ones never).
+    /// Returns how many were told. Runs after every answer from the coordinator and at every housekeeping.
+    pub fn apply_budget(&self, now: Instant) -> usize {
+        if !self.budget.enabled {
+            return 0;
+        }
+        let view = self.budget.view(now);
+        self.clients.set_budget_cap(view.effective.cap);
+        let reclaiming = matches!(view.effective.source, Source::Share | Source::Kept)
+            && view.answer.as_ref().is_some_and(|a| a.reclaim_idle);
+        let (Some(cap), true) = (view.effective.cap, reclaiming) else { return 0 };
+        let open = self.clients.total_open();
+        if open <= cap {
+            return 0;
+        }
+        let conns = self.registry.snapshot();
+        let candidates: Vec<lease::Candidate> = conns
+            .iter()
+            .map(|c| {
+                let (state, since) = c.state_and_since();
+                lease::Candidate { id: c.id, state, since, listening: c.listening() }
+            })
+            .collect();
+        let chosen = lease::reclaim(&candidates, open, cap);
+        for conn in conns.iter().filter(|c| chosen.contains(&c.id)) {
+            conn.signal(signal::RECLAIM_BUDGET);
+        }
+        chosen.len()
+    }
+
+    /// One round of housekeeping: leak detection, forgetting long-idle clients, the budget cap.
     pub fn housekeeping(&self, now: Instant) {
+        self.apply_budget(now);
         let evidence = self.detector().clients_with_evidence();
         self.clients.prune(now, FORGET_IDLE_CLIENTS, |key| evidence.contains(key));
         let settings = self.settings();

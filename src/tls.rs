@@ -73,6 +73,32 @@ fn root_certs(config: &Config) -> Result<Vec<CertificateDer<'static>>, ConfigErr
     }
 }
 
+/// TLS towards the budget coordinator: its CA from `budget.ca_pem` or `budget.ca_file`, else the system's
+/// roots; the coordinator's name is checked as for any HTTPS server.
+pub fn budget_client_config(budget: &crate::config::BudgetClient) -> Result<Arc<ClientConfig>, ConfigError> {
+    let origin = |key: &str| format!("config key `budget.{key}`");
+    let certs: Vec<CertificateDer<'static>> = match (&budget.ca_pem, &budget.ca_file) {
+        (Some(pem), _) => CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid(origin("ca_pem"), e.to_string()))?,
+        (None, Some(path)) => CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConfigError::invalid(format!("{} ({})", origin("ca_file"), path.display()), e.to_string()))?,
+        (None, None) => rustls_native_certs::load_native_certs().certs,
+    };
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    if roots.is_empty() {
+        return Err(ConfigError::invalid(origin("ca_pem"), "no CA certificate to trust the coordinator with"));
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid(origin("coordinator"), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|e| format!("invalid TLS server name {host:?}: {e}"))
 }

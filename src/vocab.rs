@@ -46,6 +46,7 @@ reasons! {
         IdleTimeout => "idle_timeout",
         IdleInTransactionTimeout => "idle_in_transaction_timeout",
         MaxAge => "max_age",
+        BudgetReclaim => "budget_reclaim",
         Shutdown => "shutdown",
         Error => "error",
     }
@@ -56,6 +57,7 @@ reasons! {
     RefuseReason {
         ClientLimit => "client_limit",
         TotalLimit => "total_limit",
+        Budget => "budget",
         WaitTimeout => "wait_timeout",
     }
 }

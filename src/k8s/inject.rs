@@ -25,6 +25,10 @@ pub const ADMIN_PORT_NAME: &str = "pgwarden-admin";
 pub const SOCKET_VOLUME: &str = "pgwarden-socket";
 /// The client TLS Secret's volume (`pgwarden.io/client-tls-secret`).
 pub const CLIENT_TLS_VOLUME: &str = "pgwarden-client-tls";
+/// The projected ServiceAccount token the sidecar shows the budget coordinator (`budgets.enabled`).
+pub const BUDGET_TOKEN_VOLUME: &str = "pgwarden-budget-token";
+/// Where that token is mounted; the file is `token` in it.
+pub const BUDGET_TOKEN_DIR: &str = "/var/run/secrets/pgwarden.io/budget";
 
 /// The JSON Patch operations that inject the sidecar, or `None` when the pod needs none (opted out, or
 /// already injected). `configmap` is the text of the ConfigMap the pod's `pgwarden.io/config` names.
@@ -39,6 +43,9 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
     let annotations = meta.annotations.clone().unwrap_or_default();
     if has_sidecar || annotations.contains_key(annotations::STATUS) {
         return Ok(None);
+    }
+    if let Some(value) = annotations.get(crate::budget::spec::BUDGET_ANNOTATION) {
+        crate::budget::spec::parse_annotation(value)?;
     }
     let proxy = proxy_config(cfg, &annotations, configmap)?;
     let mut container = sidecar(pod, cfg, &proxy);
@@ -69,6 +76,12 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
         volumes.push(json!({"name": CLIENT_TLS_VOLUME, "secret": {"secretName": secret}}));
         sidecar_mounts
             .push(json!({"name": CLIENT_TLS_VOLUME, "mountPath": annotations::CLIENT_TLS_DIR, "readOnly": true}));
+    }
+    if cfg.budgets.enabled {
+        // Audience-bound and short-lived; the kubelet rotates it and the sidecar reads it before each request.
+        volumes.push(json!({"name": BUDGET_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": cfg.budgets.audience, "expirationSeconds": 3600, "path": "token"}}]}}));
+        sidecar_mounts.push(json!({"name": BUDGET_TOKEN_VOLUME, "mountPath": BUDGET_TOKEN_DIR, "readOnly": true}));
     }
     if !sidecar_mounts.is_empty() {
         container["volumeMounts"] = Value::Array(sidecar_mounts);
@@ -122,6 +135,16 @@ pub fn proxy_config(
     };
     annotations::apply(annotations, &mut proxy)?;
     proxy.admin_listen = HostPort { host: "0.0.0.0".into(), port: cfg.admin_port };
+    if cfg.budgets.enabled {
+        proxy.budget = crate::config::BudgetClient {
+            coordinator: cfg.budgets.url.clone(),
+            ca_pem: cfg.budget_ca_pem.clone(),
+            ca_file: None,
+            token_file: std::path::Path::new(BUDGET_TOKEN_DIR).join("token"),
+            keep_last: cfg.budgets.keep_last,
+            fallback_max_connections: cfg.budgets.fallback_max_connections,
+        };
+    }
     if !annotations.contains_key(annotations::LISTEN_PORT) && configmap.is_none() {
         proxy.listen = HostPort { host: "127.0.0.1".into(), port: cfg.listen_port };
     }

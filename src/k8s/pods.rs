@@ -1,5 +1,5 @@
-//! Gateway mode's pod watcher: list, then watch, the pods of the cluster (or of the listed namespaces) and
-//! keep `pods::PodDirectory` equal to them.
+//! The pod watcher: list, then watch, the pods of the cluster (or of the listed namespaces) and keep a
+//! [`PodSink`] equal to them: gateway mode's `pods::PodDirectory`, the budget coordinator's members.
 //!
 //! Owns: which pods become records ([`record`]: a pod with an IP of its own that has not ended; host-network
 //! pods share their node's address and are left out, so their clients are named by address), the list and
@@ -57,9 +57,54 @@ pub fn record(pod: &Pod) -> Option<PodRecord> {
     })
 }
 
+/// What a pod watch keeps equal to the pods it lists and watches (gateway mode's directory; the budget
+/// coordinator's members).
+pub trait PodSink: Send + Sync + 'static {
+    type Record: Send;
+    /// The record of a pod, or `None` when the pod is not one (then a record with its uid is removed).
+    fn record(pod: &Pod) -> Option<Self::Record>;
+    fn apply(&self, record: Self::Record);
+    fn remove(&self, uid: &str);
+    /// The full list of one scope (a namespace; `None`: all) replaces what the sink had of it.
+    fn replace_scope(&self, scope: Option<&str>, records: Vec<Self::Record>);
+    /// Every scope has been listed once.
+    fn mark_synced(&self);
+}
+
+impl PodSink for PodDirectory {
+    type Record = PodRecord;
+    fn record(pod: &Pod) -> Option<PodRecord> {
+        record(pod)
+    }
+    fn apply(&self, record: PodRecord) {
+        PodDirectory::apply(self, record)
+    }
+    fn remove(&self, uid: &str) {
+        PodDirectory::remove(self, uid)
+    }
+    fn replace_scope(&self, scope: Option<&str>, records: Vec<PodRecord>) {
+        PodDirectory::replace_scope(self, scope, records)
+    }
+    fn mark_synced(&self) {
+        PodDirectory::mark_synced(self)
+    }
+}
+
 /// Keeps `directory` equal to the pods of `namespaces` (all namespaces when empty). Errors are logged and
 /// retried with backoff (the directory keeps what it knew meanwhile); this never returns.
 pub async fn watch(client: kube::Client, directory: Arc<PodDirectory>, namespaces: Vec<String>) {
+    watch_into(client, directory, namespaces, None, "pod identity").await
+}
+
+/// Keeps `sink` equal to the pods of `namespaces` (all when empty) that match the label `selector`;
+/// `what` names the watch in logs. Never returns.
+pub async fn watch_into<S: PodSink>(
+    client: kube::Client,
+    sink: Arc<S>,
+    namespaces: Vec<String>,
+    selector: Option<String>,
+    what: &'static str,
+) {
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     let unsynced = Arc::new(AtomicUsize::new(scopes.len()));
@@ -68,71 +113,112 @@ pub async fn watch(client: kube::Client, directory: Arc<PodDirectory>, namespace
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        watch_scope(api, scope, directory.clone(), unsynced.clone())
+        let watch = Watch { api, scope, selector: selector.clone(), what };
+        watch.run(sink.clone(), unsynced.clone())
     });
     futures_util::future::join_all(tasks).await;
 }
 
-async fn watch_scope(api: Api<Pod>, scope: Option<String>, dir: Arc<PodDirectory>, unsynced: Arc<AtomicUsize>) {
-    let name = scope.as_deref().unwrap_or("all namespaces");
-    let mut backoff = Duration::from_millis(500);
-    let mut first = true;
-    loop {
-        let version = match list(&api, scope.as_deref(), &dir).await {
-            Ok((version, count)) => {
-                if first {
-                    first = false;
-                    if unsynced.fetch_sub(1, Relaxed) == 1 {
-                        dir.mark_synced();
-                    }
-                    info!(namespaces = name, pods = count, "pod identity: pods listed");
-                }
-                backoff = Duration::from_millis(500);
-                version
-            }
-            Err(e) => {
-                warn!(namespaces = name, error = %e, retry_in = ?backoff, "pod identity: cannot list pods");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        let mut version = version;
-        // Watch from the list's version; resume after each server timeout; relist when the version is gone.
+struct Watch {
+    api: Api<Pod>,
+    scope: Option<String>,
+    selector: Option<String>,
+    what: &'static str,
+}
+
+impl Watch {
+    async fn run<S: PodSink>(self, sink: Arc<S>, unsynced: Arc<AtomicUsize>) {
+        let (name, what) = (self.scope.as_deref().unwrap_or("all namespaces"), self.what);
+        let mut backoff = Duration::from_millis(500);
+        let mut first = true;
         loop {
-            match follow(&api, &mut version, &dir).await {
-                Ok(Follow::TimedOut) => backoff = Duration::from_millis(500),
-                Ok(Follow::Gone) => {
-                    debug!(namespaces = name, "pod identity: watch version gone; listing again");
-                    break;
+            let version = match self.list(&*sink).await {
+                Ok((version, count)) => {
+                    if first {
+                        first = false;
+                        if unsynced.fetch_sub(1, Relaxed) == 1 {
+                            sink.mark_synced();
+                        }
+                        info!(namespaces = name, pods = count, "{what}: pods listed");
+                    }
+                    backoff = Duration::from_millis(500);
+                    version
                 }
                 Err(e) => {
-                    warn!(namespaces = name, error = %e, retry_in = ?backoff, "pod identity: watch failed");
+                    warn!(namespaces = name, error = %e, retry_in = ?backoff, "{what}: cannot list pods");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    break;
+                    continue;
+                }
+            };
+            let mut version = version;
+            // Watch from the list's version; resume after each server timeout; relist when the version is gone.
+            loop {
+                match self.follow(&mut version, &*sink).await {
+                    Ok(Follow::TimedOut) => backoff = Duration::from_millis(500),
+                    Ok(Follow::Gone) => {
+                        debug!(namespaces = name, "{what}: watch version gone; listing again");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(namespaces = name, error = %e, retry_in = ?backoff, "{what}: watch failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
                 }
             }
         }
     }
-}
 
-/// Lists every page and replaces the scope's records; returns the list's resource version and the count.
-async fn list(api: &Api<Pod>, scope: Option<&str>, dir: &PodDirectory) -> kube::Result<(String, usize)> {
-    let mut records = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        records.extend(page.items.iter().filter_map(record));
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => {
-                let version = page.metadata.resource_version.unwrap_or_default();
-                let count = records.len();
-                dir.replace_scope(scope, records);
-                return Ok((version, count));
+    /// Lists every page and replaces the scope's records; returns the list's resource version and the count.
+    async fn list<S: PodSink>(&self, sink: &S) -> kube::Result<(String, usize)> {
+        let mut records = Vec::new();
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(selector) = &self.selector {
+            params = params.labels(selector);
+        }
+        loop {
+            let page = self.api.list(&params).await?;
+            records.extend(page.items.iter().filter_map(S::record));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => {
+                    let version = page.metadata.resource_version.unwrap_or_default();
+                    let count = records.len();
+                    sink.replace_scope(self.scope.as_deref(), records);
+                    return Ok((version, count));
+                }
             }
         }
+    }
+
+    async fn follow<S: PodSink>(&self, version: &mut String, sink: &S) -> kube::Result<Follow> {
+        let mut params = WatchParams { bookmarks: true, ..WatchParams::default() }.timeout(WATCH_SECONDS);
+        if let Some(selector) = &self.selector {
+            params = params.labels(selector);
+        }
+        let mut events = std::pin::pin!(self.api.watch(&params, version).await?);
+        while let Some(event) = events.next().await {
+            let seen = |pod: &Pod| pod.metadata.resource_version.clone();
+            match event? {
+                WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
+                    match S::record(&pod) {
+                        Some(r) => sink.apply(r),
+                        None => sink.remove(pod.metadata.uid.as_deref().unwrap_or_default()),
+                    }
+                    *version = seen(&pod).unwrap_or_else(|| version.clone());
+                }
+                WatchEvent::Deleted(pod) => {
+                    sink.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                    *version = seen(&pod).unwrap_or_else(|| version.clone());
+                }
+                WatchEvent::Bookmark(b) => *version = b.metadata.resource_version,
+                WatchEvent::Error(status) if status.code == 410 => return Ok(Follow::Gone),
+                WatchEvent::Error(status) => return Err(kube::Error::Api(status)),
+            }
+        }
+        Ok(Follow::TimedOut)
     }
 }
 
@@ -141,31 +227,6 @@ enum Follow {
     TimedOut,
     /// The version is too old (`410 Gone`): list again.
     Gone,
-}
-
-async fn follow(api: &Api<Pod>, version: &mut String, dir: &PodDirectory) -> kube::Result<Follow> {
-    let params = WatchParams { bookmarks: true, ..WatchParams::default() }.timeout(WATCH_SECONDS);
-    let mut events = std::pin::pin!(api.watch(&params, version).await?);
-    while let Some(event) = events.next().await {
-        let seen = |pod: &Pod| pod.metadata.resource_version.clone();
-        match event? {
-            WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
-                match record(&pod) {
-                    Some(r) => dir.apply(r),
-                    None => dir.remove(pod.metadata.uid.as_deref().unwrap_or_default()),
-                }
-                *version = seen(&pod).unwrap_or_else(|| version.clone());
-            }
-            WatchEvent::Deleted(pod) => {
-                dir.remove(pod.metadata.uid.as_deref().unwrap_or_default());
-                *version = seen(&pod).unwrap_or_else(|| version.clone());
-            }
-            WatchEvent::Bookmark(b) => *version = b.metadata.resource_version,
-            WatchEvent::Error(status) if status.code == 410 => return Ok(Follow::Gone),
-            WatchEvent::Error(status) => return Err(kube::Error::Api(status)),
-        }
-    }
-    Ok(Follow::TimedOut)
 }
 
 #[cfg(test)]

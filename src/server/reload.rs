@@ -71,6 +71,7 @@ async fn apply(state: &Arc<State>, source: &Arc<ConfigSource>, why: &str) {
                 ("listen_unix", settings.config.listen_unix != before.config.listen_unix),
                 ("admin_listen", settings.config.admin_listen != before.config.admin_listen),
                 ("pod_identity", settings.config.pod_identity != before.config.pod_identity),
+                ("budget", settings.config.budget != before.config.budget),
             ] {
                 if changed {
                     warn!(

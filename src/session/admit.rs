@@ -6,6 +6,7 @@
 //! policy applies (see `policy`).
 
 use super::stream::ClientStream;
+use crate::budget::lease::describe;
 use crate::clients::{Admission, Caps, ClientEntry, Slot};
 use crate::config::{Config, OnLimit, Policy};
 use crate::identity::ClientId;
@@ -58,8 +59,10 @@ pub async fn admit(
         enforce: config.enforce,
     };
     let clients = &state.clients;
-    let refusal =
-        |reason: RefuseReason| Fatal::refused(reason, refusal_message(&conn.client, reason, policy, rule, &config));
+    let refusal = |reason: RefuseReason| {
+        let budget = (reason == RefuseReason::Budget).then(|| describe(&state.budget.view(Instant::now())));
+        Fatal::refused(reason, refusal_message(&conn.client, reason, policy, rule, &config, budget.as_deref()))
+    };
     let log = |fatal: &Fatal, would: bool| {
         let entry = clients.entry(&conn.client);
         if let Some(suppressed) = entry.refusal_log_due(Instant::now(), REFUSAL_LOG_EVERY) {
@@ -119,6 +122,7 @@ fn refusal_message(
     policy: &Policy,
     rule: Option<&str>,
     config: &Config,
+    budget: Option<&str>,
 ) -> String {
     let rule = match rule {
         Some(name) => format!("rule \"{name}\""),
@@ -132,6 +136,10 @@ fn refusal_message(
         RefuseReason::TotalLimit => format!(
             "pgwarden: too many connections in total (max_total_connections {}); client \"{client}\" refused",
             config.max_total_connections
+        ),
+        RefuseReason::Budget => format!(
+            "pgwarden: too many connections in this pod under {}; client \"{client}\" refused",
+            budget.unwrap_or("its workload budget")
         ),
         RefuseReason::WaitTimeout => format!(
             "pgwarden: client \"{client}\" waited {} for a connection slot (max_connections {} from {rule})",

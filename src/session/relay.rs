@@ -210,6 +210,12 @@ impl Relay<'_, '_> {
                     if bits & signal::RELOAD != 0 {
                         self.reload();
                     }
+                    if bits & signal::RECLAIM_BUDGET != 0 && self.enforce && self.published == ConnState::Idle
+                        && !conn.listening()
+                    {
+                        let fatal = self.budget_reclaim();
+                        return self.close(client, server, fatal).await;
+                    }
                     if !draining && (bits & signal::SHUTDOWN != 0 || self.ctx.shutdown.is_cancelled()) {
                         draining = true;
                         self.drain_deadline = Instant::now().checked_add(self.grace());

@@ -7,6 +7,7 @@
 //! series only goes up, also when its clients are forgotten or promoted (see `metrics::labels`). Upstream
 //! dial metrics are recorded when they happen (in `state::DialMetrics`) and registered here.
 
+mod budget;
 mod labels;
 
 use super::stats::{ClientStats, Snapshot};
@@ -31,6 +32,8 @@ pub struct Exporter {
     oldest_iit: GaugeVec,
     /// Gateway mode: the pod directory and its series.
     pod_identity: Option<PodIdentityMetrics>,
+    /// Workload budgets (`budget.coordinator`): the share and what this pod holds.
+    budget: Option<budget::BudgetMetrics>,
     /// Which label each client is exported under, and the counts that keep `_total` series monotonic;
     /// serialises scrapes.
     labels: Mutex<Labels>,
@@ -106,8 +109,10 @@ impl Exporter {
             info.with_label_values(&[v(&pod.pod), v(&pod.namespace), v(&pod.workload)]).set(1);
         }
         let pod_identity = state.peers.clone().map(|d| PodIdentityMetrics::new(&r, d));
+        let budget = state.budget.enabled.then(|| budget::BudgetMetrics::new(&r));
         Exporter {
             pod_identity,
+            budget,
             connections: register!(
                 r,
                 IntGaugeVec::new(opts("client_connections", "connections by client and state"), &["client", "state"])
@@ -182,6 +187,9 @@ impl Exporter {
         self.oldest_iit.reset();
         if let Some(p) = &self.pod_identity {
             p.update();
+        }
+        if let (Some(m), Some(b)) = (&self.budget, &snap.budget) {
+            m.update(b);
         }
         for ((s, _), l) in stats.iter().zip(&label_of) {
             let l = l.as_str();

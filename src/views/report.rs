@@ -222,6 +222,7 @@ mod tests {
     #[test]
     fn top_sorts_leakers_first() {
         let r = ClientsResponse {
+            budget: None,
             identity: Default::default(),
             clients: vec![client("big-healthy", 9, 0), client("leaky", 5, 4), client("small", 1, 0)],
         };

@@ -79,6 +79,32 @@ pub struct ConnectionStats {
 pub struct ClientsResponse {
     pub identity: PodIdentity,
     pub clients: Vec<ClientStats>,
+    /// This pod's workload budget (`budget.coordinator` set), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStats>,
+}
+
+/// `/clients`' `budget`: the share in force, where it comes from, and what this pod holds against it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BudgetStats {
+    /// The budget's name (absent: no budget for this workload, or no answer yet).
+    pub name: Option<String>,
+    pub workload: Option<String>,
+    /// The budget across the workload's pods, and how many pods share it.
+    pub max_connections: Option<u32>,
+    pub pods: Option<u32>,
+    /// This pod's share from the coordinator's last answer.
+    pub share: Option<u32>,
+    /// The cap in force now (the share, or the fallback cap) and why: `share`, `kept`, `fallback`.
+    pub cap: Option<u32>,
+    pub source: String,
+    /// Connections this pod holds against the cap.
+    pub connections: u32,
+    /// Seconds since the coordinator's last answer.
+    pub age_seconds: Option<f64>,
+    pub reclaim_idle: bool,
+    /// Why the last request to the coordinator failed, while it fails.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +139,7 @@ pub struct Snapshot {
     statement: (crate::config::StatementText, usize),
     /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
     by_client: HashMap<String, Vec<usize>>,
+    pub budget: Option<BudgetStats>,
 }
 
 impl Snapshot {
@@ -127,8 +154,26 @@ impl Snapshot {
         for (i, c) in conns.iter().enumerate() {
             by_client.entry(c.client.display().to_string()).or_default().push(i);
         }
+        let budget = state.budget.enabled.then(|| {
+            let v = state.budget.view(now);
+            let a = v.answer.as_ref();
+            BudgetStats {
+                name: a.and_then(|a| a.budget.clone()),
+                workload: a.map(|a| a.workload.clone()),
+                max_connections: a.and_then(|a| a.max_connections),
+                pods: a.map(|a| a.pods),
+                share: a.and_then(|a| a.share),
+                cap: v.effective.cap,
+                source: v.effective.source.as_str().to_string(),
+                connections: state.clients.total_open(),
+                age_seconds: v.age.map(secs),
+                reclaim_idle: a.is_some_and(|a| a.reclaim_idle),
+                error: v.error,
+            }
+        });
         Snapshot {
             now,
+            budget,
             by_client,
             conns,
             clients: state.clients.entries(),
@@ -233,7 +278,7 @@ impl Snapshot {
     pub fn clients_response(&self, identity: &PodIdentity) -> ClientsResponse {
         let mut clients: Vec<ClientStats> = self.clients.iter().map(|e| self.client(e)).collect();
         clients.sort_by(|a, b| b.open.cmp(&a.open).then_with(|| a.client.cmp(&b.client)));
-        ClientsResponse { identity: identity.clone(), clients }
+        ClientsResponse { identity: identity.clone(), clients, budget: self.budget.clone() }
     }
 
     pub fn connections_response(&self) -> ConnectionsResponse {

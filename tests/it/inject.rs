@@ -19,7 +19,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 /// Writes a new CA and a server certificate for `localhost` (key in PKCS#8 PEM); returns the CA PEM.
-fn write_cert(dir: &Path, ca_name: &str) -> String {
+pub(crate) fn write_cert(dir: &Path, ca_name: &str) -> String {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -37,7 +37,7 @@ fn write_cert(dir: &Path, ca_name: &str) -> String {
 }
 
 /// A TLS connection to the webhook on `port`, trusting `ca_pem`.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     port: u16,
     ca_pem: &str,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
@@ -57,7 +57,13 @@ async fn tls_connect(
 }
 
 /// POSTs `body` to `path` over TLS trusting `ca_pem`; returns (status, body).
-async fn https(port: u16, ca_pem: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+pub(crate) async fn https(
+    port: u16,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
     let mut tls = tls_connect(port, ca_pem).await?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     tls.write_all(head.as_bytes()).await.unwrap();
@@ -103,7 +109,7 @@ async fn webhook_over_https_patches_validate_and_certificates_rotate() {
     let cert = ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None });
+    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None, coordinator: None });
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(injector, listener, cert, stop.clone()));
 
@@ -220,7 +226,7 @@ async fn configmap_named_by_the_pod_is_read_from_its_namespace() {
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "configmaps not found", "reason": "NotFound", "code": 404}),
         ),
     });
-    let injector = Injector { config: InjectConfig::default(), kube: Some(kube) };
+    let injector = Injector { config: InjectConfig::default(), kube: Some(kube), coordinator: None };
     let review = fixture("configmap-pod.json");
     let response: Value = serde_json::from_slice(&injector.review(&review).await.unwrap()).unwrap();
     assert_eq!(response["response"]["allowed"], true, "{response}");
@@ -293,7 +299,7 @@ async fn stalled_bodies_and_silent_sockets_are_cut_and_capped() {
     let cert = ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None });
+    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None, coordinator: None });
     let limits = Limits {
         header_read_timeout: Duration::from_millis(500),
         body_read_timeout: Duration::from_millis(500),

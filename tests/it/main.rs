@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod budget;
 mod client_tls;
 mod config_cli;
 mod deadpeer;

@@ -1,7 +1,8 @@
 //! The injector's own config (`pgwarden inject --config FILE`, rendered by the Helm chart): the sidecar
 //! image and shape, and the proxy config every sidecar starts from.
 
-use crate::config::{Config, ConfigError};
+use crate::budget::spec::{self, Entry};
+use crate::config::{Config, ConfigError, Limit, Timeout};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde::Deserialize;
 use std::path::Path;
@@ -27,6 +28,74 @@ pub struct InjectConfig {
     /// The proxy config of every sidecar, before per-pod annotations.
     #[serde(default)]
     pub proxy: Config,
+    /// Workload budgets: the coordinator in this injector, and the budget client of every sidecar.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
+    /// The PEM text of `budgets.caFile`, read with the config (sidecars get it inline).
+    #[serde(skip)]
+    pub budget_ca_pem: Option<String>,
+}
+
+/// `budgets:` of the injector config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Run the coordinator here and give every injected sidecar a budget client.
+    pub enabled: bool,
+    /// The `https://` URL sidecars reach this injector's Service at.
+    pub url: Option<String>,
+    /// PEM CA that signed this injector's serving certificate (sidecars trust the coordinator with it).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The audience of the sidecars' projected tokens; the TokenReview asks for it.
+    pub audience: String,
+    pub keep_last: Timeout,
+    pub fallback_max_connections: Limit,
+    /// Connections this injector serves at once (each waiting sidecar holds one).
+    pub max_connections: usize,
+    pub entries: Vec<Entry>,
+}
+
+/// The projected token's audience unless `budgets.audience` says otherwise.
+pub const DEFAULT_AUDIENCE: &str = "pgwarden-coordinator";
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        BudgetsConfig {
+            enabled: false,
+            url: None,
+            ca_file: None,
+            audience: DEFAULT_AUDIENCE.into(),
+            keep_last: Timeout(Some(std::time::Duration::from_secs(60))),
+            fallback_max_connections: Limit(None),
+            max_connections: 2048,
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl BudgetsConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        spec::validate(&self.entries).map_err(|e| ("budgets.entries".to_string(), e))?;
+        if !self.enabled {
+            return Ok(());
+        }
+        if !self.url.as_deref().is_some_and(|u| u.starts_with("https://") && u.len() > 8) {
+            return Err(("budgets.url".into(), "must be the https:// URL sidecars reach this injector at".into()));
+        }
+        if self.ca_file.is_none() {
+            return Err((
+                "budgets.caFile".into(),
+                "must name the CA file that signed this injector's certificate".into(),
+            ));
+        }
+        if self.audience.is_empty() {
+            return Err(("budgets.audience".into(), "must not be empty".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(("budgets.maxConnections".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 fn default_image() -> String {
@@ -60,12 +129,18 @@ impl InjectConfig {
             .proxy
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: key `proxy.{key}`"), msg))?;
+        config.budgets.validate().map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: key `{key}`"), msg))?;
         Ok(config)
     }
 
     pub fn read_file(path: &Path) -> Result<InjectConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        InjectConfig::from_yaml(&text, &path.display().to_string())
+        let mut config = InjectConfig::from_yaml(&text, &path.display().to_string())?;
+        if let (true, Some(ca)) = (config.budgets.enabled, &config.budgets.ca_file) {
+            let pem = std::fs::read_to_string(ca).map_err(|source| ConfigError::Read { path: ca.clone(), source })?;
+            config.budget_ca_pem = Some(pem);
+        }
+        Ok(config)
     }
 }

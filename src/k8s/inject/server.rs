@@ -30,6 +30,8 @@ pub struct Injector {
     pub config: InjectConfig,
     /// For `pgwarden.io/config` ConfigMaps; `None` outside a cluster (such pods are refused with a reason).
     pub kube: Option<kube::Client>,
+    /// The budget coordinator (`budgets.enabled`): answers `GET /v1/share`.
+    pub coordinator: Option<crate::k8s::budget::coordinator::Coordinator>,
 }
 
 impl Injector {
@@ -182,10 +184,24 @@ async fn route(injector: &Injector, req: Request<Incoming>, body_timeout: Durati
                 Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n").into()),
             }
         }
-        (_, "/healthz" | "/mutate") => {
+        (&Method::GET, "/v1/share") => match &injector.coordinator {
+            Some(coordinator) => {
+                let auth = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let r = coordinator.share(auth, req.uri().query().unwrap_or("")).await;
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = if r.status == 200 { "application/json" } else { "text/plain" };
+                reply(status, kind, r.body.into_bytes())
+            }
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "budgets are not enabled in this injector\n".into()),
+        },
+        (_, "/healthz" | "/mutate" | "/v1/share") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; endpoints: POST /mutate, GET /healthz\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; endpoints: POST /mutate, GET /healthz, GET /v1/share\n".into(),
+        ),
     }
 }
 

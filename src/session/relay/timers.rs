@@ -21,6 +21,19 @@ impl Relay<'_, '_> {
         })
     }
 
+    /// The pod holds more than its workload budget share and this idle connection is one of those to close.
+    pub(super) fn budget_reclaim(&self) -> Fatal {
+        let budget = crate::budget::lease::describe(&self.ctx.state.budget.view(Instant::now()));
+        Fatal::closed(
+            CloseReason::BudgetReclaim,
+            SqlState::ADMIN_SHUTDOWN,
+            format!(
+                "pgwarden: terminating idle connection of client \"{}\": this pod holds more than its share under {budget}",
+                self.ctx.conn.client.display()
+            ),
+        )
+    }
+
     /// Decides what a fired timer does: `Some` closes with that error; `None` goes on (report-only: counted
     /// and logged instead).
     pub(super) fn on_timer(&mut self, which: Timer) -> Option<Fatal> {

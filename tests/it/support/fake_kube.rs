@@ -26,6 +26,8 @@ struct World {
     /// Pod proxy answers by path (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/clients`).
     answers: HashMap<String, (u16, String)>,
     requests: Vec<String>,
+    /// TokenReview: bound ServiceAccount tokens → (namespace, pod, audience).
+    tokens: HashMap<String, (String, String, String)>,
 }
 
 pub struct FakeKube {
@@ -91,9 +93,15 @@ impl FakeKube {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let w = w.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let w = w.clone();
-                        async move { Ok::<_, Infallible>(route(&w, req)) }
+                        async move {
+                            if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS {
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok::<_, Infallible>(token_review(&w, &body));
+                            }
+                            Ok::<_, Infallible>(route(&w, req))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -118,6 +126,11 @@ impl FakeKube {
         w.pods.retain(|p| p["metadata"]["uid"] != uid);
         w.pods.push(pod.clone());
         notify(&mut w, kind, &pod);
+    }
+
+    /// A projected ServiceAccount token for `audience`, bound to pod `namespace/pod`: TokenReviews accept it.
+    pub fn token(&self, token: &str, namespace: &str, pod: &str, audience: &str) {
+        self.world().tokens.insert(token.into(), (namespace.into(), pod.into(), audience.into()));
     }
 
     /// Deletes a pod by namespace and name and tells the watchers.
@@ -189,6 +202,49 @@ fn notify(w: &mut World, kind: &str, pod: &Value) {
         }
         tx.send(event.clone()).is_ok()
     });
+}
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// Answers a TokenReview as the API server does: authenticated with the pod in the user's extra when the
+/// token is known and asked for its audience, else unauthenticated with an error.
+fn token_review(world: &Arc<Mutex<World>>, body: &[u8]) -> Response<Body> {
+    let mut w = world.lock().unwrap();
+    w.requests.push(TOKEN_REVIEWS.to_string());
+    let review: Value = serde_json::from_slice(body).unwrap_or_default();
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<&str> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let uid_of = |ns: &str, pod: &str| {
+        w.pods
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
+            .map(|p| p["metadata"]["uid"].clone())
+    };
+    let status = match w.tokens.get(token) {
+        Some((ns, pod, _)) if uid_of(ns, pod).is_none() => {
+            json!({"authenticated": false, "error": "pod does not exist"})
+        }
+        Some((ns, pod, aud)) if wanted.is_empty() || wanted.contains(&aud.as_str()) => json!({
+            "authenticated": true,
+            "audiences": [aud],
+            "user": {
+                "username": format!("system:serviceaccount:{ns}:default"),
+                "uid": "sa-uid",
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}")],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [pod],
+                    "authentication.kubernetes.io/pod-uid": [uid_of(ns, pod)],
+                }
+            }
+        }),
+        Some(_) => json!({"authenticated": false, "error": "token audiences is invalid for the target audiences"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": review["spec"], "status": status});
+    full(201, answer.to_string())
 }
 
 fn route(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
