@@ -240,8 +240,8 @@ mod tests {
 
     #[test]
     fn reason_lists_and_counters_agree() {
-        assert_eq!(CloseReason::COUNT, 8);
-        assert_eq!(RefuseReason::COUNT, 3);
+        assert_eq!(CloseReason::COUNT, 9);
+        assert_eq!(RefuseReason::COUNT, 4);
         for (i, r) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?}");
         }
@@ -250,7 +250,7 @@ mod tests {
             counts.add(*r);
         }
         counts.add(CloseReason::Error);
-        assert_eq!(counts.total(), 9);
+        assert_eq!(counts.total(), 10);
         assert_eq!(counts.get(CloseReason::Error), 2);
         let refused = RefuseCounts::default();
         refused.add(RefuseReason::WaitTimeout);

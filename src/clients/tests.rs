@@ -258,3 +258,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_budget_share_caps_the_pod_and_a_larger_share_admits_waiters() {
+    let clients = Arc::new(Clients::default());
+    let (a, b) = (client("a"), client("b"));
+    clients.set_budget_cap(Some(2));
+    assert_eq!(clients.budget_cap(), Some(2));
+    let c = caps(None, None, false, true);
+    let _s1 = granted(clients.admit(&a, c));
+    let _s2 = granted(clients.admit(&b, c));
+    assert!(matches!(clients.admit(&a, c), Admission::Refused(RefuseReason::Budget)), "the share counts every client");
+    assert_eq!(clients.entry(&a).counters.refused.get(RefuseReason::Budget), 1);
+    let report_only = caps(None, None, false, false);
+    assert!(matches!(
+        clients.admit(&a, report_only),
+        Admission::Granted { would_refuse: Some(RefuseReason::Budget), .. }
+    ));
+    // A total cap below the share is named first.
+    assert!(matches!(
+        clients.admit(&a, caps(None, Some(1), false, true)),
+        Admission::Refused(RefuseReason::TotalLimit)
+    ));
+    // Waiting for a slot: a larger share lets the waiter in at once.
+    let Admission::Queued(mut ticket) = clients.admit(&b, caps(None, None, true, true)) else { panic!("queued") };
+    assert!(ticket.try_granted().is_none());
+    clients.set_budget_cap(Some(3));
+    let slot = ticket.try_granted().expect("granted at once");
+    assert_eq!(clients.total_open(), 3);
+    drop(slot);
+    // No budget cap again.
+    clients.set_budget_cap(None);
+    let _more: Vec<Slot> = (0..5).map(|_| granted(clients.admit(&a, c))).collect();
+}

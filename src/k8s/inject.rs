@@ -44,9 +44,6 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
     if has_sidecar || annotations.contains_key(annotations::STATUS) {
         return Ok(None);
     }
-    if let Some(value) = annotations.get(crate::budget::spec::BUDGET_ANNOTATION) {
-        crate::budget::spec::parse_annotation(value)?;
-    }
     let proxy = proxy_config(cfg, &annotations, configmap)?;
     let mut container = sidecar(pod, cfg, &proxy);
     let mut patch = Vec::new();

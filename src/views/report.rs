@@ -74,6 +74,9 @@ pub fn clients_table(r: &ClientsResponse) -> String {
     if let Some(pod) = &r.identity.pod {
         let _ = writeln!(out, "pod {pod} ({})", r.identity.namespace.as_deref().unwrap_or("-"));
     }
+    if let Some(b) = &r.budget {
+        let _ = writeln!(out, "{}", budget_line(b));
+    }
     let _ = writeln!(
         out,
         "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  LEAK",
@@ -112,6 +115,23 @@ pub fn clients_table(r: &ClientsResponse) -> String {
         );
     }
     out
+}
+
+/// One line on the pod's workload budget: what it holds against which cap, and where the cap comes from.
+pub fn budget_line(b: &crate::views::stats::BudgetStats) -> String {
+    let cap = b.cap.map_or("no cap".to_string(), |c| format!("cap {c}"));
+    let why = match b.source.as_str() {
+        "share" => "its share".to_string(),
+        "kept" => "its last share, kept: the coordinator does not answer".to_string(),
+        "fallback" => "the fallback cap: no current share from the coordinator".to_string(),
+        other => other.to_string(),
+    };
+    let budget = match (&b.name, b.max_connections, b.pods) {
+        (Some(name), Some(max), Some(pods)) => format!(" of workload budget {name} ({max} across {pods} pods)"),
+        _ => String::new(),
+    };
+    let error = b.error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+    format!("budget: holds {} of {cap} = {why}{budget}{error}", b.connections)
 }
 
 /// The `leaks` report: each suspected client and the evidence of each suspect connection.
@@ -230,6 +250,26 @@ mod tests {
         let rows: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
         assert_eq!(rows, ["leaky", "big-healthy", "small"]);
         assert!(table.lines().nth(1).unwrap().ends_with("idle_while_client_at_cap"));
+    }
+
+    #[test]
+    fn top_shows_the_budget_line() {
+        let b = crate::views::stats::BudgetStats {
+            name: Some("images".into()),
+            workload: Some("images".into()),
+            max_connections: Some(6),
+            pods: Some(4),
+            share: Some(1),
+            cap: Some(1),
+            source: "share".into(),
+            connections: 1,
+            age_seconds: Some(3.0),
+            reclaim_idle: true,
+            error: None,
+        };
+        let r = ClientsResponse { budget: Some(b), identity: Default::default(), clients: vec![] };
+        let first = clients_table(&r).lines().next().unwrap().to_string();
+        assert_eq!(first, "budget: holds 1 of cap 1 = its share of workload budget images (6 across 4 pods)");
     }
 
     #[test]

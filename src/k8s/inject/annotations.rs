@@ -29,7 +29,10 @@ pub const STATUS: &str = "pgwarden.io/status";
 /// The ConfigMap key holding the config.
 pub const CONFIG_KEY: &str = "pgwarden.yaml";
 
-const KNOWN: [&str; 11] = [
+use crate::budget::spec::{BUDGET_ANNOTATION, RECLAIM_ANNOTATION};
+
+/// Every annotation the injector reads (the coordinator reads the two budget ones); `STATUS` last.
+const KNOWN: [&str; 13] = [
     UPSTREAM,
     LISTEN_PORT,
     MAX_CONNECTIONS,
@@ -40,6 +43,8 @@ const KNOWN: [&str; 11] = [
     CLIENT_TLS_SECRET,
     UNIX_SOCKET,
     CONFIG,
+    BUDGET_ANNOTATION,
+    RECLAIM_ANNOTATION,
     STATUS,
 ];
 
@@ -52,6 +57,14 @@ pub fn apply(annotations: &BTreeMap<String, String>, config: &mut Config) -> Res
     }
     let get = |k: &str| annotations.get(k).map(String::as_str);
     let fail = |k: &str, e: String| format!("annotation {k}: {e}");
+    if let Some(v) = get(BUDGET_ANNOTATION) {
+        crate::budget::spec::parse_annotation(v)?;
+    }
+    if let Some(v) = get(RECLAIM_ANNOTATION) {
+        if !matches!(v.trim(), "true" | "false") {
+            return Err(fail(RECLAIM_ANNOTATION, format!("{v:?} is neither true nor false")));
+        }
+    }
     if let Some(v) = get(UPSTREAM) {
         config.upstream = parse_host_port(v).map_err(|e| fail(UPSTREAM, e))?;
     }

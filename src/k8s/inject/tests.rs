@@ -198,3 +198,48 @@ fn unix_socket_and_client_tls_secret_are_mounted_where_the_config_says() {
     p.metadata.annotations.as_mut().unwrap().remove(annotations::CLIENT_TLS);
     assert!(mutate(&p, &InjectConfig::default(), None).unwrap_err().contains(annotations::CLIENT_TLS_SECRET));
 }
+
+#[test]
+fn budgets_give_the_sidecar_a_projected_token_and_its_coordinator() {
+    let p = pod(DEPLOYMENT);
+    let cfg = InjectConfig::from_yaml(
+        "budgets:\n  enabled: true\n  url: https://pgwarden.pgwarden.svc:443\n  caFile: /tls/ca.crt\n  keepLast: 30s\n  fallbackMaxConnections: 3\n",
+        "test",
+    )
+    .unwrap();
+    let ops = mutate(&p, &cfg, None).unwrap().expect("a patch");
+    let doc = patched(&p, &ops);
+    let volume = doc["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == BUDGET_TOKEN_VOLUME).unwrap();
+    let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!((token["audience"].as_str(), token["path"].as_str()), (Some("pgwarden-coordinator"), Some("token")));
+    let c = doc["spec"]["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == CONTAINER).unwrap();
+    let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == BUDGET_TOKEN_VOLUME).unwrap();
+    assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some(BUDGET_TOKEN_DIR), Some(true)));
+    let proxy = Config::from_yaml(env(c, "PGWARDEN_CONFIG_YAML")["value"].as_str().unwrap(), "sidecar").unwrap();
+    assert_eq!(proxy.budget.coordinator.as_deref(), Some("https://pgwarden.pgwarden.svc:443"));
+    assert_eq!(proxy.budget.token_file, std::path::Path::new(BUDGET_TOKEN_DIR).join("token"));
+    assert_eq!(
+        (proxy.budget.keep_last.to_string(), proxy.budget.fallback_max_connections),
+        ("30s".into(), Limit(Some(3)))
+    );
+
+    // Off: nothing of it.
+    let ops = mutate(&p, &InjectConfig::default(), None).unwrap().unwrap();
+    assert!(!serde_json::to_string(&ops).unwrap().contains(BUDGET_TOKEN_VOLUME));
+}
+
+#[test]
+fn a_bad_budget_annotation_refuses_the_pod_and_entries_are_validated() {
+    let mut p = pod(DEPLOYMENT);
+    p.metadata.annotations.get_or_insert_with(Default::default).insert("pgwarden.io/budget".into(), "lots".into());
+    let e = mutate(&p, &InjectConfig::default(), None).unwrap_err();
+    assert!(e.contains("pgwarden.io/budget") && e.contains("\"lots\""), "{e}");
+    p.metadata.annotations.as_mut().unwrap().insert("pgwarden.io/budget".into(), "40".into());
+    assert!(mutate(&p, &InjectConfig::default(), None).unwrap().is_some());
+    let e = InjectConfig::from_yaml("budgets:\n  enabled: true\n", "injector.yaml").unwrap_err().to_string();
+    assert!(e.contains("budgets.url"), "{e}");
+    let e = InjectConfig::from_yaml("budgets:\n  entries: [{match: {workload: a}, maxConnections: 0}]\n", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("budgets.entries[0]") && e.contains("at least 1"), "{e}");
+}
