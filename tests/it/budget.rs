@@ -31,6 +31,16 @@ impl Drop for Sidecar {
     }
 }
 
+/// A child process killed when dropped, so a failing assertion leaves no process behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Sidecar {
     async fn budget(&self) -> Value {
         let url = format!("http://127.0.0.1:{}", self.admin);
@@ -79,7 +89,7 @@ async fn start_sidecar(dir: &Path, coordinator: u16, x: &str, kube: &FakeKube) -
     Sidecar { name: x.to_string(), child, port, admin }
 }
 
-fn start_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Child {
+fn start_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Killed {
     let config = dir.join("injector.yaml");
     std::fs::write(
         &config,
@@ -90,7 +100,7 @@ fn start_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Child {
     )
     .unwrap();
     let kubeconfig = kube.kubeconfig(dir, "shop");
-    bin()
+    let child = bin()
         .args(["inject", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--tls-cert")
         .arg(dir.join("tls.crt"))
@@ -102,7 +112,8 @@ fn start_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Killed(child)
 }
 
 /// `GET /v1/share` as a sidecar would, with `token`; returns (status, body).
@@ -159,7 +170,7 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
     let ca = write_cert(dir.path(), "pgwarden budget test CA");
     std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
     let port = free_port();
-    let mut coordinator = start_coordinator(dir.path(), &kube, port);
+    let coordinator = start_coordinator(dir.path(), &kube, port);
 
     let mut sidecars = Vec::new();
     for x in ["a", "b", "c"] {
@@ -219,8 +230,7 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
     d1.simple_query("select 1").await.unwrap();
 
     // The coordinator goes away: the last share holds for keep_last (2 s), then the fallback cap (1).
-    let _ = coordinator.kill();
-    let _ = coordinator.wait();
+    drop(coordinator);
     let a = &sidecars[0];
     let kept = a.wait_budget("kept", |b| b["source"] == "kept").await;
     assert_eq!(kept["cap"], 2, "{kept}");
