@@ -232,6 +232,25 @@ check_fails "chart rejects proxy.listen off sidecar.listenPort" "must use sideca
 check_fails "chart rejects a loopback admin_listen" "must not be a loopback address" \
   render "$WORK/x.yaml" 1.33.0 --set proxy.admin_listen=127.0.0.1:9187
 
+# --- workload budgets (deploy/values/budgets.yaml above is a full example; check_k8s_render.py checks
+# the coordinator URL, the CA mount and the RBAC in every render, on and off) ------------------------
+check_fails "schema rejects a budget entry without a workload" "workload" \
+  render "$WORK/x.yaml" 1.33.0 --set budgets.enabled=true --set 'budgets.entries[0].maxConnections=4' \
+  --set 'budgets.entries[0].match.namespace=shop'
+check_fails "schema rejects a budget of 0" "/budgets/entries/0/maxConnections" \
+  render "$WORK/x.yaml" 1.33.0 --set 'budgets.entries[0].match.workload=api' --set 'budgets.entries[0].maxConnections=0'
+check_fails "schema rejects an unknown budget key" "'maxConnection' not allowed" \
+  render "$WORK/x.yaml" 1.33.0 --set 'budgets.entries[0].match.workload=api' --set 'budgets.entries[0].maxConnection=4'
+if [[ -n "$PGWARDEN_BIN" ]]; then
+  printf 'budgets:\n  enabled: true\n  entries:\n    - {match: {namespace: shop, workload: api}, maxConnections: 4}\n    - {name: again, match: {workload: "a*"}, maxConnections: 5}\n' >"$WORK/budgets-twice.yaml"
+  budgets_twice() {
+    render "$WORK/twice.yaml" 1.33.0 -f "$WORK/budgets-twice.yaml" &&
+      python3 scripts/check_k8s_render.py "$NAMESPACE" "$WORK/twice.yaml"
+  }
+  check_fails "pgwarden inject --check refuses two budgets for one workload in the chart's config" \
+    "matches the same workload" budgets_twice
+fi
+
 # --- deploy/ manifests (every YAML file with a top-level apiVersion) -------------------------
 mapfile -t manifests < <(grep -rlE --include='*.yaml' --include='*.yml' '^apiVersion:' deploy | sort)
 if ((${#manifests[@]} == 0)); then

@@ -22,6 +22,9 @@ and knows nothing about what pgwarden needs, so this script checks:
   Downward API env, the pgwarden.io/inject=disabled pod label and probes on pgwarden-admin; the Service
   and PodDisruptionBudget select its pods; RBAC is list+watch on pods and nothing else, a ClusterRole
   when pod_identity.namespaces is empty, else a Role and RoleBinding in each of those namespaces.
+- Workload budgets: inject.yaml's `budgets` keys; when enabled, `url` is the injector Service's, `caFile`
+  is /tls/ca.crt mounted from the TLS Secret, the injector's ClusterRole adds pods get/list/watch and
+  tokenreviews create (exactly, and only then), and the PrometheusRule has the budget alerts.
 - Fleet reader ClusterRole (component fleet-reader): exactly pods list and pods/proxy get, bound by no
   binding of the chart.
 - Grafana dashboard ConfigMaps (a `*.json` data key): the JSON parses, its panels query through the
@@ -70,6 +73,11 @@ SPEC_METRICS: dict[str, set[str]] = {
     "pgwarden_build_info": {"version"},
     "pgwarden_info": {"pod", "namespace", "workload"},
 }
+# Workload budgets' series (README "Metrics"; beyond SPEC.md, which predates budgets).
+SPEC_METRICS.update({
+    f"pgwarden_budget_{name}": {"budget"}
+    for name in ("connections", "share", "max_connections", "pods", "share_age_seconds", "fallback")
+})
 SPEC_HISTOGRAMS: dict[str, set[str]] = {"pgwarden_upstream_connect_duration_seconds": set()}
 for _name, _labels in SPEC_HISTOGRAMS.items():
     SPEC_METRICS[f"{_name}_bucket"] = _labels | {"le"}
@@ -79,10 +87,10 @@ for _name, _labels in SPEC_HISTOGRAMS.items():
 # Labels Prometheus adds when it scrapes a sidecar through the PodMonitor.
 SCRAPE_LABELS = {"namespace", "pod", "container", "endpoint", "instance", "job", "service"}
 
-REFUSE_REASONS = {"client_limit", "total_limit", "wait_timeout"}
+REFUSE_REASONS = {"client_limit", "total_limit", "budget", "wait_timeout"}
 CLOSE_REASONS = {
     "client", "server", "abandoned", "idle_timeout", "idle_in_transaction_timeout", "max_age",
-    "shutdown", "error",
+    "budget_reclaim", "shutdown", "error",
 }
 CONNECTION_STATES = {
     "startup", "waiting", "active", "idle", "idle_in_transaction", "idle_in_failed_transaction",
@@ -110,7 +118,12 @@ SPEC_CONFIG_KEYS = {
     "rules",
 }
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
-INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "proxy"}
+INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "budgets", "proxy"}
+# inject.yaml `budgets`: always these keys; url and caFile too when enabled.
+BUDGET_KEYS = {"enabled", "audience", "keepLast", "fallbackMaxConnections", "maxConnections", "entries"}
+# The injector's ClusterRole: the pgwarden.io/config ConfigMaps; with budgets, the coordinator's needs too.
+INJECTOR_RULES = {("", "configmaps", "get")}
+BUDGET_RULES = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("authentication.k8s.io", "tokenreviews", "create")}
 
 # The gateway's proxy.yaml: the SPEC keys plus pod_identity (gateway mode); the chart always sets these.
 GATEWAY_CONFIG_KEYS = SPEC_CONFIG_KEYS | {"pod_identity", "pod_identity.from", "pod_identity.namespaces"}
@@ -133,6 +146,11 @@ ALERTS = {
     "PgwardenLeakSuspected": ("{{ $labels.client }}", "{{ $labels.pod }}"),
     "PgwardenClientAtCap": ("{{ $labels.client }}", "{{ $labels.pod }}"),
     "PgwardenUpstreamDown": ("{{ $labels.pod }}",),  # upstream metrics carry no client label
+}
+# With budgets.enabled the PrometheusRule must also have these.
+BUDGET_ALERTS = {
+    "PgwardenWorkloadAtBudget": ("{{ $labels.budget }}", "{{ $labels.namespace }}"),
+    "PgwardenBudgetCoordinatorUnreachable": ("{{ $labels.pod }}",),
 }
 
 METRIC_RE = re.compile(r"\bpgwarden_[a-zA-Z0-9_]+")
@@ -188,8 +206,12 @@ class Checker:
                     self.check_expr(name, str(rule.get("expr", "")))
                     if "alert" in rule:
                         self.check_alert(name, rule)
-            for missing in sorted(set(ALERTS) - seen_alerts):
+            required = dict(ALERTS, **(BUDGET_ALERTS if self.budgets_enabled() else {}))
+            for missing in sorted(set(required) - seen_alerts):
                 self.error(f"PrometheusRule lacks alert {missing}")
+            if not self.budgets_enabled():
+                for extra in sorted(set(BUDGET_ALERTS) & seen_alerts):
+                    self.error(f"PrometheusRule has {extra} but budgets are off")
             self.notes.append(f"{len(seen_alerts)} alert rule(s) checked")
 
     def check_expr(self, alert: str, expr: str) -> None:
@@ -228,7 +250,7 @@ class Checker:
             if not text:
                 self.error(f"{alert}: annotation {key} missing")
                 continue
-            for needle in ALERTS.get(alert, ()):
+            for needle in ALERTS.get(alert, BUDGET_ALERTS.get(alert, ())):
                 if needle not in text:
                     self.error(f"{alert}: annotation {key} does not contain {needle} (Helm escaping?): {text!r}")
         if not rule.get("labels", {}).get("severity"):
@@ -579,6 +601,52 @@ class Checker:
             for e in rule_errors(r, GATEWAY_RULES):
                 self.error(f"gateway {where}: {e}")
 
+    # --- Workload budgets ------------------------------------------------------------------
+    def inject_config(self) -> dict:
+        cms = [cm for cm in self.by_kind.get("ConfigMap", []) if "inject.yaml" in cm.get("data", {})]
+        return yaml.safe_load(cms[0]["data"]["inject.yaml"]) if len(cms) == 1 else {}
+
+    def budgets_enabled(self) -> bool:
+        return bool((self.inject_config().get("budgets") or {}).get("enabled"))
+
+    def check_budgets(self) -> None:
+        """inject.yaml's budgets: its keys; on, the URL is the injector Service's and the CA file is mounted
+        from the TLS Secret; the injector's ClusterRole grants the coordinator's needs exactly when on."""
+        budgets = self.inject_config().get("budgets")
+        if budgets is None:
+            return  # check_injector_config reports the missing key
+        on = bool(budgets.get("enabled"))
+        keys = set(budgets)
+        want = BUDGET_KEYS | ({"url", "caFile"} if on else set())
+        if keys != want:
+            self.error(f"inject.yaml budgets keys {sorted(keys)} != {sorted(want)}")
+        deploys = self.of_component("injector", "Deployment")
+        volumes = deploys[0]["spec"]["template"]["spec"].get("volumes", []) if deploys else []
+        tls_items = [i.get("key") for v in volumes if v.get("name") == "tls" for i in (v.get("secret") or {}).get("items", [])]
+        if on:
+            svc = next(iter(self.of_component("injector", "Service")), None)
+            want_url = f"https://{svc['metadata']['name']}.{self.release_ns}.svc:443" if svc else None
+            if budgets.get("url") != want_url:
+                self.error(f"budgets.url {budgets.get('url')!r}, want the injector Service {want_url!r}")
+            if budgets.get("caFile") != "/tls/ca.crt" or "ca.crt" not in tls_items:
+                self.error(f"budgets.caFile {budgets.get('caFile')!r} must be /tls/ca.crt from the mounted TLS Secret (items {tls_items})")
+        elif "ca.crt" in tls_items:
+            self.error("the injector mounts ca.crt although budgets are off (an existing Secret may lack it)")
+        sa = self.injector_service_account()
+        croles = [r for r in self.of_component("injector", "ClusterRole")]
+        if len(croles) != 1:
+            self.error(f"injector: {len(croles)} ClusterRole(s), want 1")
+            return
+        for e in rule_errors(croles[0], INJECTOR_RULES | (BUDGET_RULES if on else set())):
+            self.error(f"injector ClusterRole: {e}")
+        bound = [b for b in self.of_component("injector", "ClusterRoleBinding")
+                 if (b.get("roleRef") or {}).get("name") == croles[0]["metadata"]["name"]]
+        want_sa = {"kind": "ServiceAccount", "name": sa, "namespace": self.release_ns}
+        if len(bound) != 1 or bound[0].get("subjects") != [want_sa]:
+            self.error(f"injector ClusterRole must be bound to its ServiceAccount {want_sa}")
+        if on:
+            self.notes.append(f"budgets on: {len(budgets.get('entries') or [])} entr(ies), coordinator URL, CA mount, TokenReview RBAC")
+
     # --- Fleet reader ----------------------------------------------------------------------
     def check_fleet_reader(self) -> None:
         for r in self.of_component("fleet-reader"):
@@ -619,6 +687,7 @@ class Checker:
         self.check_injector_config()
         self.check_gateway()
         self.check_fleet_reader()
+        self.check_budgets()
         self.check_dashboards()
         return not self.errors
 

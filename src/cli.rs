@@ -293,10 +293,11 @@ fn run_inject(
     };
     let listen_addr =
         crate::config::values::parse_host_port(listen).map_err(|m| ConfigError::invalid("--listen", m))?;
-    let inject_config = match config {
+    let mut inject_config = match config {
         Some(path) => InjectConfig::read_file(path)?,
         None => InjectConfig::default(),
     };
+    inject_config.read_budget_ca()?;
     let cert =
         ReloadingCert::new(cert, key).map_err(|e| ConfigError::invalid("--tls-cert/--tls-key", format!("{e:#}")))?;
     crate::logging::init(format);

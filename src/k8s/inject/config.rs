@@ -136,11 +136,16 @@ impl InjectConfig {
     pub fn read_file(path: &Path) -> Result<InjectConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let mut config = InjectConfig::from_yaml(&text, &path.display().to_string())?;
-        if let (true, Some(ca)) = (config.budgets.enabled, &config.budgets.ca_file) {
+        InjectConfig::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Reads `budgets.caFile` (when budgets are on) for the sidecars; the serving injector calls it at
+    /// start (`inject --check` does not: the file is in the pod).
+    pub fn read_budget_ca(&mut self) -> Result<(), ConfigError> {
+        if let (true, Some(ca)) = (self.budgets.enabled, &self.budgets.ca_file) {
             let pem = std::fs::read_to_string(ca).map_err(|source| ConfigError::Read { path: ca.clone(), source })?;
-            config.budget_ca_pem = Some(pem);
+            self.budget_ca_pem = Some(pem);
         }
-        Ok(config)
+        Ok(())
     }
 }
