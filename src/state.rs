@@ -246,8 +246,10 @@ impl State {
         }
         let view = self.budget.view(now);
         self.clients.set_budget_cap(view.effective.cap);
+        // Report-only mode closes nothing, so it reclaims nothing either.
         let reclaiming = matches!(view.effective.source, Source::Share | Source::Kept)
-            && view.answer.as_ref().is_some_and(|a| a.reclaim_idle);
+            && view.answer.as_ref().is_some_and(|a| a.reclaim_idle)
+            && self.settings().config.enforce;
         let (Some(cap), true) = (view.effective.cap, reclaiming) else { return 0 };
         let open = self.clients.total_open();
         if open <= cap {
