@@ -89,7 +89,19 @@ async fn start_sidecar(dir: &Path, coordinator: u16, x: &str, kube: &FakeKube) -
     Sidecar { name: x.to_string(), child, port, admin }
 }
 
-fn start_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Killed {
+/// The coordinator on a free port, started again on another when the port was taken meanwhile.
+async fn start_coordinator(dir: &Path, kube: &FakeKube) -> (Killed, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut coordinator = spawn_coordinator(dir, kube, port);
+        if crate::lifecycle::listening_or_exited(&mut coordinator.0, port).await {
+            return (coordinator, port);
+        }
+    }
+    panic!("the coordinator never listened");
+}
+
+fn spawn_coordinator(dir: &Path, kube: &FakeKube, port: u16) -> Killed {
     let config = dir.join("injector.yaml");
     std::fs::write(
         &config,
@@ -169,8 +181,7 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
     let dir = tempfile::tempdir().unwrap();
     let ca = write_cert(dir.path(), "pgwarden budget test CA");
     std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
-    let port = free_port();
-    let coordinator = start_coordinator(dir.path(), &kube, port);
+    let (coordinator, port) = start_coordinator(dir.path(), &kube).await;
 
     let mut sidecars = Vec::new();
     for x in ["a", "b", "c"] {

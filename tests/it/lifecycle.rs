@@ -16,25 +16,48 @@ pub async fn spawn_proxy_binary(yaml: &str, env: &[(&str, &str)], stderr: Stdio)
     spawn_proxy_binary_to(pg().port, yaml, env, stderr).await
 }
 
-/// [`spawn_proxy_binary`] in front of the PostgreSQL on `upstream_port`.
+/// [`spawn_proxy_binary`] in front of the PostgreSQL on `upstream_port`. A free port can be taken again
+/// before the proxy binds it (ports from `127.0.0.1:0` are the ephemeral ones the suite's own client
+/// connections use too): a proxy that exits before it listens is started again on other ports.
 pub async fn spawn_proxy_binary_to(
     upstream_port: u16,
     yaml: &str,
     env: &[(&str, &str)],
     stderr: Stdio,
 ) -> (std::process::Child, u16, u16) {
-    let (port, admin) = (free_port(), free_port());
-    let child = bin()
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--upstream", &format!("127.0.0.1:{upstream_port}")])
-        .env("PGWARDEN_CONFIG_YAML", yaml)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
-    (child, port, admin)
+    let mut stderr = Some(stderr);
+    for _ in 0..5 {
+        let (port, admin) = (free_port(), free_port());
+        let mut child = bin()
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--upstream", &format!("127.0.0.1:{upstream_port}")])
+            .env("PGWARDEN_CONFIG_YAML", yaml)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr.take().unwrap_or_else(Stdio::piped))
+            .spawn()
+            .unwrap();
+        if listening_or_exited(&mut child, port).await {
+            return (child, port, admin);
+        }
+        eprintln!("pgwarden exited before listening on {port} (a port taken meanwhile?); starting it again");
+    }
+    panic!("pgwarden never listened in 5 attempts");
+}
+
+/// Waits until `port` accepts (true) or `child` exits (false); panics after 10 s.
+pub async fn listening_or_exited(child: &mut std::process::Child, port: u16) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < until, "process never listened on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn wait_listening(port: u16) {
