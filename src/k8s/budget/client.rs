@@ -37,15 +37,15 @@ fn target(settings: &BudgetClient) -> anyhow::Result<Target> {
     let url = settings.coordinator.as_deref().context("budget.coordinator is not set")?;
     let rest = url.strip_prefix("https://").context("budget.coordinator must be an https:// URL")?;
     let authority = rest.split('/').next().unwrap_or_default().to_string();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !p.contains(']') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse().context("bad port in budget.coordinator")?,
-        ),
-        _ => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
+    // HTTPS's port when the URL names none (`host`, `[::1]`); the config's own host:port parser does the rest.
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:443")
+    } else {
+        authority.clone()
     };
+    let at = crate::config::values::parse_host_port(&with_port).map_err(|e| anyhow!("budget.coordinator: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(crate::tls::budget_client_config(settings)?);
-    Ok(Target { host, port, authority, tls })
+    Ok(Target { host: at.host, port: at.port, authority, tls })
 }
 
 /// The budget client of this sidecar, checked before the proxy starts.
