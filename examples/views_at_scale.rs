@@ -59,7 +59,7 @@ fn main() {
             let conn = guard.conn();
             let s = [ConnState::Idle, ConnState::Active, ConnState::IdleInTransaction][n % 3];
             conn.set_state(s, now);
-            conn.set_last_statement(format!("select * from orders where id = {n} and status = 'open'").as_bytes());
+            conn.set_last_statement(format!("select * from orders where id = {n} and status = 'open'").as_bytes().into());
             guards.push(guard);
         }
         state.housekeeping(Instant::now());

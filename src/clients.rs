@@ -6,9 +6,12 @@
 //! counters the stats issue exposes. Does not own: deciding the policy (see `policy`) or what the client is
 //! told (see `session`).
 
+pub mod latency;
+
 use crate::config::Limit;
 use crate::identity::ClientId;
 use crate::vocab::{CloseCounts, RefuseCounts, RefuseReason};
+use latency::Latencies;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +35,8 @@ pub struct ClientCounters {
 pub struct ClientEntry {
     pub id: Arc<ClientId>,
     pub counters: ClientCounters,
+    /// Query latency, transaction duration and slot wait, recorded by the client's sessions.
+    pub latency: Latencies,
     /// Cap in force for this client (from the last admission), for display; `None` is unlimited.
     pub max_connections: Mutex<Option<u32>>,
     /// Last refusal log line, for rate-limiting: (when, refusals not logged since).
@@ -285,6 +290,7 @@ impl Table {
             entry: Arc::new(ClientEntry {
                 id: client.clone(),
                 counters: ClientCounters::default(),
+                latency: Latencies::new(Instant::now()),
                 max_connections: Mutex::new(None),
                 refusal_log: Mutex::new((None, 0)),
             }),

@@ -6,15 +6,18 @@
 
 use crate::identity::{ClientId, Peer};
 use crate::vocab::ConnState;
+use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU64, AtomicU8,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
 
-/// Signals a session's relay acts on (bits of [`Conn::take_signals`]).
+/// Signals a session's relay acts on (bits of [`Conn::poll_signals`]).
 pub mod signal {
     /// The settings changed: recompute the policy and timers.
     pub const RELOAD: u8 = 1;
@@ -45,7 +48,9 @@ pub struct Conn {
     state: AtomicU64,
     backend_pid: AtomicI32,
     cancel: OnceLock<CancelTarget>,
-    last_statement: Mutex<String>,
+    /// The text last executed (bounded by `stats.statement_max_length`), shared with the relay's tracker:
+    /// publishing a statement executed again is a pointer comparison, not a copy.
+    last_statement: Mutex<Option<Arc<[u8]>>>,
     pub queries: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -53,8 +58,9 @@ pub struct Conn {
     /// When and why the session ended (set once, just before its entry leaves the registry).
     closed: OnceLock<(Instant, &'static str)>,
     signals: AtomicU8,
-    /// Per connection, so waking one session never contends with another's relay.
-    notify: Notify,
+    /// The relay's task, woken by [`Conn::signal`]; lock-free, so the relay's poll of it on every round trip
+    /// takes no mutex (and per connection, so waking one session never contends with another's relay).
+    waker: AtomicWaker,
 }
 
 impl Conn {
@@ -76,19 +82,23 @@ impl Conn {
         self.closed.get().copied()
     }
 
-    /// Raises signal bits and wakes the session's relay (a wake is never lost: Notify keeps a permit).
+    /// Raises signal bits and wakes the session's relay. A wake is never lost: the bits stay until taken,
+    /// and [`Conn::poll_signals`] registers before it looks a second time.
     pub fn signal(&self, bits: u8) {
-        self.signals.fetch_or(bits, Relaxed);
-        self.notify.notify_one();
+        self.signals.fetch_or(bits, AcqRel);
+        self.waker.wake();
     }
 
-    pub fn take_signals(&self) -> u8 {
-        self.signals.swap(0, Relaxed)
-    }
-
-    /// Resolves when [`Conn::signal`] was called.
-    pub fn signalled(&self) -> Notified<'_> {
-        self.notify.notified()
+    /// The signal bits raised since the last call (taken), or `Pending` with the task registered for the
+    /// next [`Conn::signal`]. With none raised this is one load and a waker check: no lock, no write.
+    pub fn poll_signals(&self, cx: &mut Context<'_>) -> Poll<u8> {
+        if self.signals.load(Acquire) == 0 {
+            self.waker.register(cx.waker());
+            if self.signals.load(Acquire) == 0 {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.signals.swap(0, AcqRel))
     }
 
     pub fn state(&self) -> ConnState {
@@ -125,14 +135,17 @@ impl Conn {
     }
 
     /// Replaces the last statement text, reusing the string's memory.
-    pub fn set_last_statement(&self, text: &[u8]) {
-        let mut s = self.last_statement.lock().unwrap_or_else(|e| e.into_inner());
-        s.clear();
-        s.push_str(&String::from_utf8_lossy(text));
+    /// Publishes the text last executed (the relay calls this only when it changed).
+    pub fn set_last_statement(&self, text: Arc<[u8]>) {
+        let old = self.last_statement.lock().unwrap_or_else(|e| e.into_inner()).replace(text);
+        drop(old); // freed outside the lock
     }
 
+    /// The text last executed, as text (invalid UTF-8 replaced): converted here, for the views, and not on the
+    /// relay's path.
     pub fn last_statement(&self) -> String {
-        self.last_statement.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let text = self.last_statement.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        text.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default()
     }
 }
 
@@ -169,7 +182,7 @@ impl Registry {
             listening: AtomicBool::new(false),
             closed: OnceLock::new(),
             signals: AtomicU8::new(0),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
         });
         conn.set_state(ConnState::Startup, opened);
         self.lock().insert(id, conn.clone());
@@ -278,8 +291,27 @@ mod tests {
         assert_eq!(g.conn().backend_pid(), Some(42));
         assert_eq!(reg.cancel_target(42, &[1, 2, 3, 4]), Some(addr));
         assert_eq!(reg.cancel_target(42, &[1, 2, 3, 5]), None);
-        g.conn().set_last_statement(b"select 1");
-        g.conn().set_last_statement(b"select 22");
+        g.conn().set_last_statement(Arc::from(&b"select 1"[..]));
+        g.conn().set_last_statement(Arc::from(&b"select 22"[..]));
         assert_eq!(g.conn().last_statement(), "select 22");
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_the_relay_whether_it_came_before_or_during_the_wait() {
+        let reg = Arc::new(Registry::default());
+        let peer = Peer::Tcp("127.0.0.1:1".parse().unwrap());
+        let g = reg.register(client(), peer, Instant::now());
+        let conn = g.conn().clone();
+        conn.signal(signal::RELOAD);
+        conn.signal(signal::SHUTDOWN);
+        let bits = std::future::poll_fn(|cx| conn.poll_signals(cx)).await;
+        assert_eq!(bits, signal::RELOAD | signal::SHUTDOWN, "raised before: both bits, taken at once");
+        let waiting = conn.clone();
+        let task = tokio::spawn(async move { std::future::poll_fn(|cx| waiting.poll_signals(cx)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "nothing raised: pending");
+        conn.signal(signal::RECLAIM_BUDGET);
+        let bits = tokio::time::timeout(Duration::from_secs(5), task).await.expect("woken").unwrap();
+        assert_eq!(bits, signal::RECLAIM_BUDGET);
     }
 }

@@ -51,6 +51,7 @@ pub async fn admit(
     rule: Option<&str>,
     shutdown: &CancellationToken,
 ) -> Result<Slot, Option<Fatal>> {
+    let arrived = Instant::now();
     let config = state.settings().config.clone();
     let caps = Caps {
         client: policy.max_connections,
@@ -79,6 +80,7 @@ pub async fn admit(
             if let Some(reason) = would_refuse {
                 log(&refusal(reason), true);
             }
+            clients.entry(&conn.client).latency.slot_wait.record(Duration::ZERO, arrived);
             Ok(slot)
         }
         Admission::Refused(reason) => {
@@ -96,7 +98,9 @@ pub async fn admit(
             };
             tokio::select! {
                 slot = ticket.granted() => {
-                    conn.set_state(ConnState::Startup, Instant::now());
+                    let now = Instant::now();
+                    conn.set_state(ConnState::Startup, now);
+                    clients.entry(&conn.client).latency.slot_wait.record(now.duration_since(arrived), now);
                     Ok(slot)
                 }
                 _ = timeout => {

@@ -29,16 +29,15 @@ use crate::registry::{signal, CancelTarget, Conn};
 use crate::session::stream::ClientStream;
 use crate::state::State;
 use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
-use flow::{Flow, BUF_SIZE};
+use flow::Flow;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use timers::{arm, far_future};
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
 use tracker::Tracker;
@@ -73,7 +72,7 @@ impl Direction {
 
     /// Whether the receiver has seen whole messages only (what was written on ends at a boundary).
     fn receiver_at_boundary(&self) -> bool {
-        match (self.flow.len, self.flow.sent()) {
+        match (self.flow.len(), self.flow.sent()) {
             (0, _) => self.scanner.at_boundary(),
             (_, 0) => self.chunk_starts_at_boundary,
             _ => false,
@@ -118,16 +117,14 @@ pub async fn run(
         would_closed: false,
         would_close_counted: false,
         published: ConnState::Startup,
+        busy_since: None,
+        transaction_since: None,
         drain_deadline: None,
         violation: None,
     };
     if !early.is_empty() {
-        let (flow, n) = (&mut relay.to_server.flow, early.len());
-        if n > flow.buf.len() {
-            flow.buf = vec![0; n.max(BUF_SIZE)];
-        }
-        flow.buf[..n].copy_from_slice(&early);
-        flow.len = n;
+        let n = early.len();
+        relay.to_server.flow.replace(&early);
         drop(early);
         if let Err(fatal) = relay.client_bytes(n) {
             return relay.close(client, server, fatal).await;
@@ -138,9 +135,9 @@ pub async fn run(
 
 /// What the I/O poll found.
 enum Io {
-    /// `n` new bytes from the client, in `to_server.flow.buf[..n]`.
+    /// `n` new bytes from the client, pending in `to_server.flow`.
     Client(usize),
-    /// `n` new bytes from the server, in `to_client.flow.buf[..n]`.
+    /// `n` new bytes from the server, pending in `to_client.flow`.
     Server(usize),
     ClientClosed,
     /// The server closed (`None`) or the link to it failed (a reset, a keepalive or user timeout).
@@ -163,6 +160,9 @@ struct Relay<'a, 'c> {
     /// Report-only: this connection was counted in `would_close` (SPEC: once per connection).
     would_close_counted: bool,
     published: ConnState,
+    /// When the session last became busy (for the query latency) and left idle (the transaction's start).
+    busy_since: Option<Instant>,
+    transaction_since: Option<Instant>,
     drain_deadline: Option<Instant>,
     /// A bad message header from the client: the whole messages before it went on; once the server has
     /// answered them (or [`VIOLATION_GRACE`] passed) the session closes with this error, as PostgreSQL would
@@ -176,7 +176,6 @@ const VIOLATION_GRACE: Duration = Duration::from_secs(5);
 impl Relay<'_, '_> {
     async fn run(&mut self, client: &mut ClientStream, server: &mut Upstream) -> CloseReason {
         let conn = self.ctx.conn;
-        let mut signalled = pin!(conn.signalled());
         let mut draining = self.ctx.shutdown.is_cancelled();
         if draining {
             self.drain_deadline = Instant::now().checked_add(self.grace());
@@ -192,7 +191,7 @@ impl Relay<'_, '_> {
                 arm(sleep.as_mut(), &mut armed, timer);
             }
             if let Some((_, at)) = &self.violation {
-                if self.to_server.flow.len == 0 && !self.tracker.awaits_answers() {
+                if self.to_server.flow.len() == 0 && !self.tracker.awaits_answers() {
                     let (fatal, _) = self.violation.take().expect("set");
                     return self.close(client, server, fatal).await;
                 }
@@ -204,9 +203,7 @@ impl Relay<'_, '_> {
             server_first = !server_first;
             let event = tokio::select! {
                 biased;
-                _ = &mut signalled => {
-                    signalled.set(conn.signalled());
-                    let bits = conn.take_signals();
+                bits = poll_fn(|cx| conn.poll_signals(cx)) => {
                     if bits & signal::RELOAD != 0 {
                         self.reload();
                     }
@@ -276,19 +273,11 @@ impl Relay<'_, '_> {
         }
         let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
         for side in order {
-            let (flow, polled) = match side {
-                Side::Client if self.to_server.flow.len == 0 && self.violation.is_none() => {
-                    let flow = &mut self.to_server.flow;
-                    let mut rb = ReadBuf::new(&mut flow.buf);
-                    let polled = Pin::new(&mut *client).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
-                    (flow, polled)
+            let polled = match side {
+                Side::Client if self.to_server.flow.len() == 0 && self.violation.is_none() => {
+                    self.to_server.flow.poll_read_from(cx, client)
                 }
-                Side::Server if self.to_client.flow.len == 0 => {
-                    let flow = &mut self.to_client.flow;
-                    let mut rb = ReadBuf::new(&mut flow.buf);
-                    let polled = Pin::new(&mut *server).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len());
-                    (flow, polled)
-                }
+                Side::Server if self.to_client.flow.len() == 0 => self.to_client.flow.poll_read_from(cx, server),
                 _ => continue,
             };
             match (side, polled) {
@@ -296,11 +285,8 @@ impl Relay<'_, '_> {
                 (Side::Client, Poll::Ready(Ok(0)) | Poll::Ready(Err(_))) => return Poll::Ready(Ok(Io::ClientClosed)),
                 (Side::Server, Poll::Ready(Ok(0))) => return Poll::Ready(Ok(Io::ServerClosed(None))),
                 (Side::Server, Poll::Ready(Err(e))) => return Poll::Ready(Ok(Io::ServerClosed(Some(e)))),
-                (side, Poll::Ready(Ok(n))) => {
-                    flow.len = n;
-                    flow.grow = n == flow.buf.len() && n < BUF_SIZE;
-                    return Poll::Ready(Ok(if side == Side::Client { Io::Client(n) } else { Io::Server(n) }));
-                }
+                (Side::Client, Poll::Ready(Ok(n))) => return Poll::Ready(Ok(Io::Client(n))),
+                (Side::Server, Poll::Ready(Ok(n))) => return Poll::Ready(Ok(Io::Server(n))),
             }
         }
         Poll::Pending
@@ -334,35 +320,68 @@ impl Relay<'_, '_> {
         if state == self.published {
             return false;
         }
-        self.ctx.conn.set_state(state, Instant::now());
+        let now = Instant::now();
+        self.ctx.conn.set_state(state, now);
+        self.record_latency(self.published, state, now);
         self.published = state;
         // A new idle period: report-only counts each connection once, but a used connection starts afresh.
         if state == ConnState::Active {
             self.would_closed = false;
+            self.to_client.flow.expect_large();
         }
         if state == ConnState::Idle {
             self.to_server.shrink();
             self.to_client.shrink();
-            self.tracker.shrink();
         }
         true
     }
 
-    /// Scans `n` new client bytes in `to_server.flow.buf`; they are written to the server by the I/O poll.
+    /// Records what a state change ends: busy to not busy is one query's latency; back to idle outside a
+    /// transaction ends the transaction that began when the session left idle.
+    fn record_latency(&mut self, from: ConnState, to: ConnState, now: Instant) {
+        let latency = &self.ctx.entry.latency;
+        match (from, to) {
+            (ConnState::Active, _) => {
+                if let Some(since) = self.busy_since.take() {
+                    latency.query.record(now.saturating_duration_since(since), now);
+                }
+            }
+            (_, ConnState::Active) => {}
+            _ => return,
+        }
+        match (from, to) {
+            (_, ConnState::Active) => {
+                self.busy_since = Some(now);
+                if from == ConnState::Idle {
+                    self.transaction_since = Some(now);
+                }
+            }
+            (_, ConnState::Idle) => {
+                if let Some(since) = self.transaction_since.take() {
+                    latency.transaction.record(now.saturating_duration_since(since), now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Scans the `n` new client bytes pending in `to_server.flow`; they are written to the server by the I/O poll.
     fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let cap = self.statement_cap;
         let tracker = &mut self.tracker;
         let Direction { flow, scanner, chunk_starts_at_boundary } = &mut self.to_server;
         *chunk_starts_at_boundary = scanner.at_boundary();
-        if let Err(e) = scanner.feed(&flow.buf[..n], |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f)) {
+        if let Err(e) =
+            scanner.feed(&flow.pending()[..n], |tag| tracker::client_want(cap, tag), |f| tracker.on_client(f))
+        {
             let fatal = Fatal::protocol(format!("pgwarden: protocol violation: {e}"));
             let Some(at) = e.at else {
                 // Part of the bad header already went on: nothing more can.
-                flow.len = 0;
+                flow.discard();
                 return Err(fatal);
             };
             // The whole messages before the bad header go on, as they would have reached PostgreSQL.
-            flow.len = at;
+            flow.truncate(at);
             self.violation = Some((fatal, Instant::now() + VIOLATION_GRACE));
         }
         let conn = self.ctx.conn;
@@ -383,23 +402,19 @@ impl Relay<'_, '_> {
         let Some(filter) = &mut self.auth else { return Ok(n) };
         let flow = &mut self.to_client.flow;
         let mut out = Vec::with_capacity(n);
-        if let Err(e) = filter.push(&flow.buf[..n], &mut out) {
-            flow.len = 0;
+        if let Err(e) = filter.push(&flow.pending()[..n], &mut out) {
+            flow.discard();
             let message = format!("pgwarden: protocol violation by the upstream server: {e}");
             return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
         }
         if filter.done() {
             self.auth = None;
         }
-        if out.len() > flow.buf.len() {
-            flow.buf.resize(out.len(), 0);
-        }
-        flow.buf[..out.len()].copy_from_slice(&out);
-        flow.len = out.len();
+        flow.replace(&out);
         Ok(out.len())
     }
 
-    /// Scans `n` new server bytes in `to_client.flow.buf`; they are written to the client by the I/O poll.
+    /// Scans the `n` new server bytes pending in `to_client.flow`; they are written to the client by the I/O poll.
     fn server_bytes(&mut self, mut n: usize) -> Result<(), Fatal> {
         if self.auth.is_some() {
             n = self.filter_auth(n)?;
@@ -407,9 +422,9 @@ impl Relay<'_, '_> {
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
         let Direction { flow, scanner, .. } = &mut self.to_client;
-        if let Err(e) = scanner.feed(&flow.buf[..n], Tracker::server_want, |f| tracker.on_server(f)) {
+        if let Err(e) = scanner.feed(&flow.pending()[..n], Tracker::server_want, |f| tracker.on_server(f)) {
             tracing::warn!(error = %e, "protocol violation from upstream");
-            flow.len = 0;
+            flow.discard();
             let message = format!("pgwarden: protocol violation by the upstream server: {e}");
             return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
         }
@@ -436,8 +451,7 @@ mod tests {
     /// Feeds `bytes` as one chunk into a direction, as the relay does.
     fn feed(d: &mut Direction, bytes: &[u8]) {
         d.chunk_starts_at_boundary = d.scanner.at_boundary();
-        d.flow.buf[..bytes.len()].copy_from_slice(bytes);
-        d.flow.len = bytes.len();
+        d.flow.replace(bytes);
         d.scanner.feed(bytes, |_| 0, |_| {}).unwrap();
     }
 

@@ -11,12 +11,15 @@ mod budget;
 mod labels;
 
 use super::stats::{ClientStats, Snapshot};
+use crate::clients::latency::{Hist, BOUNDS_US};
 use crate::clients::ClientEntry;
 use crate::pods::PodDirectory;
 use crate::state::State;
 use crate::vocab::{CloseReason, RefuseReason};
 use labels::{Counts, Labels, Live, OTHER};
+use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub struct Exporter {
@@ -223,8 +226,10 @@ impl Exporter {
                 add(&self.would_close, l, r.as_str(), c.would_close[r as usize]);
             }
         }
+        let mut families = self.registry.gather();
+        families.extend(latency_families(&series).into_iter().filter(|f| !f.get_metric().is_empty()));
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        TextEncoder::new().encode(&families, &mut out).expect("text encoding");
         String::from_utf8(out).expect("utf-8")
     }
 }
@@ -238,7 +243,66 @@ fn counts_of(e: &ClientEntry) -> Counts {
         would_refuse: std::array::from_fn(|i| c.would_refuse.get(RefuseReason::ALL[i])),
         closed: std::array::from_fn(|i| c.closed.get(CloseReason::ALL[i])),
         would_close: std::array::from_fn(|i| c.would_close.get(CloseReason::ALL[i])),
+        query: e.latency.query.total(),
+        transaction: e.latency.transaction.total(),
+        slot_wait: e.latency.slot_wait.total(),
     }
+}
+
+/// The latency histograms, one series per `client` label (in label order, so a scrape's output is stable).
+fn latency_families(series: &HashMap<String, Counts>) -> Vec<MetricFamily> {
+    let mut labels: Vec<&String> = series.keys().collect();
+    labels.sort();
+    let family = |name: &str, help: &str, hist: fn(&Counts) -> &Hist| {
+        let metrics = labels.iter().map(|l| histogram_metric(l, hist(&series[*l]))).collect();
+        let mut f = MetricFamily::default();
+        f.set_name(format!("pgwarden_{name}"));
+        f.set_help(help.to_string());
+        f.set_field_type(MetricType::HISTOGRAM);
+        f.set_metric(metrics);
+        f
+    };
+    vec![
+        family(
+            "client_query_duration_seconds",
+            "a Query, or a batch up to Sync, until the ReadyForQuery that leaves nothing pending",
+            |c| &c.query,
+        ),
+        family(
+            "client_transaction_duration_seconds",
+            "from leaving idle to idle again outside a transaction (an autocommit statement is one)",
+            |c| &c.transaction,
+        ),
+        family("client_slot_wait_seconds", "from a connection's arrival to its slot (0 when granted at once)", |c| {
+            &c.slot_wait
+        }),
+    ]
+}
+
+fn histogram_metric(client: &str, h: &Hist) -> Metric {
+    let mut label = LabelPair::default();
+    label.set_name("client".to_string());
+    label.set_value(client.to_string());
+    let mut cumulative = 0;
+    let buckets = BOUNDS_US
+        .iter()
+        .zip(&h.buckets)
+        .map(|(&bound, &n)| {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(bound as f64 / 1e6);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut hist = proto::Histogram::default();
+    hist.set_sample_count(h.count());
+    hist.set_sample_sum(h.sum_us as f64 / 1e6);
+    hist.set_bucket(buckets);
+    let mut m = Metric::default();
+    m.set_label(vec![label]);
+    m.set_histogram(hist);
+    m
 }
 
 fn add(v: &IntCounterVec, client: &str, reason: &str, n: u64) {

@@ -64,6 +64,16 @@ pub fn opt_secs(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"))
 }
 
+/// Milliseconds with a precision that suits the size (`0.42ms`, `12.3ms`, `1500ms`), `-` for none.
+pub fn opt_ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".to_string(),
+        Some(ms) if ms < 10.0 => format!("{ms:.2}ms"),
+        Some(ms) if ms < 100.0 => format!("{ms:.1}ms"),
+        Some(ms) => format!("{ms:.0}ms"),
+    }
+}
+
 /// The `top` table: leaking clients first, then by open connections.
 pub fn clients_table(r: &ClientsResponse) -> String {
     let mut clients: Vec<_> = r.clients.iter().collect();
@@ -79,7 +89,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  LEAK",
+        "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>9} {:>11} {:>8}  LEAK",
         "CLIENT",
         "OPEN",
         "CAP",
@@ -90,6 +100,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
         "REFUSED",
         "TIMEDOUT",
         "SUSPECT",
+        "P99_QUERY",
         "OLDEST_IDLE",
         "OLD_INTX",
     );
@@ -98,7 +109,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
         let leak = if c.leak_suspected { c.leak_reasons.join(",") } else { String::new() };
         let _ = writeln!(
             out,
-            "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>11} {:>8}  {}",
+            "{:<32} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>8} {:>9} {:>7} {:>9} {:>11} {:>8}  {}",
             truncate(&c.client, 32),
             c.open,
             cap,
@@ -109,6 +120,7 @@ pub fn clients_table(r: &ClientsResponse) -> String {
             c.refused_total,
             c.timed_out_total,
             c.suspect_connections,
+            opt_ms(c.latency.query_p99_ms),
             opt_secs(c.oldest_idle_seconds),
             opt_secs(c.oldest_idle_in_transaction_seconds),
             leak
@@ -236,7 +248,22 @@ mod tests {
             leak_suspected: suspects > 0,
             suspect_connections: suspects,
             leak_reasons: if suspects > 0 { vec!["idle_while_client_at_cap".into()] } else { vec![] },
+            latency: Default::default(),
         }
+    }
+
+    #[test]
+    fn top_shows_each_clients_recent_p99_query_latency() {
+        let mut slow = client("slow", 1, 0);
+        slow.latency.query_p99_ms = Some(12.34);
+        let r =
+            ClientsResponse { budget: None, identity: Default::default(), clients: vec![slow, client("quiet", 1, 0)] };
+        let table = clients_table(&r);
+        assert!(table.lines().next().unwrap().contains("P99_QUERY"));
+        let row = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        assert!(row("slow").contains(" 12.3ms "), "{table}");
+        assert!(row("quiet").split_whitespace().nth(10) == Some("-"), "{table}");
+        assert_eq!((opt_ms(Some(0.4213)), opt_ms(Some(1499.6))), ("0.42ms".to_string(), "1500ms".to_string()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! The same types deserialize the JSON again for `pgwarden top` and `pgwarden leaks`.
 
+use crate::clients::latency::{self, Latencies};
 use crate::clients::ClientEntry;
 use crate::identity::{Field, Peer, PodIdentity};
 use crate::leak::{Detector, LeakReason};
@@ -47,6 +48,45 @@ pub struct ClientStats {
     pub leak_suspected: bool,
     pub suspect_connections: u32,
     pub leak_reasons: Vec<String>,
+    /// Recent latency (absent from sidecars older than this field).
+    #[serde(default)]
+    pub latency: LatencyStats,
+}
+
+/// A client's latency over the last `window_seconds` (one to two windows of `clients::latency::WINDOW`),
+/// quantiles estimated from the histogram buckets as Prometheus' `histogram_quantile` would; `None` with no
+/// sample in the window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyStats {
+    pub window_seconds: u64,
+    /// Queries (a Query, or a batch up to Sync) answered in the window.
+    pub queries: u64,
+    pub query_p50_ms: Option<f64>,
+    pub query_p99_ms: Option<f64>,
+    pub transactions: u64,
+    pub transaction_p50_ms: Option<f64>,
+    pub transaction_p99_ms: Option<f64>,
+    /// Connections admitted in the window, and how long they waited for a slot.
+    pub admitted: u64,
+    pub slot_wait_p99_ms: Option<f64>,
+}
+
+impl LatencyStats {
+    fn of(l: &Latencies, now: Instant) -> LatencyStats {
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let (q, t, w) = (l.query.recent(now), l.transaction.recent(now), l.slot_wait.recent(now));
+        LatencyStats {
+            window_seconds: 2 * latency::WINDOW.as_secs(),
+            queries: q.count(),
+            query_p50_ms: q.quantile(0.5).map(ms),
+            query_p99_ms: q.quantile(0.99).map(ms),
+            transactions: t.count(),
+            transaction_p50_ms: t.quantile(0.5).map(ms),
+            transaction_p99_ms: t.quantile(0.99).map(ms),
+            admitted: w.count(),
+            slot_wait_p99_ms: w.quantile(0.99).map(ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -271,6 +311,7 @@ impl Snapshot {
             leak_suspected: !suspects.is_empty(),
             suspect_connections: suspects.len() as u32,
             leak_reasons: reasons.into_iter().map(|r| r.as_str().to_string()).collect(),
+            latency: LatencyStats::of(&entry.latency, self.now),
         }
     }
 

@@ -42,6 +42,18 @@ const CLIENT_FIELDS: &[&str] = &[
     "leak_suspected",
     "suspect_connections",
     "leak_reasons",
+    "latency",
+];
+const LATENCY_FIELDS: &[&str] = &[
+    "window_seconds",
+    "queries",
+    "query_p50_ms",
+    "query_p99_ms",
+    "transactions",
+    "transaction_p50_ms",
+    "transaction_p99_ms",
+    "admitted",
+    "slot_wait_p99_ms",
 ];
 const CONNECTION_FIELDS: &[&str] = &[
     "id",
@@ -86,6 +98,14 @@ async fn clients_and_connections_match_pg_stat_activity() {
     );
     assert_eq!(c["max_connections"], 7);
     assert_eq!(c["opened_total"], 2);
+    let l = &c["latency"];
+    assert_eq!(keys(l), set(LATENCY_FIELDS));
+    // a's query, and b's `begin; select 1` (one Query, one round trip).
+    assert_eq!((l["queries"].as_u64(), l["admitted"].as_u64()), (Some(2), Some(2)), "{l}");
+    assert_eq!(l["transactions"], 1, "b's transaction is still open: {l}");
+    let (p50, p99) = (l["query_p50_ms"].as_f64().unwrap(), l["query_p99_ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 5_000.0, "{l}");
+    assert!(l["slot_wait_p99_ms"].as_f64().unwrap() <= 0.001, "granted at once: the first bucket: {l}");
 
     let conns = p.admin_json("/connections").await;
     assert_eq!(keys(&conns), set(&["connections"]));
@@ -169,6 +189,10 @@ const SPEC_METRICS: &[&str] = &[
     // Beyond the SPEC's list (hardening issue): pgwarden's own limits, apart from the upstream's.
     "pgwarden_fd_exhausted_total",
     "pgwarden_connections_awaiting_startup",
+    // Performance issue: per-client latency.
+    "pgwarden_client_query_duration_seconds",
+    "pgwarden_client_transaction_duration_seconds",
+    "pgwarden_client_slot_wait_seconds",
 ];
 
 #[tokio::test]
@@ -215,6 +239,21 @@ async fn metrics_parse_and_client_labels_are_bounded() {
     let opened_total: f64 =
         samples.iter().filter(|s| s.0 == "pgwarden_client_connections_opened_total").map(|s| s.2).sum();
     assert_eq!(opened_total, 1002.0, "nothing lost in `other`");
+    let sum = |name: &str| samples.iter().filter(|s| s.0 == name).map(|s| s.2).sum::<f64>();
+    assert_eq!(sum("pgwarden_client_slot_wait_seconds_count"), 1002.0, "every admission's wait, none lost");
+    assert!(sum("pgwarden_client_query_duration_seconds_count") >= 1001.0, "1000 selects and a begin");
+    // Each series' buckets are cumulative and end at its count.
+    let other = |s: &&Sample| s.1.iter().any(|(k, v)| k == "client" && v == "other");
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.0 == "pgwarden_client_query_duration_seconds_bucket")
+        .filter(other)
+        .map(|s| s.2)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    let count = samples.iter().filter(|s| s.0 == "pgwarden_client_query_duration_seconds_count").find(other).unwrap();
+    assert_eq!(buckets.last(), Some(&count.2), "+Inf holds them all");
+    assert!(count.2 >= 900.0, "most selects ran under `other`: {}", count.2);
     let refused = samples.iter().find(|s| s.0 == "pgwarden_client_connections_refused_total").unwrap();
     assert!(refused.1.contains(&("reason".to_string(), "client_limit".to_string())));
     let iit = samples

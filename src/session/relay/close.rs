@@ -5,6 +5,7 @@
 //! never leaves a backend behind. A server that takes nothing for [`UPSTREAM_STALL`] is reset instead
 //! (it is blocked, most often writing results nobody will read, and a CancelRequest cannot reach it there).
 
+use super::flow::BUF_SIZE;
 use super::{Direction, Relay, Tracker};
 use crate::protocol::error_response;
 use crate::protocol::scanner::TERMINATE;
@@ -79,17 +80,18 @@ impl Relay<'_, '_> {
             let Direction { flow, scanner, .. } = &mut self.to_client;
             let _ = flow.drain_to(client).await;
             // Complete the server's current message (the cancel above makes a long result end soon).
+            let mut chunk = if scanner.at_boundary() { Vec::new() } else { vec![0; BUF_SIZE] };
             while !scanner.at_boundary() {
-                let want = scanner.bytes_to_boundary().clamp(1, flow.buf.len());
-                let n = match server.read(&mut flow.buf[..want]).await {
+                let want = scanner.bytes_to_boundary().clamp(1, chunk.len());
+                let n = match server.read(&mut chunk[..want]).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
                 let tracker = &mut self.tracker;
-                if scanner.feed(&flow.buf[..n], Tracker::server_want, |f| tracker.on_server(f)).is_err() {
+                if scanner.feed(&chunk[..n], Tracker::server_want, |f| tracker.on_server(f)).is_err() {
                     break;
                 }
-                if client.write_all(&flow.buf[..n]).await.is_err() {
+                if client.write_all(&chunk[..n]).await.is_err() {
                     break;
                 }
             }

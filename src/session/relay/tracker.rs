@@ -33,7 +33,8 @@ pub struct Tracker {
     answered: u64,
     unnamed: Option<Arc<[u8]>>,
     bound: Option<Arc<[u8]>>,
-    last_statement: Vec<u8>,
+    /// The text last executed, shared with the registry once published.
+    last_statement: Option<Arc<[u8]>>,
     statement_changed: bool,
     pub queries: u64,
     pub terminated: bool,
@@ -66,7 +67,7 @@ impl Tracker {
             answered: 0,
             unnamed: None,
             bound: None,
-            last_statement: Vec::new(),
+            last_statement: None,
             statement_changed: false,
             queries: 0,
             terminated: false,
@@ -119,7 +120,7 @@ impl Tracker {
                 self.queries += 1;
                 let text = messages::cstr(f.body).0;
                 self.on_sql(text);
-                self.set_statement(text);
+                self.set_statement_text(text);
             }
             frontend::PARSE => {
                 let (name, text) = messages::parse_message(f.body);
@@ -146,7 +147,7 @@ impl Tracker {
                 self.queries += 1;
                 if let Some(text) = self.bound.clone() {
                     self.on_sql(&text);
-                    self.set_statement(&text);
+                    self.set_statement(text);
                 }
             }
             frontend::SYNC if self.copy_in => {}
@@ -248,35 +249,40 @@ impl Tracker {
         }
     }
 
-    /// The statement text, if it changed since the last call.
-    pub fn take_statement(&mut self) -> Option<&[u8]> {
+    /// The statement text, if it changed since the last call (a clone of the shared text: no copy).
+    pub fn take_statement(&mut self) -> Option<Arc<[u8]>> {
         if std::mem::take(&mut self.statement_changed) {
-            Some(&self.last_statement)
+            self.last_statement.clone()
         } else {
             None
         }
     }
 
-    /// The session went idle: the last statement was published (the registry holds the copy the views
-    /// show), so a long one gives its memory back here.
-    pub fn shrink(&mut self) {
-        if !self.statement_changed && self.last_statement.capacity() > IDLE_STATEMENT_CAPACITY {
-            self.last_statement = Vec::new();
-        }
-    }
-
-    fn set_statement(&mut self, text: &[u8]) {
+    /// A Query's text: kept (bounded) unless it is the one already kept, so a statement sent again costs a
+    /// comparison, not an allocation and a copy.
+    fn set_statement_text(&mut self, text: &[u8]) {
         if self.statement_cap == 0 {
             return;
         }
-        self.last_statement.clear();
-        self.last_statement.extend_from_slice(&text[..text.len().min(self.statement_cap)]);
-        self.statement_changed = true;
+        let text = &text[..text.len().min(self.statement_cap)];
+        if self.last_statement.as_deref() != Some(text) {
+            self.last_statement = Some(Arc::from(text));
+            self.statement_changed = true;
+        }
+    }
+
+    /// A prepared statement's text (already bounded, shared with the statement cache).
+    fn set_statement(&mut self, text: Arc<[u8]>) {
+        let same = match &self.last_statement {
+            Some(last) => Arc::ptr_eq(last, &text) || **last == *text,
+            None => false,
+        };
+        if !same {
+            self.last_statement = Some(text);
+            self.statement_changed = true;
+        }
     }
 }
-
-/// Bytes of the last statement's buffer kept while idle (longer ones are allocated per statement).
-const IDLE_STATEMENT_CAPACITY: usize = 256;
 
 /// How many body bytes of a client message to capture when statements are kept up to `cap` bytes.
 pub fn client_want(cap: usize, tag: u8) -> usize {

@@ -10,6 +10,7 @@
 //! holding its last value) until its place is needed by a new client; then it goes, and its counts move into
 //! `other`.
 
+use crate::clients::latency::Hist;
 use crate::vocab::{CloseReason, RefuseReason};
 use std::collections::HashMap;
 
@@ -23,6 +24,9 @@ pub struct Counts {
     pub would_refuse: [u64; RefuseReason::COUNT],
     pub closed: [u64; CloseReason::COUNT],
     pub would_close: [u64; CloseReason::COUNT],
+    pub query: Hist,
+    pub transaction: Hist,
+    pub slot_wait: Hist,
 }
 
 impl Counts {
@@ -35,6 +39,9 @@ impl Counts {
         sub(&mut d.would_refuse, &o.would_refuse);
         sub(&mut d.closed, &o.closed);
         sub(&mut d.would_close, &o.would_close);
+        d.query = self.query.since(&o.query);
+        d.transaction = self.transaction.since(&o.transaction);
+        d.slot_wait = self.slot_wait.since(&o.slot_wait);
         d
     }
 
@@ -45,6 +52,9 @@ impl Counts {
         sum(&mut self.would_refuse, &o.would_refuse);
         sum(&mut self.closed, &o.closed);
         sum(&mut self.would_close, &o.would_close);
+        self.query.add(&o.query);
+        self.transaction.add(&o.transaction);
+        self.slot_wait.add(&o.slot_wait);
     }
 }
 

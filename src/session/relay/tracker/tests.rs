@@ -51,7 +51,7 @@ fn simple_query_and_transaction_states() {
     server(&mut t, &[(b'E', b"SERROR\0C22012\0\0"), (b'Z', b"E")]);
     assert_eq!(t.state(), ConnState::IdleInFailedTransaction);
     assert!(!t.server_fatal);
-    assert_eq!(t.take_statement(), Some(&b"select 1/0"[..]));
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select 1/0"[..]));
     assert_eq!(t.take_statement(), None);
     assert_eq!(t.queries, 2);
 }
@@ -118,9 +118,9 @@ fn named_prepared_statement_text_is_reported_on_execute() {
     server(&mut t, &[(b'1', b""), (b'Z', b"I")]);
     client(&mut t, &[(b'Q', b"select 2\0")]);
     server(&mut t, &[(b'Z', b"I")]);
-    assert_eq!(t.take_statement(), Some(&b"select 2"[..]));
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select 2"[..]));
     client(&mut t, &[(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
-    assert_eq!(t.take_statement(), Some(&b"select $1::int"[..]));
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select $1::int"[..]));
     client(&mut t, &[(b'C', b"Ss1\0")]);
     assert!(t.statements.is_empty());
 }
@@ -132,7 +132,7 @@ fn statement_cap_zero_keeps_no_text_and_cap_truncates() {
     assert_eq!(t.take_statement(), None);
     let mut t = Tracker::new(6);
     client(&mut t, &[(b'Q', b"select 12345\0")]);
-    assert_eq!(t.take_statement(), Some(&b"select"[..]));
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select"[..]));
 }
 
 #[test]
@@ -197,15 +197,26 @@ fn client_ends_copy_before_the_copy_in_response_arrives() {
 }
 
 #[test]
-fn a_published_long_statement_gives_its_buffer_back_when_idle() {
+fn a_statement_sent_again_is_neither_copied_nor_published_again() {
     let mut t = Tracker::new(4096);
+    let mut t = ready(&mut t);
     let sql = format!("select '{}'\0", "x".repeat(2000));
     client(&mut t, &[(b'Q', sql.as_bytes())]);
-    t.shrink();
-    assert!(t.last_statement.capacity() > 2000, "kept until published");
-    assert_eq!(t.take_statement().map(<[u8]>::len), Some(sql.len() - 1));
-    t.shrink();
-    assert!(t.last_statement.capacity() <= IDLE_STATEMENT_CAPACITY);
+    let first = t.take_statement().expect("published");
+    assert_eq!(first.len(), sql.len() - 1);
+    server(&mut t, &[(b'Z', b"I")]);
+    client(&mut t, &[(b'Q', sql.as_bytes())]);
+    assert_eq!(t.take_statement(), None, "the same text: nothing to publish");
     client(&mut t, &[(b'Q', b"select 1\0")]);
-    assert_eq!(t.take_statement(), Some(&b"select 1"[..]));
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select 1"[..]));
+    // A prepared statement executed again shares the cache's text: published once, by pointer.
+    client(&mut t, &[(b'P', b"s1\0select $1::int\0\0\0"), (b'S', b"")]);
+    server(&mut t, &[(b'1', b""), (b'Z', b"I")]);
+    let execute: &[(u8, &[u8])] = &[(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")];
+    client(&mut t, execute);
+    let shared = t.take_statement().expect("published");
+    server(&mut t, &[(b'2', b""), (b'Z', b"I")]);
+    client(&mut t, execute);
+    assert_eq!(t.take_statement(), None, "executed again: nothing to publish");
+    assert!(Arc::ptr_eq(&shared, t.last_statement.as_ref().unwrap()), "one copy, shared");
 }
