@@ -92,6 +92,9 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Run COMMAND with its database connections through an in-process proxy and fail on leaks: exit with
+    /// COMMAND's status when it failed, else 3 when a finding in --fail-on occurred, else 0.
+    Guard(crate::guard::GuardArgs),
     /// An end-to-end run of the incident pgwarden exists for, against a throwaway PostgreSQL.
     Demo {
         /// Leave the database, the proxy and the services running to explore with `top` (Ctrl-C ends).
@@ -112,6 +115,18 @@ pub enum Failure {
     /// `leaks` found suspects: exit 3 (the report was printed).
     #[error("leaks suspected")]
     LeaksFound,
+    /// Exit with this code, nothing more to say (`guard` passes on its command's status).
+    #[error("exit status {0}")]
+    Exit(u8),
+}
+
+impl From<crate::guard::Error> for Failure {
+    fn from(e: crate::guard::Error) -> Failure {
+        match e {
+            crate::guard::Error::Config(e) => Failure::Config(e),
+            crate::guard::Error::Runtime(e) => Failure::Runtime(e),
+        }
+    }
 }
 
 impl Failure {
@@ -120,6 +135,7 @@ impl Failure {
             Failure::Config(_) => 64,
             Failure::Runtime(_) => 1,
             Failure::LeaksFound => 3,
+            Failure::Exit(code) => *code as i32,
         }
     }
 }
@@ -148,6 +164,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut cmd, "pgwarden", &mut std::io::stdout());
             Ok(())
         }
+        Command::Guard(args) => match crate::guard::run(args)? {
+            0 => Ok(()),
+            code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
+        },
         Command::Demo { keep_running } => Ok(crate::demo::run(keep_running)?),
         Command::Inject { check: true, config, .. } => {
             let cfg = match config {

@@ -19,13 +19,14 @@
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`: the
 //!    webhook, gateway mode's pod watcher, the fleet view);
 //! 5. **composition root**: `server` (listeners, accept loop, supervised tasks, reload, signals, drain);
-//! 6. **commands**: `demo`, `cli`.
+//! 6. **commands**: `demo`, `guard` (the CI leak gate), `cli`.
 
 pub mod budget;
 pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod http_server;
 pub mod identity;
 pub mod k8s;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     match pgwarden::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(pgwarden::cli::Failure::LeaksFound) => ExitCode::from(3),
+        Err(pgwarden::cli::Failure::Exit(code)) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("pgwarden: {failure}");
             ExitCode::from(failure.exit_code() as u8)

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     &["views", "k8s"],
     &["server"],
-    &["demo", "cli"],
+    &["demo", "guard", "cli"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -15,6 +15,7 @@ mod demo;
 mod dropin;
 mod fleet;
 mod gateway;
+mod guard;
 mod inject;
 mod layers;
 mod leaks;
