@@ -19,6 +19,10 @@ pub enum Field {
     Namespace,
     Workload,
     PeerIp,
+    /// A Unix-socket peer's process id (SO_PEERCRED): one client per worker process of a pod. Empty over TCP,
+    /// and when the kernel cannot name the peer in pgwarden's pid namespace (a pod without
+    /// `shareProcessNamespace: true`: the peer's pid reads 0).
+    PeerPid,
 }
 
 impl Field {
@@ -31,6 +35,7 @@ impl Field {
             Field::Namespace => "namespace",
             Field::Workload => "workload",
             Field::PeerIp => "peer_ip",
+            Field::PeerPid => "peer_pid",
         }
     }
 }
@@ -89,6 +94,14 @@ impl Peer {
             Peer::Unix { .. } => "unix".to_string(),
         }
     }
+
+    /// The `peer_pid` value: a Unix-socket peer's pid when the kernel gave one (0 is "not visible here").
+    pub fn pid_label(&self) -> String {
+        match self {
+            Peer::Unix { pid: Some(pid), .. } if *pid > 0 => pid.to_string(),
+            _ => String::new(),
+        }
+    }
 }
 
 impl fmt::Display for Peer {
@@ -145,6 +158,7 @@ impl ClientId {
                 Field::Namespace => pod.namespace.clone().unwrap_or_default(),
                 Field::Workload => pod.workload.clone().unwrap_or_default(),
                 Field::PeerIp => peer.ip_label(),
+                Field::PeerPid => peer.pid_label(),
             }
         };
         ClientId::new(key.iter().map(|&f| (f, value(f))).collect())
@@ -228,6 +242,14 @@ mod tests {
         assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
         let c = ClientId::from_startup(&key, &params(&[]), &pod, &Peer::Unix { uid: Some(1000), pid: Some(7) });
         assert_eq!(c.get(Field::PeerIp), Some("unix"));
+        let by_pid = [Field::ApplicationName, Field::PeerPid];
+        let app = params(&[("application_name", "web")]);
+        let unix = |pid| ClientId::from_startup(&by_pid, &app, &pod, &Peer::Unix { uid: Some(1000), pid });
+        assert_eq!(unix(Some(4242)).display(), "web/4242", "a worker process of its own");
+        assert_eq!(unix(Some(0)).display(), "web/-", "pid 0: the peer is in another pid namespace");
+        assert_eq!(unix(None).display(), "web/-");
+        let tcp = ClientId::from_startup(&by_pid, &app, &pod, &Peer::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))));
+        assert_eq!(tcp.display(), "web/-", "TCP has no peer pid");
         let c = ClientId::from_startup(
             &key,
             &params(&[]),

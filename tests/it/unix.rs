@@ -108,3 +108,48 @@ async fn a_second_pgwarden_on_the_same_socket_exits_1_and_a_stale_socket_is_repl
     assert!(status.success());
     assert!(!dir.path().join(format!(".s.PGSQL.{port}")).exists());
 }
+
+/// `client_key: [application_name, peer_pid]`: two worker processes with the same `application_name` over
+/// the socket are two clients, each named by its pid; a TCP connection has no pid.
+#[tokio::test]
+async fn peer_pid_in_the_client_key_names_each_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.listen_unix = Some(dir.path().to_path_buf());
+    config.client_key = vec![pgwarden::identity::Field::ApplicationName, pgwarden::identity::Field::PeerPid];
+    let p = start_proxy(config).await;
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres application_name=worker",
+        dir.path().display(),
+        p.addr.port()
+    );
+    let script = "import os, sys, time, psycopg\nc = psycopg.connect(sys.argv[1])\nc.execute('select 1')\nprint(os.getpid(), flush=True)\ntime.sleep(3)\n";
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut cmd = std::process::Command::new(python());
+        cmd.args(["-c", script, &conninfo]).stdout(Stdio::piped());
+        workers.push(cmd.spawn().unwrap());
+    }
+    let mut pids = Vec::new();
+    for w in &mut workers {
+        let mut line = String::new();
+        let out = w.stdout.take().unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).map(|_| line)
+        });
+        pids.push(read.await.unwrap().unwrap().trim().to_string());
+    }
+    let tcp = p.connect("worker").await.unwrap();
+    let clients = p.admin_json("/clients").await;
+    let keys: Vec<&str> = clients["clients"].as_array().unwrap().iter().filter_map(|c| c["client"].as_str()).collect();
+    for pid in &pids {
+        assert!(keys.contains(&format!("worker/{pid}").as_str()), "{pid} not among {keys:?}");
+    }
+    assert!(keys.contains(&"worker/-"), "the TCP connection: no pid ({keys:?})");
+    drop(tcp);
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    p.stop().await;
+}
