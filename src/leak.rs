@@ -9,7 +9,8 @@
 //!   is free, so growth while this one sits idle means it is not in the pool: it was borrowed and forgotten.
 //!   Growth during the client's warm-up (its first threshold) does not count: pools fill one connection at a
 //!   time while the first ones sit idle. A transient +1 (a replacement opened before the old one closes)
-//!   is not sustained and does not count.
+//!   is not sustained and does not count. The count it had when this one went idle is read from the sample
+//!   after (samples are up to [`MAX_SAMPLE_INTERVAL`] apart, so a change recorded then may predate it).
 //! - `idle_while_client_at_cap`: idle past `leak.idle_threshold` while its client was refused or queued at its
 //!   cap after this one went idle (a fixed-size pool whose leaks cannot grow the count, once it starves).
 //!
@@ -40,6 +41,9 @@ impl LeakReason {
         }
     }
 }
+
+/// The longest time between two samples of a client's open count (housekeeping runs at most this far apart).
+pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Thresholds from `leak.*`; `None` disables that reason.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +93,15 @@ impl ClientHistory {
         self.changes.iter().take_while(|(since, _)| *since <= t).last().or(self.changes.front()).map_or(0, |c| c.1)
     }
 
+    /// The open count once the sample after `t` was taken: the largest of the value at `t` and the values
+    /// recorded within [`MAX_SAMPLE_INTERVAL`] after it. A change recorded then may have happened before `t`
+    /// (samples are up to that far apart), so it is not taken for growth after `t`.
+    pub fn open_just_after(&self, t: Instant) -> u32 {
+        let until = t + MAX_SAMPLE_INTERVAL;
+        let later = self.changes.iter().filter(|(since, _)| *since > t && *since <= until).map(|c| c.1);
+        later.fold(self.open_at(t), u32::max)
+    }
+
     /// The smallest open count during `[from, to]`.
     pub fn min_open(&self, from: Instant, to: Instant) -> u32 {
         let at_start = self.open_at(from);
@@ -118,7 +131,7 @@ pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresh
     if window_start < baseline_at {
         return None;
     }
-    (h.min_open(window_start, now) > h.open_at(baseline_at)).then_some(LeakReason::IdleWhileClientGrew)
+    (h.min_open(window_start, now) > h.open_just_after(baseline_at)).then_some(LeakReason::IdleWhileClientGrew)
 }
 
 #[cfg(test)]

@@ -285,7 +285,8 @@ impl State {
     pub fn housekeeping_interval(&self) -> Duration {
         let leak = &self.settings().config.leak;
         let shortest = [leak.idle_threshold.0, leak.idle_in_transaction_threshold.0].into_iter().flatten().min();
-        shortest.map_or(Duration::from_secs(1), |t| (t / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+        let longest = crate::leak::MAX_SAMPLE_INTERVAL;
+        shortest.map_or(longest, |t| (t / 8).clamp(Duration::from_millis(100), longest))
     }
 }
 

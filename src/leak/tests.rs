@@ -58,6 +58,38 @@ fn leak_one_per_second_after_warm_up_is_flagged_within_two_thresholds() {
     );
 }
 
+/// Housekeeping samples the open count once a second (thresholds of 8 s or more): growth the pool made
+/// just before this connection went idle is recorded only at the next sample, after `state_since`. It is
+/// growth from before, not while this one sat idle.
+#[test]
+fn growth_recorded_at_the_sample_after_it_went_idle_is_not_growth_while_idle() {
+    let t0 = Instant::now();
+    let ms = |m: u64| t0 + Duration::from_millis(m);
+    let mut h = ClientHistory::new(t0, 2);
+    for s in 1..=20 {
+        h.record(secs(t0, s), 2);
+    }
+    // At 20.3 s a burst opens a third connection; at 20.6 s this one is returned; the sample at 21 s sees 3.
+    let c = idle(ms(20_600));
+    for s in 21..=60 {
+        h.record(secs(t0, s), 3);
+        assert_eq!(suspect_reason(&c, &h, secs(t0, s), &th()), None, "at {s}s");
+    }
+    // A real leak after it: a later borrow opens a fourth, recorded at 31 s, and it stays.
+    let mut leaky = ClientHistory::new(t0, 2);
+    for s in 1..=60 {
+        leaky.record(
+            secs(t0, s),
+            match s {
+                0..=20 => 2,
+                21..=30 => 3,
+                _ => 4,
+            },
+        );
+    }
+    assert_eq!(suspect_reason(&c, &leaky, secs(t0, 41), &th()), Some(LeakReason::IdleWhileClientGrew));
+}
+
 #[test]
 fn warm_up_one_at_a_time_then_idle_is_not_flagged() {
     let t0 = Instant::now();
