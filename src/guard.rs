@@ -241,8 +241,8 @@ async fn guard(args: &GuardArgs, plan: Plan, settings: Settings) -> Result<i32, 
     };
     let command_status = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     // Connections of the command's own processes close with them; give their Terminates a moment.
-    let grace_end = Instant::now() + plan.exit_grace;
-    while state.registry.snapshot().iter().any(|c| c.closed().is_none()) && Instant::now() < grace_end {
+    let exited = Instant::now();
+    while state.registry.snapshot().iter().any(|c| c.closed().is_none()) && exited.elapsed() < plan.exit_grace {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     state.housekeeping(Instant::now());

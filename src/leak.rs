@@ -97,7 +97,7 @@ impl ClientHistory {
     /// recorded within [`MAX_SAMPLE_INTERVAL`] after it. A change recorded then may have happened before `t`
     /// (samples are up to that far apart), so it is not taken for growth after `t`.
     pub fn open_just_after(&self, t: Instant) -> u32 {
-        let until = t + MAX_SAMPLE_INTERVAL;
+        let until = t.checked_add(MAX_SAMPLE_INTERVAL).unwrap_or(t);
         let later = self.changes.iter().filter(|(since, _)| *since > t && *since <= until).map(|c| c.1);
         later.fold(self.open_at(t), u32::max)
     }

@@ -51,7 +51,7 @@ pub fn text(o: &Outcome) -> String {
     for f in o.findings {
         let (pid, state, idle, age, statement) = match &f.connection {
             Some(c) => (
-                c.backend_pid.map_or("-".to_string(), |p| p.to_string()),
+                pid(c),
                 match &c.closed_reason {
                     Some(why) => format!("closed: {why}"),
                     None => c.state.clone(),
@@ -121,12 +121,7 @@ pub fn junit(o: &Outcome) -> String {
     }
     for f in o.findings {
         let name = match &f.connection {
-            Some(c) => format!(
-                "{} {} (backend pid {})",
-                f.kind.as_str(),
-                f.client,
-                c.backend_pid.map_or("-".to_string(), |p| p.to_string())
-            ),
+            Some(c) => format!("{} {} (backend pid {})", f.kind.as_str(), f.client, pid(c)),
             None => format!("{} {}", f.kind.as_str(), f.client),
         };
         let message = summary(f);
@@ -153,6 +148,11 @@ pub fn junit(o: &Outcome) -> String {
     out
 }
 
+/// The backend pid, `-` when unknown.
+fn pid(c: &super::findings::Evidence) -> String {
+    c.backend_pid.map_or("-".to_string(), |p| p.to_string())
+}
+
 /// One line: what was found.
 fn summary(f: &Finding) -> String {
     match (&f.connection, f.kind) {
@@ -171,7 +171,7 @@ fn summary(f: &Finding) -> String {
 fn details(f: &Finding) -> String {
     let mut out = format!("{}\nflagged {:.1} s after the start\n", summary(f), f.flagged_at_seconds);
     if let Some(c) = &f.connection {
-        let _ = writeln!(out, "backend pid: {}", c.backend_pid.map_or("-".to_string(), |p| p.to_string()));
+        let _ = writeln!(out, "backend pid: {}", pid(c));
         let _ = writeln!(out, "peer: {}", c.peer);
         let _ = writeln!(out, "connection age: {:.1} s", c.age_seconds);
         if let Some(why) = &c.closed_reason {
