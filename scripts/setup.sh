@@ -30,9 +30,11 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
   exit 1
 fi
 bash scripts/install-k8s-tools.sh
-# psycopg (its binary wheel ships libpq 18) for the libpq-client integration tests, into the same venv.
+# psycopg (its binary wheel ships libpq 18) for the libpq-client integration tests, and psycopg_pool for the
+# leak detector's real-pool tests (worker processes with a pool each), into the same venv.
 PSYCOPG="psycopg[binary]==3.3.9"
-if ! .tools/venv/bin/python -c 'import psycopg, sys; sys.exit(psycopg.__version__ != "3.3.9")' >/dev/null 2>&1; then
-  echo "setup: pip installing $PSYCOPG into .tools/venv"
-  PIP_DISABLE_PIP_VERSION_CHECK=1 .tools/venv/bin/python -m pip install --quiet "$PSYCOPG"
+PSYCOPG_POOL="psycopg-pool==3.2.6"
+if ! .tools/venv/bin/python -c 'import psycopg, psycopg_pool, sys; sys.exit(psycopg.__version__ != "3.3.9" or psycopg_pool.__version__ != "3.2.6")' >/dev/null 2>&1; then
+  echo "setup: pip installing $PSYCOPG $PSYCOPG_POOL into .tools/venv"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 .tools/venv/bin/python -m pip install --quiet "$PSYCOPG" "$PSYCOPG_POOL"
 fi

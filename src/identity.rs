@@ -83,6 +83,9 @@ pub enum Peer {
     Unix {
         uid: Option<u32>,
         pid: Option<i32>,
+        /// The peer process's pidfd inode (SO_PEERPIDFD on a pidfs kernel, Linux 6.9+): unique per process
+        /// even when its pid is not visible here (another PID namespace, where `pid` reads 0).
+        process_ino: Option<u64>,
     },
 }
 
@@ -92,6 +95,17 @@ impl Peer {
         match self {
             Peer::Tcp(addr) => addr.ip().to_string(),
             Peer::Unix { .. } => "unix".to_string(),
+        }
+    }
+
+    /// Which process this is, when the kernel can tell (a Unix-socket peer): the pid when it is visible
+    /// here, else the pidfd inode (with the top bit set, so the two never collide). The leak detector keeps
+    /// one history per process: each worker process's pool is judged on its own.
+    pub fn process(&self) -> Option<u64> {
+        match *self {
+            Peer::Unix { pid: Some(pid), .. } if pid > 0 => Some(pid as u64),
+            Peer::Unix { process_ino: Some(ino), .. } => Some(ino | 1 << 63),
+            _ => None,
         }
     }
 
@@ -240,16 +254,28 @@ mod tests {
             &Peer::Tcp(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 7), 1))),
         );
         assert_eq!(c.display(), "shop/api-7d9f-x/-/10.0.0.7");
-        let c = ClientId::from_startup(&key, &params(&[]), &pod, &Peer::Unix { uid: Some(1000), pid: Some(7) });
+        let c = ClientId::from_startup(
+            &key,
+            &params(&[]),
+            &pod,
+            &Peer::Unix { uid: Some(1000), pid: Some(7), process_ino: None },
+        );
         assert_eq!(c.get(Field::PeerIp), Some("unix"));
         let by_pid = [Field::ApplicationName, Field::PeerPid];
         let app = params(&[("application_name", "web")]);
-        let unix = |pid| ClientId::from_startup(&by_pid, &app, &pod, &Peer::Unix { uid: Some(1000), pid });
+        let unix =
+            |pid| ClientId::from_startup(&by_pid, &app, &pod, &Peer::Unix { uid: Some(1000), pid, process_ino: None });
         assert_eq!(unix(Some(4242)).display(), "web/4242", "a worker process of its own");
         assert_eq!(unix(Some(0)).display(), "web/-", "pid 0: the peer is in another pid namespace");
         assert_eq!(unix(None).display(), "web/-");
         let tcp = ClientId::from_startup(&by_pid, &app, &pod, &Peer::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))));
         assert_eq!(tcp.display(), "web/-", "TCP has no peer pid");
+        let peer = |pid, process_ino| Peer::Unix { uid: Some(1000), pid, process_ino };
+        assert_eq!(peer(Some(4242), Some(9)).process(), Some(4242), "a visible pid names the process");
+        assert_eq!(peer(Some(0), Some(9)).process(), Some(9 | 1 << 63), "else its pidfd inode");
+        assert_ne!(peer(Some(9), None).process(), peer(Some(0), Some(9)).process(), "the two never collide");
+        assert_eq!(peer(Some(0), None).process(), None);
+        assert_eq!(Peer::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))).process(), None);
         let c = ClientId::from_startup(
             &key,
             &params(&[]),

@@ -5,7 +5,7 @@
 //! Reasons (SPEC "Leak reasons"):
 //! - `idle_in_transaction`: idle inside a (possibly failed) transaction past `leak.idle_in_transaction_threshold`.
 //! - `idle_while_client_grew`: idle past `leak.idle_threshold` while its client *kept* more connections open
-//!   than it had when this one went idle, for at least the threshold. A pool opens a connection only when none
+//!   than it had at its lowest since this one went idle, for at least the threshold. A pool opens a connection only when none
 //!   is free, so growth while this one sits idle means it is not in the pool: it was borrowed and forgotten.
 //!   Growth during the client's warm-up (its first threshold) does not count: pools fill one connection at a
 //!   time while the first ones sit idle. A transient +1 (a replacement opened before the old one closes)
@@ -14,6 +14,12 @@
 //! - `idle_while_client_at_cap`: idle past `leak.idle_threshold` while its client was refused or queued at its
 //!   cap after this one went idle (a fixed-size pool whose leaks cannot grow the count, once it starves).
 //!
+//!   Only a connection that was used counts (a pool's untouched spare is not borrowed), and only growth that
+//!   includes an *on-demand* open (a connection used right after it was ready) after it went idle.
+//!   One history per pool: each worker process of a client key has its own when the proxy can tell
+//!   processes apart (Unix socket), and a history the wire proves to hide several pools ([`observe`]) is
+//!   not judged by growth at all, since one pool can grow while another's connection waits for work.
+//!
 //! Connections that ran LISTEN are never `idle_while_*` suspects: idling is their job.
 
 use crate::vocab::ConnState;
@@ -21,6 +27,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub mod detector;
+pub mod observe;
 #[cfg(test)]
 mod pool_sim;
 pub use detector::Detector;
@@ -42,6 +49,11 @@ impl LeakReason {
     }
 }
 
+/// Reuses a whole key's history must have shown before its growth is judged: until its pools reuse
+/// connections, nothing on the wire can prove that several pools share the key, and several cold workers
+/// each opening one connection on its first request look exactly like one pool leaking each one.
+pub const SHARED_MIN_REUSES: u64 = 3;
+
 /// The longest time between two samples of a client's open count (housekeeping runs at most this far apart).
 pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -58,20 +70,64 @@ pub struct ConnView {
     pub state: ConnState,
     pub state_since: Instant,
     pub listening: bool,
+    /// Queries it has run: a connection never used is a pool's spare, never a leak.
+    pub queries: u64,
 }
 
-/// A client's recent history: its open count over time (as change points) and its last time at its cap.
+/// The most on-demand opens a history keeps (the newest; a proof that needed an older one is only missed).
+const MAX_ON_DEMAND_OPENS: usize = 256;
+
+/// A pool's recent history as the proxy sees it (one client key, or one process of it): its open count
+/// over time (as change points), its on-demand opens, its last time at its cap, and whether it was proven
+/// to be several pools.
 #[derive(Debug, Clone)]
 pub struct ClientHistory {
     pub first_seen: Instant,
     /// `(since, open)`: the open count from `since` on, oldest first.
     changes: VecDeque<(Instant, u32)>,
+    /// When connections opened on demand became ready (used at once: no connection of the pool was free),
+    /// oldest first.
+    on_demand: VecDeque<Instant>,
     pub last_at_cap: Option<Instant>,
+    /// When the wire proved that several independent pools share this history (see [`observe`]): growth
+    /// then says nothing about any one connection, so `idle_while_client_grew` is not judged.
+    pub several_pools_since: Option<Instant>,
+    /// Ticks at which one of its connections ran a query again after an earlier one (a pool reusing it).
+    pub reuses: u64,
+    /// The history is one process's (the proxy tells the key's processes apart), not a whole key's.
+    pub one_process: bool,
 }
 
 impl ClientHistory {
     pub fn new(first_seen: Instant, open: u32) -> Self {
-        ClientHistory { first_seen, changes: VecDeque::from([(first_seen, open)]), last_at_cap: None }
+        ClientHistory {
+            first_seen,
+            changes: VecDeque::from([(first_seen, open)]),
+            on_demand: VecDeque::new(),
+            last_at_cap: None,
+            several_pools_since: None,
+            reuses: 0,
+            one_process: false,
+        }
+    }
+
+    /// A connection opened on demand became ready at `at`.
+    pub fn record_on_demand_open(&mut self, at: Instant) {
+        let i = self.on_demand.partition_point(|&t| t <= at);
+        self.on_demand.insert(i, at);
+        if self.on_demand.len() > MAX_ON_DEMAND_OPENS {
+            self.on_demand.pop_front();
+        }
+    }
+
+    /// The latest on-demand open.
+    pub fn last_on_demand_open(&self) -> Option<Instant> {
+        self.on_demand.back().copied()
+    }
+
+    /// The latest on-demand open within `(from, to]`.
+    pub fn on_demand_open_latest_within(&self, from: Instant, to: Instant) -> Option<Instant> {
+        self.on_demand.iter().rev().find(|&&t| t > from && t <= to).copied()
     }
 
     /// Records the open count seen at `now`.
@@ -85,6 +141,9 @@ impl ClientHistory {
     pub fn prune(&mut self, cutoff: Instant) {
         while self.changes.len() > 1 && self.changes[1].0 <= cutoff {
             self.changes.pop_front();
+        }
+        while self.on_demand.front().is_some_and(|&t| t < cutoff) {
+            self.on_demand.pop_front();
         }
     }
 
@@ -100,6 +159,15 @@ impl ClientHistory {
         let until = t.checked_add(MAX_SAMPLE_INTERVAL).unwrap_or(t);
         let later = self.changes.iter().filter(|(since, _)| *since > t && *since <= until).map(|c| c.1);
         later.fold(self.open_at(t), u32::max)
+    }
+
+    /// The lowest open count from just after `t` (as [`ClientHistory::open_just_after`]) until `until`: a
+    /// pool that shrank (free connections closed by its idle timeout) and then opened again on demand while
+    /// one connection stayed idle did not hand that one out, however high the count was when it went idle.
+    pub fn trough_after(&self, t: Instant, until: Instant) -> u32 {
+        let settled = t.checked_add(MAX_SAMPLE_INTERVAL).unwrap_or(t);
+        let later = self.changes.iter().filter(|(since, _)| *since > settled && *since <= until).map(|c| c.1);
+        later.fold(self.open_just_after(t), u32::min)
     }
 
     /// The smallest open count during `[from, to]`.
@@ -125,13 +193,26 @@ pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresh
     if h.last_at_cap.is_some_and(|at| at >= c.state_since) {
         return Some(LeakReason::IdleWhileClientAtCap);
     }
+    // Several pools: one can grow while another's connection waits for its worker's next request.
+    // Never used: a spare the pool filled itself. Growth counts only when it includes an on-demand open
+    // after this one went idle (a pool refilling its minimum or replacing an old connection is not
+    // asking for one more because none was free).
+    if h.several_pools_since.is_some()
+        || (!h.one_process && h.reuses < SHARED_MIN_REUSES)
+        || c.queries == 0
+        || h.last_on_demand_open().is_none_or(|open| open <= c.state_since)
+    {
+        return None;
+    }
     let warmed_up = h.first_seen.checked_add(t)?;
     let baseline_at = c.state_since.max(warmed_up);
-    let window_start = now.checked_sub(t)?;
+    // Growth must have lasted half a threshold (a replacement opened before the old one closes does not).
+    let window_start = now.checked_sub(t / 2)?;
     if window_start < baseline_at {
         return None;
     }
-    (h.min_open(window_start, now) > h.open_just_after(baseline_at)).then_some(LeakReason::IdleWhileClientGrew)
+    (h.min_open(window_start, now) > h.trough_after(baseline_at, window_start))
+        .then_some(LeakReason::IdleWhileClientGrew)
 }
 
 #[cfg(test)]

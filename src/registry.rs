@@ -52,6 +52,10 @@ pub struct Conn {
     /// publishing a statement executed again is a pointer comparison, not a copy.
     last_statement: Mutex<Option<Arc<[u8]>>>,
     pub queries: AtomicU64,
+    /// When the session first became idle (ready for queries) and first became active (nanoseconds since
+    /// the epoch, plus one; 0 until then): a connection used right after it was ready was opened on demand.
+    ready_at: AtomicU64,
+    first_active_at: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     listening: AtomicBool,
@@ -118,6 +122,29 @@ impl Conn {
     pub fn set_state(&self, state: ConnState, now: Instant) {
         let since = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.state.store((since << 3) | state as u64, Relaxed);
+        let first = match state {
+            ConnState::Idle => &self.ready_at,
+            ConnState::Active => &self.first_active_at,
+            _ => return,
+        };
+        if first.load(Relaxed) == 0 {
+            first.store(since + 1, Relaxed);
+        }
+    }
+
+    /// When the session was first ready for queries.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.at(&self.ready_at)
+    }
+
+    /// When the session first became active (its first query).
+    pub fn first_active_at(&self) -> Option<Instant> {
+        self.at(&self.first_active_at)
+    }
+
+    fn at(&self, nanos: &AtomicU64) -> Option<Instant> {
+        let v = nanos.load(Relaxed);
+        (v != 0).then(|| self.epoch + Duration::from_nanos(v - 1))
     }
 
     pub fn backend_pid(&self) -> Option<i32> {
@@ -177,6 +204,8 @@ impl Registry {
             cancel: OnceLock::new(),
             last_statement: Mutex::default(),
             queries: AtomicU64::new(0),
+            ready_at: AtomicU64::new(0),
+            first_active_at: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             listening: AtomicBool::new(false),
@@ -294,6 +323,22 @@ mod tests {
         g.conn().set_last_statement(Arc::from(&b"select 1"[..]));
         g.conn().set_last_statement(Arc::from(&b"select 22"[..]));
         assert_eq!(g.conn().last_statement(), "select 22");
+    }
+
+    #[test]
+    fn ready_and_first_active_are_the_first_of_each() {
+        let reg = Arc::new(Registry::default());
+        let t0 = Instant::now();
+        let g = reg.register(client(), Peer::Tcp("127.0.0.1:5000".parse().unwrap()), t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!((g.conn().ready_at(), g.conn().first_active_at()), (None, None));
+        g.conn().set_state(ConnState::Idle, at(10));
+        g.conn().set_state(ConnState::Active, at(12));
+        g.conn().set_state(ConnState::Idle, at(20));
+        g.conn().set_state(ConnState::Active, at(30));
+        let close = |a: Option<Instant>, b: Instant| a.is_some_and(|a| a.max(b) - a.min(b) < Duration::from_micros(1));
+        assert!(close(g.conn().ready_at(), at(10)));
+        assert!(close(g.conn().first_active_at(), at(12)));
     }
 
     #[tokio::test]

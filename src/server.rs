@@ -8,6 +8,7 @@
 //! Owns: the accept loop and the drain on shutdown. Does not own: what a session does (see `session`), the
 //! shared state (see `state`), signals (see `server::signals`) or the reload watcher (see `server::reload`).
 
+pub mod peer;
 pub mod reload;
 pub mod signals;
 pub mod unix;
@@ -98,8 +99,7 @@ impl Server {
                 },
                 accepted = async { self.unix.as_ref().expect("branch enabled").listener.accept().await }, if self.unix.is_some() => match accepted {
                     Ok((stream, _)) => {
-                        let cred = stream.peer_cred().ok();
-                        let peer = Peer::Unix { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) };
+                        let peer = peer::unix_peer(&stream);
                         debug!(%peer, "accepted");
                         let session = crate::session::run(self.state.clone(), ClientStream::Unix(stream), peer, shutdown.clone());
                         sessions.spawn(session);

@@ -3,6 +3,7 @@
 //! `tick` runs every second or so (never per message). Everything it decides goes through the pure
 //! [`suspect_reason`](super::suspect_reason).
 
+use super::observe::{FirstUse, Observed, Seen};
 use super::{suspect_reason, ClientHistory, ConnView, LeakReason, Thresholds};
 use crate::clients::ClientEntry;
 use crate::config::{Leak, Stats};
@@ -29,11 +30,77 @@ pub struct ClosedSuspect {
 }
 
 struct Tracked {
-    history: ClientHistory,
+    /// The key's connections whose process the proxy cannot name (TCP): one history.
+    shared: Observed,
+    /// One history per process the kernel names (Unix-socket peers): each worker's pool on its own.
+    processes: HashMap<u64, Observed>,
+    /// The last time the client was refused or queued at its cap (the key's cap, shared by its processes).
+    last_at_cap: Option<Instant>,
     /// Refusals (and would-refusals) at the client's own cap seen so far.
     cap_events: u64,
     /// The client has live suspects (for one WARN when it becomes a suspect, one INFO when it recovers).
     flagged: bool,
+}
+
+impl Tracked {
+    fn history(&self, process: Option<u64>) -> Option<&ClientHistory> {
+        match process {
+            None => Some(&self.shared.history),
+            Some(p) => self.processes.get(&p).map(|o| &o.history),
+        }
+    }
+}
+
+/// What the detector knows of a client's pools (for `/clients`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolsSeen {
+    /// Processes the proxy tells apart among the client's open connections (Unix-socket peers).
+    pub processes: usize,
+    /// When the wire proved the connections it cannot attribute to a process to be several pools.
+    pub several_pools_since: Option<Instant>,
+    /// Processes proven to hold several pools each.
+    pub processes_with_several_pools: usize,
+}
+
+/// One history's tick: its connections observed (a proof of several pools logged once), its history pruned
+/// back to its oldest idle connection's baseline or `keep_history`.
+#[allow(clippy::too_many_arguments)]
+fn observe_one(
+    key: &str,
+    process: Option<u64>,
+    o: &mut Observed,
+    seen: &[Seen],
+    now: Instant,
+    th: &Thresholds,
+    last_at_cap: Option<Instant>,
+    keep_history: Duration,
+) {
+    o.history.last_at_cap = last_at_cap;
+    if o.observe(now, seen, th) {
+        let pid = process.filter(|p| p >> 63 == 0).map(|p| p.to_string()).unwrap_or_default();
+        info!(
+            client = %key,
+            peer_pid = %pid,
+            "several pools share client {key}{}: growth is no longer evidence of a leak there (one pool grows \
+             while another's connection waits for work); {}",
+            if process.is_some() { " within one process" } else { "" },
+            if process.is_some() {
+                "idle_in_transaction and idle_while_client_at_cap still apply"
+            } else {
+                "connect over the Unix socket so that each process is judged on its own"
+            }
+        );
+    }
+    if let Some(cutoff) = now.checked_sub(keep_history) {
+        let oldest_idle =
+            seen.iter().filter(|c| c.view.state == crate::vocab::ConnState::Idle).map(|c| c.view.state_since).min();
+        o.history.prune(oldest_idle.map_or(cutoff, |since| since.min(cutoff)));
+    }
+}
+
+fn view_of(conn: &Conn) -> ConnView {
+    let (state, state_since) = conn.state_and_since();
+    ConnView { state, state_since, listening: conn.listening(), queries: conn.queries.load(Relaxed) }
 }
 
 #[derive(Default)]
@@ -64,36 +131,48 @@ impl Detector {
     ) {
         let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
         let keep_history = th.idle.unwrap_or(Duration::ZERO).saturating_mul(3).saturating_add(Duration::from_secs(10));
-        // History is kept back to the oldest idle connection of each client, whose baseline it holds.
-        let mut oldest_idle: HashMap<&str, Instant> = HashMap::new();
+        // History is kept back to the oldest idle connection of each history, whose baseline it holds.
+        // Each history's open connections this tick (a connection queued at the cap is not open yet).
+        let mut groups: HashMap<&str, HashMap<Option<u64>, Vec<Seen>>> = HashMap::new();
         for conn in conns {
-            if conn.state() == crate::vocab::ConnState::Idle {
-                let since = conn.state_since();
-                let e = oldest_idle.entry(conn.client.display()).or_insert(since);
-                *e = (*e).min(since);
+            if conn.closed().is_some() || conn.state() == crate::vocab::ConnState::Waiting {
+                continue;
             }
+            let first_use = FirstUse::of(conn.ready_at(), conn.first_active_at());
+            let seen = Seen { id: conn.id, view: view_of(conn), first_use };
+            groups.entry(conn.client.display()).or_default().entry(conn.peer.process()).or_default().push(seen);
         }
         let mut present = HashMap::with_capacity(clients.len());
         for entry in clients {
             let key = entry.id.display().to_string();
             let c = &entry.counters;
-            let open = c.open.load(Relaxed);
             let cap_events = c.refused.get(RefuseReason::ClientLimit)
                 + c.refused.get(RefuseReason::WaitTimeout)
                 + c.would_refuse.get(RefuseReason::ClientLimit);
+            let mut seen = groups.remove(key.as_str()).unwrap_or_default();
             let t = self.clients.entry(key.clone()).or_insert_with(|| Tracked {
-                history: ClientHistory::new(now, open),
+                shared: Observed::new(now, 0),
+                processes: HashMap::new(),
+                last_at_cap: None,
                 cap_events,
                 flagged: false,
             });
-            t.history.record(now, open);
             if cap_events > t.cap_events || c.waiting.load(Relaxed) > 0 {
-                t.history.last_at_cap = Some(now);
+                t.last_at_cap = Some(now);
             }
             t.cap_events = cap_events;
-            if let Some(cutoff) = now.checked_sub(keep_history) {
-                let cutoff = oldest_idle.get(key.as_str()).map_or(cutoff, |&since| since.min(cutoff));
-                t.history.prune(cutoff);
+            let shared = seen.remove(&None).unwrap_or_default();
+            t.processes.retain(|p, _| seen.contains_key(&Some(*p)));
+            let last_at_cap = t.last_at_cap;
+            observe_one(&key, None, &mut t.shared, &shared, now, &th, last_at_cap, keep_history);
+            for (p, s) in seen {
+                let p = p.expect("None removed above");
+                let o = t.processes.entry(p).or_insert_with(|| {
+                    let mut o = Observed::new(now, 0);
+                    o.history.one_process = true;
+                    o
+                });
+                observe_one(&key, Some(p), o, &s, now, &th, last_at_cap, keep_history);
             }
             present.insert(key, ());
         }
@@ -106,12 +185,10 @@ impl Detector {
             if conn.closed().is_some() {
                 continue;
             }
-            let Some(t) = self.clients.get(conn.client.display()) else {
+            let Some(h) = self.clients.get(conn.client.display()).and_then(|t| t.history(conn.peer.process())) else {
                 continue;
             };
-            let (state, state_since) = conn.state_and_since();
-            let view = ConnView { state, state_since, listening: conn.listening() };
-            if let Some(reason) = suspect_reason(&view, &t.history, now, &th) {
+            if let Some(reason) = suspect_reason(&view_of(conn), h, now, &th) {
                 live.insert(conn.id, Suspect { conn: conn.clone(), reason });
             }
         }
@@ -137,12 +214,27 @@ impl Detector {
         let live = self.live.remove(&conn.id).map(|s| s.reason);
         let Some((closed_at, closed_reason)) = conn.closed() else { return };
         let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
-        let (state, state_since) = conn.state_and_since();
-        let view = ConnView { state, state_since, listening: conn.listening() };
-        let now_reason =
-            self.clients.get(conn.client.display()).and_then(|t| suspect_reason(&view, &t.history, now, &th));
+        let now_reason = self
+            .clients
+            .get(conn.client.display())
+            .and_then(|t| t.history(conn.peer.process()))
+            .and_then(|h| suspect_reason(&view_of(conn), h, now, &th));
         if let Some(reason) = now_reason.or(live) {
             self.closed.push_back(ClosedSuspect { conn: conn.clone(), reason, closed_at, closed_reason });
+        }
+    }
+
+    /// What the detector knows of the client's pools.
+    pub fn pools_seen(&self, key: &str) -> PoolsSeen {
+        let Some(t) = self.clients.get(key) else { return PoolsSeen::default() };
+        PoolsSeen {
+            processes: t.processes.len(),
+            several_pools_since: t.shared.history.several_pools_since,
+            processes_with_several_pools: t
+                .processes
+                .values()
+                .filter(|o| o.history.several_pools_since.is_some())
+                .count(),
         }
     }
 

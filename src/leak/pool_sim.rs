@@ -1,7 +1,11 @@
-//! A small connection-pool simulator for the detector's tests: the pools pgwarden meets, driven by bursty
-//! load on simulated time, as seen from the proxy (the client's open count and each connection's idle time).
+//! A small connection-pool simulator for the detector's tests: the pools pgwarden meets, one per worker
+//! process of a pod (1 to 32 sharing one client key), driven by bursty, diurnal or skewed load on simulated
+//! time, and judged as the detector does: sampled once a second, each history through the same
+//! [`Observed`](super::observe::Observed) and [`suspect_reason`](super::suspect_reason). With per-process
+//! identity each worker's pool is a history of its own; without, they are one.
 
-use super::{suspect_reason, ClientHistory, ConnView, LeakReason, Thresholds};
+use super::observe::{FirstUse, Observed, Seen};
+use super::{suspect_reason, ConnView, LeakReason, Thresholds};
 use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
 
@@ -36,142 +40,324 @@ pub struct PoolKind {
     pub retire: Retire,
 }
 
-struct SimConn {
-    opened: Duration,
-    /// `Some(until)` while a request holds it (`Duration::MAX` for a leaked one).
-    busy_until: Option<Duration>,
-    idle_since: Duration,
+/// How requests arrive over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// 20 s cycles: a 3 s burst (~10 requests/s per two workers), 5 s moderate (~5/s), 12 s quiet (~1/s).
+    Bursty,
+    /// 200 s days: a 60 s night with almost nothing, a 40 s morning ramp, a 60 s busy day with spikes, a
+    /// 40 s evening decline.
+    Diurnal,
+    /// Bursty, but one worker takes 80 % of the requests.
+    Skewed,
+}
+
+pub const LOADS: [Load; 3] = [Load::Bursty, Load::Diurnal, Load::Skewed];
+
+/// One client key: `workers` processes, each with its own pool of `kind`, sharing the load.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub kind: PoolKind,
+    pub workers: usize,
+    pub load: Load,
+    pub seed: u64,
+    pub run_for: Duration,
+    pub th: Thresholds,
+    /// The proxy tells the workers apart (Unix-socket peers): one history per worker.
+    pub per_process: bool,
+    /// The proxy's cap for the key: an open beyond it is refused (the client at its cap).
+    pub cap: Option<usize>,
+    /// The last worker leaks one borrowed connection at this interval, from `leak_from` on.
+    pub leak_every: Option<Duration>,
+    pub leak_from: Duration,
+}
+
+impl Scenario {
+    pub fn healthy(kind: PoolKind, workers: usize, load: Load, seed: u64, per_process: bool) -> Scenario {
+        Scenario {
+            kind,
+            workers,
+            load,
+            seed,
+            // Diurnal: a night, a day, and the next night and dawn (cold workers warming up again).
+            run_for: Duration::from_secs(if load == Load::Diurnal { 300 } else { 240 }),
+            th: Thresholds { idle: Some(Duration::from_secs(5)), idle_in_transaction: Some(Duration::from_secs(5)) },
+            per_process,
+            cap: None,
+            leak_every: None,
+            leak_from: Duration::from_secs(30),
+        }
+    }
+
+    pub fn leaking(self, every: Duration, from: Duration) -> Scenario {
+        Scenario { leak_every: Some(every), leak_from: from, run_for: from + Duration::from_secs(40), ..self }
+    }
+}
+
+/// A flag the detector raised.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    pub at: Duration,
+    pub reason: LeakReason,
+    pub leaked: bool,
+    pub worker: usize,
 }
 
 /// What a run showed.
 pub struct SimResult {
-    /// Every (time, reason) a free or leaked idle connection was flagged at.
-    pub flagged: Vec<(Duration, LeakReason)>,
+    pub flagged: Vec<Flag>,
+    /// When the first connection was leaked.
+    pub first_leak: Option<Duration>,
+    /// When the leaking worker's pool first opened a connection on demand after its first leak: the first
+    /// moment the wire shows anything (before it, its leaks took connections the pool had free, which
+    /// looks the same as requests that finished).
+    pub leaker_grew: Option<Duration>,
     /// Open connections at the busiest and the quietest moment after the first 10 s.
     pub peak: usize,
     pub trough: usize,
+    /// Histories the wire proved to be several pools.
+    pub proven_several: usize,
 }
 
-/// Runs `kind` for `run_for` with bursty load from `seed`; `leak_every` leaks one borrowed connection at that
-/// interval.
-pub fn simulate(
-    kind: PoolKind,
-    seed: u64,
-    run_for: Duration,
-    th: Thresholds,
-    leak_every: Option<Duration>,
-) -> SimResult {
+struct SimConn {
+    id: u64,
+    opened: Duration,
+    /// When it was ready for queries, and when it first ran one.
+    ready: Duration,
+    first_active: Option<Duration>,
+    /// `Some(until)` while a request holds it (`Duration::MAX` for a leaked one).
+    busy_until: Option<Duration>,
+    /// When its current state began (borrowed, or returned).
+    since: Duration,
+    queries: u64,
+}
+
+impl SimConn {
+    fn leaked(&self) -> bool {
+        self.busy_until == Some(Duration::MAX)
+    }
+
+    fn seen(&self, t0: Instant) -> Seen {
+        // A busy connection that is not leaked is active in the database; a leaked one ran its query and sits idle.
+        let state = if self.busy_until.is_some() && !self.leaked() { ConnState::Active } else { ConnState::Idle };
+        let since = if self.leaked() { self.since + Duration::from_millis(100) } else { self.since };
+        let view = ConnView { state, state_since: t0 + since, listening: false, queries: self.queries };
+        let first_use = FirstUse::of(Some(t0 + self.ready), self.first_active.map(|a| t0 + a));
+        Seen { id: self.id, view, first_use }
+    }
+}
+
+/// Requests per second for two workers at `t` (a worker has ~4 requests in flight at the peak of a burst).
+fn rate(load: Load, t: Duration) -> f64 {
+    let s = t.as_secs_f64();
+    match load {
+        Load::Bursty | Load::Skewed => match (s as u64) % 20 {
+            0..=2 => 10.0,
+            3..=7 => 5.0,
+            _ => 1.0,
+        },
+        Load::Diurnal => {
+            let d = s % 200.0;
+            if d < 60.0 {
+                0.05
+            } else if d < 100.0 {
+                0.5 + (d - 60.0) / 40.0 * 9.5
+            } else if d < 160.0 {
+                if (d as u64) % 15 < 3 {
+                    14.0
+                } else {
+                    7.0
+                }
+            } else {
+                10.0 - (d - 160.0) / 40.0 * 9.5
+            }
+        }
+    }
+}
+
+/// Runs `sc` on simulated time (100 ms ticks; the proxy samples and judges once a second).
+pub fn simulate(sc: Scenario) -> SimResult {
+    let kind = sc.kind;
     let tick = Duration::from_millis(100);
     let t0 = Instant::now();
-    let mut rng = seed | 1;
+    let mut rng = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         rng
     };
-    let mut conns: Vec<SimConn> = Vec::new();
-    let mut history = ClientHistory::new(t0, 0);
+    let mut pools: Vec<Vec<SimConn>> = (0..sc.workers).map(|_| Vec::new()).collect();
+    let mut histories: Vec<Observed> = (0..if sc.per_process { sc.workers } else { 1 })
+        .map(|_| {
+            let mut o = Observed::new(t0, 0);
+            o.history.one_process = sc.per_process;
+            o
+        })
+        .collect();
+    let mut ids = 0u64;
     let mut flagged = Vec::new();
     let (mut peak, mut trough) = (0, usize::MAX);
-    let mut last_leak = Duration::ZERO;
+    let mut first_leak = None;
+    let mut leaker_grew = None;
+    let mut last_leak: Option<Duration> = None;
+    let mut last_at_cap = None;
+    let scale = sc.workers as f64 / 2.0;
+    let leaker = sc.workers - 1;
     let mut t = Duration::ZERO;
-    while t < run_for {
+    while t < sc.run_for {
         t += tick;
-        // Requests finish: their connection goes back to the pool (or is closed if beyond max_idle).
-        for c in conns.iter_mut() {
-            if c.busy_until.is_some_and(|u| u <= t) {
-                c.busy_until = None;
-                c.idle_since = t;
+        for pool in pools.iter_mut() {
+            // Requests finish: their connection goes back to the pool (or is closed if beyond max_idle).
+            for c in pool.iter_mut() {
+                if c.busy_until.is_some_and(|u| u <= t) {
+                    c.busy_until = None;
+                    c.since = t;
+                }
+            }
+            while pool.iter().filter(|c| c.busy_until.is_none()).count() > kind.max_idle.max(kind.min) {
+                let i = pool.iter().position(|c| c.busy_until.is_none()).expect("a free one");
+                pool.remove(i);
             }
         }
-        let free = |conns: &Vec<SimConn>| conns.iter().filter(|c| c.busy_until.is_none()).count();
-        while free(&conns) > kind.max_idle.max(kind.min) {
-            let i = conns.iter().position(|c| c.busy_until.is_none()).expect("a free one");
-            conns.remove(i);
-        }
-        // Load in 20 s cycles: a 3 s burst (~10 requests/s), 5 s moderate (~5/s), 12 s quiet (~1/s).
-        let arrivals = match (t.as_millis() / 1000) % 20 {
-            0..=2 => (next() % 3) as usize,
-            3..=7 => usize::from(next() % 2 == 0),
-            _ => usize::from(next() % 10 == 0),
-        };
-        let leak_now = leak_every.is_some_and(|every| t >= last_leak + every);
+        // Arrivals this tick (the rate's expected count, its fraction drawn), each at its own moment in it.
+        let expected = rate(sc.load, t) * scale * tick.as_secs_f64();
+        let unit = (next() % 1_000_000) as f64 / 1_000_000.0;
+        let arrivals = expected as usize + usize::from(unit < expected.fract());
+        let leak_now =
+            sc.leak_every.is_some_and(|every| t >= sc.leak_from && last_leak.is_none_or(|last| t >= last + every));
         for a in 0..arrivals + usize::from(leak_now) {
             let leak = leak_now && a == arrivals;
+            let worker = if leak {
+                leaker
+            } else if sc.load == Load::Skewed && sc.workers > 1 && next() % 10 < 8 {
+                0
+            } else {
+                (next() as usize) % sc.workers
+            };
+            let at = t + Duration::from_millis(next() % 100);
             let hold = if leak { Duration::MAX } else { Duration::from_millis(50 + next() % 1500) };
-            let mut free_idx: Vec<usize> = (0..conns.len()).filter(|&i| conns[i].busy_until.is_none()).collect();
-            free_idx.sort_by_key(|&i| conns[i].idle_since);
+            let open_now: usize = pools.iter().map(Vec::len).sum();
+            let pool = &mut pools[worker];
+            let mut free_idx: Vec<usize> = (0..pool.len()).filter(|&i| pool[i].busy_until.is_none()).collect();
+            free_idx.sort_by_key(|&i| pool[i].since);
             let pick = match kind.order {
                 Order::Lifo => free_idx.last().copied(),
                 Order::Fifo => free_idx.first().copied(),
             };
-            match pick {
-                Some(i) => conns[i].busy_until = Some(t.saturating_add(hold)),
-                None if conns.len() < kind.max => {
-                    conns.push(SimConn { opened: t, busy_until: Some(t.saturating_add(hold)), idle_since: t })
+            let i = match pick {
+                Some(i) => i,
+                None if pool.len() < kind.max && sc.cap.is_none_or(|cap| open_now < cap) => {
+                    // On demand: connected in a few milliseconds, used at once.
+                    ids += 1;
+                    let ready = at + Duration::from_millis(3 + next() % 5);
+                    let c = SimConn {
+                        id: ids,
+                        opened: at,
+                        ready,
+                        first_active: None,
+                        busy_until: None,
+                        since: ready,
+                        queries: 0,
+                    };
+                    pool.push(c);
+                    if worker == leaker && first_leak.is_some_and(|f: Duration| t > f + Duration::from_secs(1)) {
+                        leaker_grew.get_or_insert(t);
+                    }
+                    pool.len() - 1
                 }
                 None => {
-                    history.last_at_cap = Some(t0 + t); // refused or queued at the cap
-                    continue;
+                    if pool.len() < kind.max {
+                        last_at_cap = Some(t0 + t); // refused at the proxy's cap
+                    }
+                    continue; // the request waits or fails inside the application
                 }
-            }
+            };
+            let c = &mut pool[i];
+            let used_at = at.max(c.ready + Duration::from_millis(1));
+            c.first_active.get_or_insert(used_at);
+            c.busy_until = Some(used_at.saturating_add(hold));
+            c.since = used_at;
+            c.queries += 1;
             if leak {
-                last_leak = t;
+                last_leak = Some(t);
+                first_leak.get_or_insert(t);
             }
         }
-        // Idle timeout and lifetime of free connections.
-        if let Some(timeout) = kind.idle_timeout {
-            while conns.len() > kind.min {
-                match conns.iter().position(|c| c.busy_until.is_none() && t - c.idle_since > timeout) {
-                    Some(i) => drop(conns.remove(i)),
-                    None => break,
-                }
-            }
-        }
-        if let Some(lifetime) = kind.lifetime {
-            if let Some(i) = conns.iter().position(|c| c.busy_until.is_none() && t - c.opened > lifetime) {
-                let fresh = SimConn { opened: t, busy_until: None, idle_since: t };
-                match kind.retire {
-                    Retire::CloseThenOpen => {
-                        conns.remove(i);
-                        history.record(t0 + t, conns.len() as u32);
-                        conns.push(fresh);
-                    }
-                    Retire::OpenThenClose => {
-                        conns.push(fresh);
-                        history.record(t0 + t, conns.len() as u32);
-                        conns.remove(i);
+        for pool in pools.iter_mut() {
+            // Idle timeout and lifetime of free connections.
+            if let Some(timeout) = kind.idle_timeout {
+                while pool.len() > kind.min {
+                    match pool.iter().position(|c| c.busy_until.is_none() && t - c.since > timeout) {
+                        Some(i) => drop(pool.remove(i)),
+                        None => break,
                     }
                 }
             }
+            // The pool's own opens become ready at some moment within the tick and wait for a request.
+            let mut fresh = |ids: &mut u64| {
+                *ids += 1;
+                let ready = t + Duration::from_millis(next() % 100);
+                SimConn { id: *ids, opened: t, ready, first_active: None, busy_until: None, since: ready, queries: 0 }
+            };
+            if let Some(lifetime) = kind.lifetime {
+                if let Some(i) = pool.iter().position(|c| c.busy_until.is_none() && t - c.opened > lifetime) {
+                    let c = fresh(&mut ids);
+                    match kind.retire {
+                        Retire::CloseThenOpen => {
+                            pool.remove(i);
+                            pool.push(c);
+                        }
+                        Retire::OpenThenClose => {
+                            pool.push(c);
+                            pool.remove(i);
+                        }
+                    }
+                }
+            }
+            // Warm-up: one connection per tick up to `min`.
+            if pool.len() < kind.min {
+                pool.push(fresh(&mut ids));
+            }
         }
-        // Warm-up: one connection per tick up to `min`.
-        if conns.len() < kind.min {
-            conns.push(SimConn { opened: t, busy_until: None, idle_since: t });
-        }
-        history.record(t0 + t, conns.len() as u32);
+        let open: usize = pools.iter().map(Vec::len).sum();
         if t > Duration::from_secs(10) {
-            peak = peak.max(conns.len());
-            trough = trough.min(conns.len());
+            peak = peak.max(open);
+            trough = trough.min(open);
         }
-        for c in &conns {
-            // A busy connection that is not leaked is active in the database; a leaked one sits idle.
-            let leaked = c.busy_until == Some(Duration::MAX);
-            if c.busy_until.is_some() && !leaked {
-                continue;
+        if !t.as_millis().is_multiple_of(1000) {
+            continue;
+        }
+        // The proxy's tick: each history observed, then its idle connections judged.
+        let now = t0 + t;
+        for (h, o) in histories.iter_mut().enumerate() {
+            let workers: Vec<usize> = if sc.per_process { vec![h] } else { (0..sc.workers).collect() };
+            let seen: Vec<(usize, &SimConn, Seen)> = workers
+                .iter()
+                .flat_map(|&w| pools[w].iter().map(move |c| (w, c)))
+                .map(|(w, c)| (w, c, c.seen(t0)))
+                .collect();
+            let views: Vec<Seen> = seen.iter().map(|s| s.2).collect();
+            o.history.last_at_cap = last_at_cap;
+            o.observe(now, &views, &sc.th);
+            for (worker, c, s) in &seen {
+                if let Some(reason) = suspect_reason(&s.view, &o.history, now, &sc.th) {
+                    flagged.push(Flag { at: t, reason, leaked: c.leaked(), worker: *worker });
+                }
             }
-            let view = ConnView { state: ConnState::Idle, state_since: t0 + c.idle_since, listening: false };
-            if let Some(reason) = suspect_reason(&view, &history, t0 + t, &th) {
-                flagged.push((t, reason));
+            let keep = sc.th.idle.unwrap_or_default() * 3 + Duration::from_secs(10);
+            if let Some(cutoff) = now.checked_sub(keep) {
+                let oldest = views.iter().filter(|v| v.view.state == ConnState::Idle).map(|v| v.view.state_since).min();
+                o.history.prune(oldest.map_or(cutoff, |o| o.min(cutoff)));
             }
         }
     }
-    SimResult { flagged, peak, trough }
+    let proven_several = histories.iter().filter(|o| o.history.several_pools_since.is_some()).count();
+    SimResult { flagged, first_leak, leaker_grew, peak, trough, proven_several }
 }
 
 /// The pools of SPEC's list, with their real defaults scaled to simulated seconds.
-pub const POOLS: [PoolKind; 6] = [
+pub const POOLS: [PoolKind; 7] = [
     PoolKind {
         name: "HikariCP",
         order: Order::Lifo,
@@ -231,5 +417,15 @@ pub const POOLS: [PoolKind; 6] = [
         idle_timeout: None,
         lifetime: None,
         retire: Retire::CloseThenOpen,
+    },
+    PoolKind {
+        name: "psycopg_pool 1..6 (issue 17's workers)",
+        order: Order::Fifo,
+        max: 6,
+        min: 1,
+        max_idle: 6,
+        idle_timeout: Some(Duration::from_secs(8)),
+        lifetime: None,
+        retire: Retire::OpenThenClose,
     },
 ];

@@ -249,6 +249,7 @@ mod tests {
             suspect_connections: suspects,
             leak_reasons: if suspects > 0 { vec!["idle_while_client_at_cap".into()] } else { vec![] },
             latency: Default::default(),
+            leak_detection: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 use crate::clients::latency::{self, Latencies};
 use crate::clients::ClientEntry;
 use crate::identity::{Field, Peer, PodIdentity};
+use crate::leak::detector::PoolsSeen;
 use crate::leak::{Detector, LeakReason};
 use crate::redact;
 use crate::registry::Conn;
@@ -51,6 +52,23 @@ pub struct ClientStats {
     /// Recent latency (absent from sidecars older than this field).
     #[serde(default)]
     pub latency: LatencyStats,
+    /// How the leak detector sees the client's pools (absent from sidecars older than this field).
+    #[serde(default)]
+    pub leak_detection: LeakDetectionStats,
+}
+
+/// How the leak detector judges a client's growth (README "What is flagged, and when").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LeakDetectionStats {
+    /// Worker processes told apart among its connections (Unix-socket peers): each one's pool is judged on
+    /// its own.
+    pub processes: u32,
+    /// Its connections that no process is known for (TCP) were proven to come from several pools (a
+    /// connection sat free while another was opened on demand, then was used again): their growth is not
+    /// judged; `idle_in_transaction` and `idle_while_client_at_cap` still are.
+    pub several_pools: bool,
+    /// Processes proven to hold several pools each (likewise not judged by growth).
+    pub processes_with_several_pools: u32,
 }
 
 /// A client's latency over the last `window_seconds` (one to two windows of `clients::latency::WINDOW`),
@@ -176,6 +194,7 @@ pub struct Snapshot {
     pub clients: Vec<Arc<ClientEntry>>,
     live: HashMap<u64, LeakReason>,
     closed: Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>,
+    pools: HashMap<String, PoolsSeen>,
     statement: (crate::config::StatementText, usize),
     /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
     by_client: HashMap<String, Vec<usize>>,
@@ -188,6 +207,8 @@ impl Snapshot {
         let settings = state.settings();
         let detector = state.detector();
         let (live, closed) = snapshot_detector(&detector);
+        let clients = state.clients.entries();
+        let pools = clients.iter().map(|e| (e.id.display().to_string(), detector.pools_seen(e.id.display()))).collect();
         drop(detector);
         let conns = state.registry.snapshot();
         let mut by_client: HashMap<String, Vec<usize>> = HashMap::new();
@@ -216,9 +237,10 @@ impl Snapshot {
             budget,
             by_client,
             conns,
-            clients: state.clients.entries(),
+            clients,
             live,
             closed,
+            pools,
             statement: (settings.config.stats.statement_text, settings.config.stats.statement_max_length as usize),
         }
     }
@@ -312,6 +334,14 @@ impl Snapshot {
             suspect_connections: suspects.len() as u32,
             leak_reasons: reasons.into_iter().map(|r| r.as_str().to_string()).collect(),
             latency: LatencyStats::of(&entry.latency, self.now),
+            leak_detection: {
+                let p = self.pools.get(key).copied().unwrap_or_default();
+                LeakDetectionStats {
+                    processes: p.processes as u32,
+                    several_pools: p.several_pools_since.is_some(),
+                    processes_with_several_pools: p.processes_with_several_pools as u32,
+                }
+            },
         }
     }
 

@@ -43,6 +43,7 @@ const CLIENT_FIELDS: &[&str] = &[
     "suspect_connections",
     "leak_reasons",
     "latency",
+    "leak_detection",
 ];
 const LATENCY_FIELDS: &[&str] = &[
     "window_seconds",

@@ -32,3 +32,4 @@ mod tracking;
 mod unix;
 mod upstream;
 mod upstream_tls;
+mod workers;
