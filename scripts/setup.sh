@@ -38,3 +38,16 @@ if ! .tools/venv/bin/python -c 'import psycopg, psycopg_pool, sys; sys.exit(psyc
   echo "setup: pip installing $PSYCOPG $PSYCOPG_POOL into .tools/venv"
   PIP_DISABLE_PIP_VERSION_CHECK=1 .tools/venv/bin/python -m pip install --quiet "$PSYCOPG" "$PSYCOPG_POOL"
 fi
+# node-postgres (npm `pg`) for the leak detector's real-pool tests (tests/it/incident.rs), into .tools/node.
+PG_NPM="pg@8.16.3"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: node and npm are needed for the node-postgres tests; installing them with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [[ "$(node -p 'require("./.tools/node/node_modules/pg/package.json").version' 2>/dev/null)" != "${PG_NPM#pg@}" ]]; then
+  echo "setup: npm installing $PG_NPM into .tools/node"
+  mkdir -p .tools/node
+  npm install --prefix .tools/node --no-audit --no-fund --silent "$PG_NPM" >/dev/null
+fi

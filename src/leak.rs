@@ -4,21 +4,22 @@
 //!
 //! Reasons (SPEC "Leak reasons"):
 //! - `idle_in_transaction`: idle inside a (possibly failed) transaction past `leak.idle_in_transaction_threshold`.
-//! - `idle_while_client_grew`: idle past `leak.idle_threshold` while its client *kept* more connections open
-//!   than it had at its lowest since this one went idle, for at least the threshold. A pool opens a connection only when none
-//!   is free, so growth while this one sits idle means it is not in the pool: it was borrowed and forgotten.
-//!   Growth during the client's warm-up (its first threshold) does not count: pools fill one connection at a
-//!   time while the first ones sit idle. A transient +1 (a replacement opened before the old one closes)
-//!   is not sustained and does not count. The count it had when this one went idle is read from the sample
-//!   after (samples are up to [`MAX_SAMPLE_INTERVAL`] apart, so a change recorded then may predate it).
+//! - `idle_while_client_grew`: idle past `leak.idle_threshold` and either a step of a [`staircase`] (a chain of
+//!   idle connections each opened on demand after the one before went idle, none used again: the leak of a
+//!   service that leaks every borrow, judged over TCP too) or, for one pool, *growth*: its client kept more
+//!   connections open than it had at its lowest since this one went idle, for half the threshold, including
+//!   an on-demand open after it went idle. A pool opens a connection only when none is free, so growth while
+//!   this one sits idle means it is not in the pool. Growth during the client's warm-up (its first
+//!   threshold) and a transient +1 do not count; the count it had when this one went idle is read from the
+//!   sample after (samples are up to [`MAX_SAMPLE_INTERVAL`] apart). A whole key (TCP) is judged by growth
+//!   only past the staircase's *beyond* age and never once proven to hide several pools ([`observe`]).
 //! - `idle_while_client_at_cap`: idle past `leak.idle_threshold` while its client was refused or queued at its
 //!   cap after this one went idle (a fixed-size pool whose leaks cannot grow the count, once it starves).
 //!
 //!   Only a connection that was used counts (a pool's untouched spare is not borrowed), and only growth that
 //!   includes an *on-demand* open (a connection used right after it was ready) after it went idle.
 //!   One history per pool: each worker process of a client key has its own when the proxy can tell
-//!   processes apart (Unix socket), and a history the wire proves to hide several pools ([`observe`]) is
-//!   not judged by growth at all, since one pool can grow while another's connection waits for work.
+//!   processes apart (Unix socket). Each verdict carries its evidence and confidence ([`verdict`]).
 //!
 //! Connections that ran LISTEN are never `idle_while_*` suspects: idling is their job.
 
@@ -30,7 +31,10 @@ pub mod detector;
 pub mod observe;
 #[cfg(test)]
 mod pool_sim;
+pub mod staircase;
+pub mod verdict;
 pub use detector::Detector;
+use staircase::{SpellBound, Staircase};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakReason {
@@ -49,11 +53,6 @@ impl LeakReason {
     }
 }
 
-/// Reuses a whole key's history must have shown before its growth is judged: until its pools reuse
-/// connections, nothing on the wire can prove that several pools share the key, and several cold workers
-/// each opening one connection on its first request look exactly like one pool leaking each one.
-pub const SHARED_MIN_REUSES: u64 = 3;
-
 /// The longest time between two samples of a client's open count (housekeeping runs at most this far apart).
 pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -67,6 +66,7 @@ pub struct Thresholds {
 /// What the detector needs to know of one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnView {
+    pub id: u64,
     pub state: ConnState,
     pub state_since: Instant,
     pub listening: bool,
@@ -96,6 +96,10 @@ pub struct ClientHistory {
     pub reuses: u64,
     /// The history is one process's (the proxy tells the key's processes apart), not a whole key's.
     pub one_process: bool,
+    /// The longest idle spells its pools ended themselves (reuse, or a close while free).
+    pub spells: SpellBound,
+    /// The staircase found at the last tick (its steps are suspects).
+    pub staircase: Staircase,
 }
 
 impl ClientHistory {
@@ -108,6 +112,8 @@ impl ClientHistory {
             several_pools_since: None,
             reuses: 0,
             one_process: false,
+            spells: SpellBound::new(first_seen),
+            staircase: Staircase::default(),
         }
     }
 
@@ -177,42 +183,9 @@ impl ClientHistory {
     }
 }
 
-/// Whether one connection is a suspect, and why. Pure.
+/// Whether one connection is a suspect, and why. Pure ([`verdict::judge`] has the evidence too).
 pub fn suspect_reason(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresholds) -> Option<LeakReason> {
-    let idle_for = now.saturating_duration_since(c.state_since);
-    if c.state.in_transaction() {
-        return th.idle_in_transaction.filter(|t| idle_for >= *t).map(|_| LeakReason::IdleInTransaction);
-    }
-    if c.state != ConnState::Idle || c.listening {
-        return None;
-    }
-    let t = th.idle?;
-    if idle_for < t {
-        return None;
-    }
-    if h.last_at_cap.is_some_and(|at| at >= c.state_since) {
-        return Some(LeakReason::IdleWhileClientAtCap);
-    }
-    // Several pools: one can grow while another's connection waits for its worker's next request.
-    // Never used: a spare the pool filled itself. Growth counts only when it includes an on-demand open
-    // after this one went idle (a pool refilling its minimum or replacing an old connection is not
-    // asking for one more because none was free).
-    if h.several_pools_since.is_some()
-        || (!h.one_process && h.reuses < SHARED_MIN_REUSES)
-        || c.queries == 0
-        || h.last_on_demand_open().is_none_or(|open| open <= c.state_since)
-    {
-        return None;
-    }
-    let warmed_up = h.first_seen.checked_add(t)?;
-    let baseline_at = c.state_since.max(warmed_up);
-    // Growth must have lasted half a threshold (a replacement opened before the old one closes does not).
-    let window_start = now.checked_sub(t / 2)?;
-    if window_start < baseline_at {
-        return None;
-    }
-    (h.min_open(window_start, now) > h.trough_after(baseline_at, window_start))
-        .then_some(LeakReason::IdleWhileClientGrew)
+    verdict::judge(c, h, now, th).map(|v| v.reason)
 }
 
 #[cfg(test)]

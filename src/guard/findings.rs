@@ -209,6 +209,8 @@ mod tests {
             bytes_out: 0,
             leak_suspect: reason.is_some(),
             leak_reason: reason.map(str::to_string),
+            leak_evidence: None,
+            leak_confidence: None,
             closed_seconds_ago: None,
             closed_reason: None,
         }

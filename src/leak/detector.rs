@@ -4,11 +4,12 @@
 //! [`suspect_reason`](super::suspect_reason).
 
 use super::observe::{FirstUse, Observed, Seen};
-use super::{suspect_reason, ClientHistory, ConnView, LeakReason, Thresholds};
+use super::verdict::{judge, Verdict};
+use super::{ClientHistory, ConnView, LeakReason, Thresholds};
 use crate::clients::ClientEntry;
 use crate::config::{Leak, Stats};
 use crate::registry::Conn;
-use crate::vocab::RefuseReason;
+use crate::vocab::{CloseReason, RefuseReason};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use tracing::{info, warn};
 pub struct Suspect {
     pub conn: Arc<Conn>,
     pub reason: LeakReason,
+    pub verdict: Verdict,
 }
 
 #[derive(Debug, Clone)]
 pub struct ClosedSuspect {
     pub conn: Arc<Conn>,
     pub reason: LeakReason,
+    pub verdict: Verdict,
     pub closed_at: Instant,
     pub closed_reason: &'static str,
 }
@@ -47,6 +50,13 @@ impl Tracked {
         match process {
             None => Some(&self.shared.history),
             Some(p) => self.processes.get(&p).map(|o| &o.history),
+        }
+    }
+
+    fn observed_mut(&mut self, process: Option<u64>) -> Option<&mut Observed> {
+        match process {
+            None => Some(&mut self.shared),
+            Some(p) => self.processes.get_mut(&p),
         }
     }
 }
@@ -100,7 +110,7 @@ fn observe_one(
 
 fn view_of(conn: &Conn) -> ConnView {
     let (state, state_since) = conn.state_and_since();
-    ConnView { state, state_since, listening: conn.listening(), queries: conn.queries.load(Relaxed) }
+    ConnView { id: conn.id, state, state_since, listening: conn.listening(), queries: conn.queries.load(Relaxed) }
 }
 
 #[derive(Default)]
@@ -139,7 +149,7 @@ impl Detector {
                 continue;
             }
             let first_use = FirstUse::of(conn.ready_at(), conn.first_active_at());
-            let seen = Seen { id: conn.id, view: view_of(conn), first_use };
+            let seen = Seen { id: conn.id, opened: conn.opened, view: view_of(conn), first_use };
             groups.entry(conn.client.display()).or_default().entry(conn.peer.process()).or_default().push(seen);
         }
         let mut present = HashMap::with_capacity(clients.len());
@@ -188,15 +198,16 @@ impl Detector {
             let Some(h) = self.clients.get(conn.client.display()).and_then(|t| t.history(conn.peer.process())) else {
                 continue;
             };
-            if let Some(reason) = suspect_reason(&view_of(conn), h, now, &th) {
-                live.insert(conn.id, Suspect { conn: conn.clone(), reason });
+            if let Some(verdict) = judge(&view_of(conn), h, now, &th) {
+                live.insert(conn.id, Suspect { conn: conn.clone(), reason: verdict.reason, verdict });
             }
         }
         // Suspects whose connection closed become evidence.
         for (id, s) in self.live.drain() {
             if !live.contains_key(&id) {
                 if let Some((closed_at, closed_reason)) = s.conn.closed() {
-                    self.closed.push_back(ClosedSuspect { conn: s.conn, reason: s.reason, closed_at, closed_reason });
+                    let (conn, reason, verdict) = (s.conn, s.reason, s.verdict);
+                    self.closed.push_back(ClosedSuspect { conn, reason, verdict, closed_at, closed_reason });
                 }
             }
         }
@@ -211,16 +222,22 @@ impl Detector {
     /// A connection is closing: if it is a suspect at this moment (checked now, not at the last tick, so a
     /// timeout equal to the threshold still leaves evidence), it is kept as a reclaimed suspect.
     pub fn closing(&mut self, conn: &Arc<Conn>, now: Instant, leak: &Leak) {
-        let live = self.live.remove(&conn.id).map(|s| s.reason);
+        let live = self.live.remove(&conn.id).map(|s| s.verdict);
         let Some((closed_at, closed_reason)) = conn.closed() else { return };
         let th = Thresholds { idle: leak.idle_threshold.0, idle_in_transaction: leak.idle_in_transaction_threshold.0 };
-        let now_reason = self
-            .clients
-            .get(conn.client.display())
-            .and_then(|t| t.history(conn.peer.process()))
-            .and_then(|h| suspect_reason(&view_of(conn), h, now, &th));
-        if let Some(reason) = now_reason.or(live) {
-            self.closed.push_back(ClosedSuspect { conn: conn.clone(), reason, closed_at, closed_reason });
+        let process = conn.peer.process();
+        let tracked = self.clients.get_mut(conn.client.display());
+        let now_verdict =
+            tracked.as_ref().and_then(|t| t.history(process)).and_then(|h| judge(&view_of(conn), h, now, &th));
+        // Closed by its own client: a free connection closed so is its pool's idle timeout at work.
+        if let Some(o) =
+            tracked.filter(|_| closed_reason == CloseReason::Client.as_str()).and_then(|t| t.observed_mut(process))
+        {
+            o.client_closed(conn.id, now);
+        }
+        if let Some(verdict) = now_verdict.or(live) {
+            let reason = verdict.reason;
+            self.closed.push_back(ClosedSuspect { conn: conn.clone(), reason, verdict, closed_at, closed_reason });
         }
     }
 
@@ -265,6 +282,8 @@ impl Detector {
                         reason = oldest.reason.as_str(),
                         backend_pid = oldest.conn.backend_pid(),
                         last_statement = statement.as_deref().unwrap_or(""),
+                        confidence = oldest.verdict.confidence.as_str(),
+                        evidence = %oldest.verdict.evidence,
                         "leak suspected: client {key} holds {} suspect connection{}",
                         suspects.len(),
                         if suspects.len() == 1 { "" } else { "s" }

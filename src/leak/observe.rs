@@ -9,6 +9,7 @@
 //! worker's pool grows while another's connection waits for its worker's next request), and the history
 //! is reported as several pools. Reuse is the proof because it is what a leak never shows.
 
+use super::staircase::{Staircase, Step, MIN_STEPS_ONE_PROCESS, MIN_STEPS_SHARED, SPELL_WINDOW};
 use super::{ClientHistory, ConnView, Thresholds, MAX_SAMPLE_INTERVAL};
 use crate::vocab::ConnState;
 use std::collections::HashMap;
@@ -59,10 +60,16 @@ impl FirstUse {
     }
 }
 
+/// How long a proof of several pools holds without a new one: a single pool misjudged once is judged by its
+/// growth again, and a key whose pods were scaled down to one worker is too.
+pub const PROOF_TTL: Duration = SPELL_WINDOW;
+
 /// One connection at a tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
     pub id: u64,
+    /// When the proxy accepted it.
+    pub opened: Instant,
     pub view: ConnView,
     pub first_use: FirstUse,
 }
@@ -73,6 +80,8 @@ struct Memo {
     idle: Option<(Instant, Instant)>,
     first_use_recorded: bool,
     queries: u64,
+    /// When it was accepted, if it was opened on demand.
+    opened_on_demand: Option<Instant>,
 }
 
 /// One history and what it remembers of its connections between ticks.
@@ -83,11 +92,27 @@ pub struct Observed {
     /// Proofs so far, and the on-demand open the last one rested on (one open proves once).
     proofs: u32,
     last_proof_open: Option<Instant>,
+    last_proof_at: Option<Instant>,
 }
 
 impl Observed {
     pub fn new(now: Instant, open: u32) -> Self {
-        Observed { history: ClientHistory::new(now, open), memo: HashMap::new(), proofs: 0, last_proof_open: None }
+        Observed {
+            history: ClientHistory::new(now, open),
+            memo: HashMap::new(),
+            proofs: 0,
+            last_proof_open: None,
+            last_proof_at: None,
+        }
+    }
+
+    /// A connection of this history was closed by its client (Terminate): if it was idle, its pool ended
+    /// that idle spell itself (an idle timeout), which bounds how long its pools let connections wait.
+    pub fn client_closed(&mut self, id: u64, now: Instant) {
+        // A spare never used says nothing of how long a borrowed connection waits (a pool retires its spares by age).
+        if let Some(Memo { idle: Some((from, _)), queries: 1.., .. }) = self.memo.remove(&id) {
+            self.history.spells.record(now, now.saturating_duration_since(from));
+        }
     }
 
     /// Takes in this tick's connections (every open one of the history); true when this tick proved the
@@ -99,6 +124,7 @@ impl Observed {
                 idle: None,
                 first_use_recorded: false,
                 queries: c.view.queries,
+                opened_on_demand: None,
             });
             if c.view.queries > memo.queries {
                 if memo.queries > 0 {
@@ -112,6 +138,7 @@ impl Observed {
                     FirstUse::Later => memo.first_use_recorded = true,
                     FirstUse::OnDemand(ready) => {
                         memo.first_use_recorded = true;
+                        memo.opened_on_demand = Some(c.opened);
                         self.history.record_on_demand_open(ready);
                     }
                 }
@@ -125,6 +152,9 @@ impl Observed {
             if let Some((from, seen_at)) = memo.idle {
                 let same_spell = idle_now && c.view.state_since == from;
                 if !same_spell {
+                    // Its pool ended the spell: it waited for work this long (at most; its new state began
+                    // when the work began, or after it ended).
+                    self.history.spells.record(now, c.view.state_since.saturating_duration_since(from));
                     // Used since `from`: was it free across an on-demand open? An open within a sample
                     // interval of `from` may have been asked for just before this one was returned.
                     let long_enough = spell.is_some_and(|s| seen_at.saturating_duration_since(from) >= s);
@@ -134,6 +164,7 @@ impl Observed {
                         open.filter(|&o| long_enough && c.view.queries > 0 && self.last_proof_open != Some(o))
                     {
                         self.last_proof_open = Some(open);
+                        self.last_proof_at = Some(now);
                         self.proofs += 1;
                         proven = self.proofs >= proofs_needed(self.history.one_process);
                     }
@@ -148,11 +179,35 @@ impl Observed {
             let present: std::collections::HashSet<u64> = conns.iter().map(|c| c.id).collect();
             self.memo.retain(|id, _| present.contains(id));
         }
+        self.history.staircase = self.staircase(now, conns, th);
+        // Proofs decay: without a new one for PROOF_TTL the history is judged by its growth again.
+        if self.last_proof_at.is_some_and(|at| now.saturating_duration_since(at) > PROOF_TTL) {
+            self.proofs = 0;
+            self.last_proof_at = None;
+            self.history.several_pools_since = None;
+        }
         if proven && self.history.several_pools_since.is_none() {
             self.history.several_pools_since = Some(now);
             return true;
         }
         false
+    }
+
+    /// The staircase among this tick's idle, used connections (see [`super::staircase`]).
+    fn staircase(&mut self, now: Instant, conns: &[Seen], th: &Thresholds) -> Staircase {
+        let Some(threshold) = th.idle else { return Staircase::default() };
+        let steps: Vec<Step> = conns
+            .iter()
+            .filter(|c| c.view.state == ConnState::Idle && !c.view.listening && c.view.queries > 0)
+            .map(|c| Step {
+                id: c.id,
+                idle_since: c.view.state_since,
+                opened_on_demand: self.memo.get(&c.id).and_then(|m| m.opened_on_demand),
+            })
+            .collect();
+        let min_steps = if self.history.one_process { MIN_STEPS_ONE_PROCESS } else { MIN_STEPS_SHARED };
+        let bound = self.history.spells.get(now);
+        Staircase::find(&steps, now, threshold, bound, min_steps, self.history.spells.last_end())
     }
 }
 
@@ -165,7 +220,12 @@ mod tests {
     }
 
     fn seen(id: u64, state: ConnState, since: Instant, queries: u64, first_use: FirstUse) -> Seen {
-        Seen { id, view: ConnView { state, state_since: since, listening: false, queries }, first_use }
+        Seen {
+            id,
+            opened: since,
+            view: ConnView { id, state, state_since: since, listening: false, queries },
+            first_use,
+        }
     }
 
     #[test]

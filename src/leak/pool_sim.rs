@@ -1,13 +1,17 @@
 //! A small connection-pool simulator for the detector's tests: the pools pgwarden meets, one per worker
 //! process of a pod (1 to 32 sharing one client key), driven by bursty, diurnal or skewed load on simulated
 //! time, and judged as the detector does: sampled once a second, each history through the same
-//! [`Observed`](super::observe::Observed) and [`suspect_reason`](super::suspect_reason). With per-process
+//! [`Observed`](super::observe::Observed) and [`judge`](super::verdict::judge). With per-process
 //! identity each worker's pool is a history of its own; without, they are one.
 
 use super::observe::{FirstUse, Observed, Seen};
-use super::{suspect_reason, ConnView, LeakReason, Thresholds};
+use super::verdict::{judge, Signal};
+use super::{ConnView, Thresholds};
 use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
+
+mod kinds;
+pub use kinds::POOLS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -70,6 +74,8 @@ pub struct Scenario {
     /// The last worker leaks one borrowed connection at this interval, from `leak_from` on.
     pub leak_every: Option<Duration>,
     pub leak_from: Duration,
+    /// The leaking worker serves nothing but its leaks (a service that leaks every connection it borrows).
+    pub leaks_only: bool,
 }
 
 impl Scenario {
@@ -86,11 +92,17 @@ impl Scenario {
             cap: None,
             leak_every: None,
             leak_from: Duration::from_secs(30),
+            leaks_only: false,
         }
     }
 
     pub fn leaking(self, every: Duration, from: Duration) -> Scenario {
         Scenario { leak_every: Some(every), leak_from: from, run_for: from + Duration::from_secs(40), ..self }
+    }
+
+    /// The last worker leaks every connection it borrows, one per `every` from `from`, and serves nothing else.
+    pub fn leaking_only(self, every: Duration, from: Duration) -> Scenario {
+        Scenario { leaks_only: true, ..self.leaking(every, from) }
     }
 }
 
@@ -98,7 +110,7 @@ impl Scenario {
 #[derive(Debug, Clone, Copy)]
 pub struct Flag {
     pub at: Duration,
-    pub reason: LeakReason,
+    pub signal: Signal,
     pub leaked: bool,
     pub worker: usize,
 }
@@ -141,9 +153,9 @@ impl SimConn {
         // A busy connection that is not leaked is active in the database; a leaked one ran its query and sits idle.
         let state = if self.busy_until.is_some() && !self.leaked() { ConnState::Active } else { ConnState::Idle };
         let since = if self.leaked() { self.since + Duration::from_millis(100) } else { self.since };
-        let view = ConnView { state, state_since: t0 + since, listening: false, queries: self.queries };
+        let view = ConnView { id: self.id, state, state_since: t0 + since, listening: false, queries: self.queries };
         let first_use = FirstUse::of(Some(t0 + self.ready), self.first_active.map(|a| t0 + a));
-        Seen { id: self.id, view, first_use }
+        Seen { id: self.id, opened: t0 + self.opened, view, first_use }
     }
 }
 
@@ -204,10 +216,11 @@ pub fn simulate(sc: Scenario) -> SimResult {
     let mut last_at_cap = None;
     let scale = sc.workers as f64 / 2.0;
     let leaker = sc.workers - 1;
+    let mut closes: Vec<(usize, u64, Duration)> = Vec::new();
     let mut t = Duration::ZERO;
     while t < sc.run_for {
         t += tick;
-        for pool in pools.iter_mut() {
+        for (w, pool) in pools.iter_mut().enumerate() {
             // Requests finish: their connection goes back to the pool (or is closed if beyond max_idle).
             for c in pool.iter_mut() {
                 if c.busy_until.is_some_and(|u| u <= t) {
@@ -217,7 +230,7 @@ pub fn simulate(sc: Scenario) -> SimResult {
             }
             while pool.iter().filter(|c| c.busy_until.is_none()).count() > kind.max_idle.max(kind.min) {
                 let i = pool.iter().position(|c| c.busy_until.is_none()).expect("a free one");
-                pool.remove(i);
+                closes.push((w, pool.remove(i).id, t));
             }
         }
         // Arrivals this tick (the rate's expected count, its fraction drawn), each at its own moment in it.
@@ -235,6 +248,9 @@ pub fn simulate(sc: Scenario) -> SimResult {
             } else {
                 (next() as usize) % sc.workers
             };
+            if sc.leaks_only && !leak && worker == leaker {
+                continue;
+            }
             let at = t + Duration::from_millis(next() % 100);
             let hold = if leak { Duration::MAX } else { Duration::from_millis(50 + next() % 1500) };
             let open_now: usize = pools.iter().map(Vec::len).sum();
@@ -284,12 +300,12 @@ pub fn simulate(sc: Scenario) -> SimResult {
                 first_leak.get_or_insert(t);
             }
         }
-        for pool in pools.iter_mut() {
-            // Idle timeout and lifetime of free connections.
+        for (w, pool) in pools.iter_mut().enumerate() {
+            // Idle timeout and lifetime of free connections (closed by the client: Terminate).
             if let Some(timeout) = kind.idle_timeout {
                 while pool.len() > kind.min {
                     match pool.iter().position(|c| c.busy_until.is_none() && t - c.since > timeout) {
-                        Some(i) => drop(pool.remove(i)),
+                        Some(i) => closes.push((w, pool.remove(i).id, t)),
                         None => break,
                     }
                 }
@@ -305,12 +321,12 @@ pub fn simulate(sc: Scenario) -> SimResult {
                     let c = fresh(&mut ids);
                     match kind.retire {
                         Retire::CloseThenOpen => {
-                            pool.remove(i);
+                            closes.push((w, pool.remove(i).id, t));
                             pool.push(c);
                         }
                         Retire::OpenThenClose => {
                             pool.push(c);
-                            pool.remove(i);
+                            closes.push((w, pool.remove(i).id, t));
                         }
                     }
                 }
@@ -338,11 +354,14 @@ pub fn simulate(sc: Scenario) -> SimResult {
                 .map(|(w, c)| (w, c, c.seen(t0)))
                 .collect();
             let views: Vec<Seen> = seen.iter().map(|s| s.2).collect();
+            for &(_, id, at) in closes.iter().filter(|c| !sc.per_process || c.0 == h) {
+                o.client_closed(id, t0 + at);
+            }
             o.history.last_at_cap = last_at_cap;
             o.observe(now, &views, &sc.th);
             for (worker, c, s) in &seen {
-                if let Some(reason) = suspect_reason(&s.view, &o.history, now, &sc.th) {
-                    flagged.push(Flag { at: t, reason, leaked: c.leaked(), worker: *worker });
+                if let Some(v) = judge(&s.view, &o.history, now, &sc.th) {
+                    flagged.push(Flag { at: t, signal: v.signal, leaked: c.leaked(), worker: *worker });
                 }
             }
             let keep = sc.th.idle.unwrap_or_default() * 3 + Duration::from_secs(10);
@@ -351,81 +370,8 @@ pub fn simulate(sc: Scenario) -> SimResult {
                 o.history.prune(oldest.map_or(cutoff, |o| o.min(cutoff)));
             }
         }
+        closes.clear();
     }
     let proven_several = histories.iter().filter(|o| o.history.several_pools_since.is_some()).count();
     SimResult { flagged, first_leak, leaker_grew, peak, trough, proven_several }
 }
-
-/// The pools of SPEC's list, with their real defaults scaled to simulated seconds.
-pub const POOLS: [PoolKind; 7] = [
-    PoolKind {
-        name: "HikariCP",
-        order: Order::Lifo,
-        max: 10,
-        min: 10,
-        max_idle: 10,
-        idle_timeout: None,
-        lifetime: Some(Duration::from_secs(30)),
-        retire: Retire::CloseThenOpen,
-    },
-    PoolKind {
-        name: "node-postgres",
-        order: Order::Lifo,
-        max: 10,
-        min: 0,
-        max_idle: 10,
-        idle_timeout: Some(Duration::from_secs(10)),
-        lifetime: None,
-        retire: Retire::CloseThenOpen,
-    },
-    PoolKind {
-        name: "Go database/sql",
-        order: Order::Lifo,
-        max: 10,
-        min: 0,
-        max_idle: 2,
-        idle_timeout: None,
-        lifetime: Some(Duration::from_secs(60)),
-        retire: Retire::CloseThenOpen,
-    },
-    PoolKind {
-        name: "pgx",
-        order: Order::Lifo,
-        max: 10,
-        min: 4,
-        max_idle: 10,
-        idle_timeout: Some(Duration::from_secs(8)),
-        lifetime: Some(Duration::from_secs(40)),
-        retire: Retire::OpenThenClose,
-    },
-    PoolKind {
-        name: "psycopg_pool",
-        order: Order::Fifo,
-        max: 10,
-        min: 4,
-        max_idle: 10,
-        idle_timeout: Some(Duration::from_secs(8)),
-        lifetime: Some(Duration::from_secs(40)),
-        retire: Retire::OpenThenClose,
-    },
-    PoolKind {
-        name: "SQLAlchemy QueuePool",
-        order: Order::Fifo,
-        max: 15,
-        min: 0,
-        max_idle: 5,
-        idle_timeout: None,
-        lifetime: None,
-        retire: Retire::CloseThenOpen,
-    },
-    PoolKind {
-        name: "psycopg_pool 1..6 (issue 17's workers)",
-        order: Order::Fifo,
-        max: 6,
-        min: 1,
-        max_idle: 6,
-        idle_timeout: Some(Duration::from_secs(8)),
-        lifetime: None,
-        retire: Retire::OpenThenClose,
-    },
-];

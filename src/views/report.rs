@@ -201,6 +201,16 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
                 c.last_statement.as_deref().unwrap_or("-").replace('\n', " ")
             );
         }
+        // The evidence of the longest-idle suspect, with how sure it is.
+        if let Some(c) = l
+            .suspects
+            .iter()
+            .filter(|c| c.leak_evidence.is_some())
+            .max_by(|a, b| a.state_seconds.total_cmp(&b.state_seconds))
+        {
+            let confidence = c.leak_confidence.as_deref().unwrap_or("certain");
+            let _ = writeln!(out, "  evidence ({confidence}): {}", c.leak_evidence.as_deref().unwrap_or_default());
+        }
     }
     out
 }
@@ -319,6 +329,8 @@ mod tests {
             bytes_out: 10,
             leak_suspect: true,
             leak_reason: Some("idle_while_client_at_cap".into()),
+            leak_evidence: None,
+            leak_confidence: None,
             closed_seconds_ago: None,
             closed_reason: None,
         };

@@ -7,6 +7,7 @@ use crate::clients::latency::{self, Latencies};
 use crate::clients::ClientEntry;
 use crate::identity::{Field, Peer, PodIdentity};
 use crate::leak::detector::PoolsSeen;
+use crate::leak::verdict::Verdict;
 use crate::leak::{Detector, LeakReason};
 use crate::redact;
 use crate::registry::Conn;
@@ -127,6 +128,12 @@ pub struct ConnectionStats {
     pub bytes_out: u64,
     pub leak_suspect: bool,
     pub leak_reason: Option<String>,
+    /// What the detector measured, against what, in words (suspects only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_evidence: Option<String>,
+    /// `certain`, or `probable` where a shared TCP key could make the verdict wrong (suspects only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_confidence: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_seconds_ago: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,8 +199,8 @@ pub struct Snapshot {
     pub now: Instant,
     pub conns: Vec<Arc<Conn>>,
     pub clients: Vec<Arc<ClientEntry>>,
-    live: HashMap<u64, LeakReason>,
-    closed: Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>,
+    live: HashMap<u64, Verdict>,
+    closed: ClosedList,
     pools: HashMap<String, PoolsSeen>,
     statement: (crate::config::StatementText, usize),
     /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
@@ -246,7 +253,8 @@ impl Snapshot {
     }
 
     pub fn connection(&self, c: &Conn) -> ConnectionStats {
-        let reason = self.live.get(&c.id);
+        let verdict = self.live.get(&c.id);
+        let reason = verdict.map(|v| v.reason);
         ConnectionStats {
             id: c.id,
             client: c.client.display().to_string(),
@@ -269,6 +277,8 @@ impl Snapshot {
             bytes_out: c.bytes_out.load(Relaxed),
             leak_suspect: reason.is_some(),
             leak_reason: reason.map(|r| r.as_str().to_string()),
+            leak_evidence: verdict.map(|v| v.evidence.clone()),
+            leak_confidence: verdict.map(|v| v.confidence.as_str().to_string()),
             closed_seconds_ago: None,
             closed_reason: None,
         }
@@ -277,7 +287,7 @@ impl Snapshot {
     fn closed_connection(
         &self,
         c: &Conn,
-        reason: LeakReason,
+        verdict: &Verdict,
         closed_at: Instant,
         closed_reason: &str,
     ) -> ConnectionStats {
@@ -286,7 +296,9 @@ impl Snapshot {
         s.state_seconds = secs(closed_at.saturating_duration_since(c.state_since()));
         s.age_seconds = secs(closed_at.saturating_duration_since(c.opened));
         s.leak_suspect = true;
-        s.leak_reason = Some(reason.as_str().to_string());
+        s.leak_reason = Some(verdict.reason.as_str().to_string());
+        s.leak_evidence = Some(verdict.evidence.clone());
+        s.leak_confidence = Some(verdict.confidence.as_str().to_string());
         s.closed_seconds_ago = Some(secs(self.now.saturating_duration_since(closed_at)));
         s.closed_reason = Some(closed_reason.to_string());
         s
@@ -304,9 +316,10 @@ impl Snapshot {
         };
         let c = &entry.counters;
         let closed = |r: CloseReason| c.closed.get(r);
-        let suspects: Vec<LeakReason> = mine.iter().filter_map(|conn| self.live.get(&conn.id).copied()).collect();
+        let suspects: Vec<LeakReason> =
+            mine.iter().filter_map(|conn| self.live.get(&conn.id).map(|v| v.reason)).collect();
         let mut reasons: BTreeSet<LeakReason> = suspects.iter().copied().collect();
-        reasons.extend(self.closed.iter().filter(|s| s.0.client.display() == key).map(|s| s.1));
+        reasons.extend(self.closed.iter().filter(|s| s.0.client.display() == key).map(|s| s.1.reason));
         ClientStats {
             client: key.to_string(),
             application_name: entry.id.get(Field::ApplicationName).map(str::to_string),
@@ -364,8 +377,8 @@ impl Snapshot {
                 by_client.entry(c.client.display()).or_default().push(self.connection(c));
             }
         }
-        for (c, reason, at, why) in &self.closed {
-            by_client.entry(c.client.display()).or_default().push(self.closed_connection(c, *reason, *at, why));
+        for (c, verdict, at, why) in &self.closed {
+            by_client.entry(c.client.display()).or_default().push(self.closed_connection(c, verdict, *at, why));
         }
         let mut leaks: Vec<LeakReport> = self
             .clients
@@ -392,10 +405,10 @@ impl Snapshot {
     }
 }
 
-type ClosedList = Vec<(Arc<Conn>, LeakReason, Instant, &'static str)>;
+type ClosedList = Vec<(Arc<Conn>, Verdict, Instant, &'static str)>;
 
-fn snapshot_detector(d: &Detector) -> (HashMap<u64, LeakReason>, ClosedList) {
-    let live = d.live().map(|s| (s.conn.id, s.reason)).collect();
-    let closed = d.closed().map(|c| (c.conn.clone(), c.reason, c.closed_at, c.closed_reason)).collect();
+fn snapshot_detector(d: &Detector) -> (HashMap<u64, Verdict>, ClosedList) {
+    let live = d.live().map(|s| (s.conn.id, s.verdict.clone())).collect();
+    let closed = d.closed().map(|c| (c.conn.clone(), c.verdict.clone(), c.closed_at, c.closed_reason)).collect();
     (live, closed)
 }

@@ -16,6 +16,7 @@ mod dropin;
 mod fleet;
 mod gateway;
 mod guard;
+mod incident;
 mod inject;
 mod layers;
 mod leaks;

@@ -1,0 +1,315 @@
+//! The incident pgwarden exists for, with real processes and real pool libraries over TCP on 127.0.0.1,
+//! the default config but for the thresholds (5 s), no cap, SCRAM to a PostgreSQL with TLS on: a service
+//! that leaks every connection it borrows is named within three thresholds of its third leaked connection,
+//! and only its leaked connections are named; healthy pods with several worker processes sharing the key
+//! are never flagged.
+
+use crate::support::libpq::python;
+use crate::support::pg::{pg, SCRAM_PASSWORD, SCRAM_USER};
+use crate::support::{start_proxy, TestProxy};
+use pgwarden::config::{Config, HostPort, Timeout};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const T: Duration = Duration::from_secs(5);
+
+fn config() -> Config {
+    let mut c = Config { upstream: HostPort { host: "127.0.0.1".into(), port: pg().port }, ..Config::default() };
+    c.leak.idle_threshold = Timeout(Some(T));
+    c.leak.idle_in_transaction_threshold = Timeout(Some(T));
+    c
+}
+
+fn url(p: &TestProxy, app: &str) -> String {
+    format!("postgresql://{SCRAM_USER}:{SCRAM_PASSWORD}@127.0.0.1:{}/postgres?application_name={app}", p.addr.port())
+}
+
+/// node with npm `pg` (installed into .tools/node by scripts/setup.sh).
+fn node(script: &str) -> tokio::process::Command {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules");
+    assert!(modules.join("pg").exists(), "npm pg is installed into .tools/node by scripts/setup.sh");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("-e").arg(script).env("NODE_PATH", modules);
+    cmd
+}
+
+fn py(script: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+/// What a run saw: when the program said it leaked its third connection, and every suspect `/leaks` listed
+/// (sampled every 250 ms) with when it was first seen.
+struct Run {
+    third_leak: Option<Instant>,
+    first_named: Option<Instant>,
+    suspects: Vec<Value>,
+}
+
+/// Runs `cmd` (it prints `leak N` as it leaks its Nth connection) for `run_for`, watching `/leaks` for `app`;
+/// the clock starts at the line `clock`.
+async fn watch(p: &TestProxy, mut cmd: tokio::process::Command, app: &str, run_for: Duration, clock: &str) -> Run {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).env_remove("PGSSLMODE");
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let clock = clock.to_string();
+    // Read to the end: a program whose stdout is closed dies of a broken pipe at its next line.
+    let third = tokio::spawn(async move {
+        let mut at = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == clock && at.is_none() {
+                at = Some(Instant::now());
+            }
+        }
+        at
+    });
+    let (mut first_named, mut suspects) = (None, Vec::new());
+    let end = Instant::now() + run_for;
+    while Instant::now() < end {
+        let leaks = p.admin_json("/leaks").await;
+        for l in leaks["leaks"].as_array().unwrap().iter().filter(|l| l["application_name"] == app) {
+            for s in l["suspects"].as_array().unwrap() {
+                first_named.get_or_insert_with(Instant::now);
+                suspects.push(s.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    child.kill().await.ok();
+    let third_leak = third.await.unwrap();
+    // Suspects are listed with the evidence they had when sampled.
+    Run { third_leak, first_named, suspects }
+}
+
+/// Named within 3T of the third leaked connection, and every suspect a leaked connection with evidence.
+fn assert_named_in_time(run: &Run, within: Duration) {
+    let third = run.third_leak.expect("the program leaked its connections");
+    let named = run.first_named.expect("the leaking service was never named");
+    assert!(
+        named <= third + within,
+        "named {:?} after the third leaked connection (allowed {within:?})",
+        named.saturating_duration_since(third)
+    );
+    for s in &run.suspects {
+        let statement = s["last_statement"].as_str().unwrap_or_default();
+        assert!(statement.contains("leaked_marker"), "a connection that was not leaked was named: {s:#}");
+        assert_eq!(s["leak_reason"], "idle_while_client_grew", "{s:#}");
+        assert!(s["leak_evidence"].as_str().is_some_and(|e| e.contains("idle")), "{s:#}");
+        assert!(s["leak_confidence"].is_string(), "{s:#}");
+    }
+}
+
+/// (a) A connection per request (`psycopg.connect()`), never closed: one a second.
+#[tokio::test]
+async fn connect_per_request_never_closed_is_named() {
+    let p = start_proxy(config()).await;
+    let script = r#"
+import sys, time, psycopg
+held = []
+for i in range(1, 31):
+    c = psycopg.connect(sys.argv[1], autocommit=True)
+    c.execute("select 1 as leaked_marker")
+    held.append(c)
+    print(f"leak {i}", flush=True)
+    time.sleep(1)
+"#;
+    let mut cmd = py(script);
+    cmd.arg(url(&p, "uploader"));
+    let run = watch(&p, cmd, "uploader", Duration::from_secs(24), "leak 3").await;
+    assert_named_in_time(&run, 3 * T);
+    p.stop().await;
+}
+
+/// (b) psycopg_pool's `getconn()` without `putconn()`: one a second.
+#[tokio::test]
+async fn psycopg_pool_getconn_never_returned_is_named() {
+    let p = start_proxy(config()).await;
+    let script = r#"
+import sys, time, psycopg_pool
+pool = psycopg_pool.ConnectionPool(sys.argv[1], min_size=1, max_size=40, open=True, kwargs={"autocommit": True})
+pool.wait()
+held = []
+for i in range(1, 31):
+    c = pool.getconn()
+    c.execute("select 1 as leaked_marker")
+    held.append(c)
+    print(f"leak {i}", flush=True)
+    time.sleep(1)
+"#;
+    let mut cmd = py(script);
+    cmd.arg(url(&p, "getconn"));
+    let run = watch(&p, cmd, "getconn", Duration::from_secs(24), "leak 3").await;
+    assert_named_in_time(&run, 3 * T);
+    p.stop().await;
+}
+
+/// (c) node-postgres' `pool.connect()` without `release()` (pool defaults: max 10, idleTimeoutMillis 10 s).
+#[tokio::test]
+async fn node_postgres_pool_connect_never_released_is_named() {
+    let p = start_proxy(config()).await;
+    let script = r#"
+const { Pool } = require('pg');
+const pool = new Pool({ connectionString: process.argv[1] });
+const held = [];
+let i = 0;
+const tick = async () => {
+  const c = await pool.connect();
+  await c.query("select 1 as leaked_marker");
+  held.push(c);
+  i += 1;
+  console.log(`leak ${i}`);
+};
+setInterval(() => { tick().catch(() => {}); }, 1000);
+setTimeout(() => process.exit(0), 30000);
+"#;
+    let mut cmd = node(script);
+    cmd.arg("--").arg(url(&p, "node-leaker"));
+    let run = watch(&p, cmd, "node-leaker", Duration::from_secs(24), "leak 3").await;
+    assert_named_in_time(&run, 3 * T);
+    p.stop().await;
+}
+
+/// (d) A pool leaking one request in eight beside healthy traffic (four requests a second from two threads):
+/// named within 6T of its first leak; healthy connections never named.
+#[tokio::test]
+async fn a_pool_leaking_one_request_in_eight_is_named() {
+    let p = start_proxy(config()).await;
+    let script = r#"
+import sys, time, random, threading, psycopg_pool
+random.seed(8)
+pool = psycopg_pool.ConnectionPool(sys.argv[1], min_size=1, max_size=40, open=True, kwargs={"autocommit": True})
+pool.wait()
+held, n, lock = [], [0, 0], threading.Lock()
+def worker():
+    end = time.monotonic() + 40
+    while time.monotonic() < end:
+        with lock:
+            n[0] += 1
+            leak = n[0] % 8 == 0
+        c = pool.getconn()
+        if leak:
+            c.execute("select 1 as leaked_marker")
+            held.append(c)
+            with lock:
+                n[1] += 1
+                print(f"leak {n[1]}", flush=True)
+        else:
+            c.execute("select pg_sleep(0.05)")
+            pool.putconn(c)
+        time.sleep(random.uniform(0.3, 0.7))
+ts = [threading.Thread(target=worker) for _ in range(2)]
+for t in ts: t.start()
+for t in ts: t.join()
+"#;
+    let mut cmd = py(script);
+    cmd.arg(url(&p, "one-in-eight"));
+    let run = watch(&p, cmd, "one-in-eight", Duration::from_secs(36), "leak 1").await;
+    assert_named_in_time(&run, 6 * T);
+    p.stop().await;
+}
+
+/// A worker process of a healthy pod: a pool, bursts of 1–4 threads for 0.5–2 s, then quiet for 1.5–2.5 T.
+const HEALTHY_PSYCOPG: &str = r#"
+import sys, time, random, threading, psycopg_pool
+url, run_for = sys.argv[1], float(sys.argv[2])
+random.seed(int(sys.argv[3]))
+pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=6, open=True, kwargs={"autocommit": True})
+pool.wait()
+end = time.monotonic() + run_for
+def burst(until):
+    while time.monotonic() < until:
+        with pool.connection() as c:
+            c.execute("select pg_sleep(0.03)")
+time.sleep(random.uniform(0, 2))
+while time.monotonic() < end:
+    until = time.monotonic() + random.uniform(0.5, 2.0)
+    ts = [threading.Thread(target=burst, args=(until,)) for _ in range(random.randint(1, 4))]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    time.sleep(random.uniform(7.5, 12.5))
+"#;
+
+const HEALTHY_NODE: &str = r#"
+const { Pool } = require('pg');
+const [url, runFor, seed, idle] = process.argv.slice(1);
+let s = Number(seed);
+const rnd = () => { s = (s * 16807) % 2147483647; return s / 2147483647; };
+const pool = new Pool({ connectionString: url, max: 6, idleTimeoutMillis: Number(idle) });
+const end = Date.now() + Number(runFor) * 1000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const burst = async (until) => { while (Date.now() < until) { await pool.query('select pg_sleep(0.03)'); } };
+(async () => {
+  await sleep(rnd() * 2000);
+  while (Date.now() < end) {
+    const until = Date.now() + 500 + rnd() * 1500;
+    const n = 1 + Math.floor(rnd() * 4);
+    await Promise.all(Array.from({ length: n }, () => burst(until)));
+    await sleep(7500 + rnd() * 5000);
+  }
+  await pool.end();
+})();
+"#;
+
+/// Healthy pods, all at once on their own keys for 60 s: 1, 2, 4 and 8 psycopg_pool worker processes and
+/// 4 node-postgres ones sharing a key each over TCP, bursty with quiet spells of 1.5–2.5 T; node-postgres
+/// pools closing idle connections after 1.5 s; a LISTEN connection; a cron-like client. Never flagged.
+#[tokio::test]
+async fn healthy_pods_sharing_a_key_over_tcp_are_never_flagged() {
+    let p = start_proxy(config()).await;
+    let run_for = Duration::from_secs(60);
+    let secs = run_for.as_secs().to_string();
+    let mut children = Vec::new();
+    for n in [1usize, 2, 4, 8] {
+        for i in 0..n {
+            let mut cmd = py(HEALTHY_PSYCOPG);
+            cmd.arg(url(&p, &format!("py-{n}"))).arg(&secs).arg((i + 1).to_string());
+            children.push(cmd.kill_on_drop(true).spawn().unwrap());
+        }
+    }
+    for (app, idle) in [("node-4", "10000"), ("node-fast-idle", "1500")] {
+        for i in 0..4 {
+            let mut cmd = node(HEALTHY_NODE);
+            cmd.arg("--").arg(url(&p, app)).arg(&secs).arg((i + 7).to_string()).arg(idle);
+            children.push(cmd.kill_on_drop(true).spawn().unwrap());
+        }
+    }
+    let listen = r#"
+import sys, time, psycopg
+c = psycopg.connect(sys.argv[1], autocommit=True)
+c.execute("LISTEN jobs")
+time.sleep(float(sys.argv[2]))
+"#;
+    let mut cmd = py(listen);
+    cmd.arg(url(&p, "listener")).arg(&secs);
+    children.push(cmd.kill_on_drop(true).spawn().unwrap());
+    let cron = r#"
+import sys, time, psycopg
+c = psycopg.connect(sys.argv[1], autocommit=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    c.execute("select 1")
+    time.sleep(12)
+"#;
+    let mut cmd = py(cron);
+    cmd.arg(url(&p, "cron")).arg(&secs);
+    children.push(cmd.kill_on_drop(true).spawn().unwrap());
+    let end = Instant::now() + run_for;
+    let mut flagged = Vec::new();
+    while Instant::now() < end {
+        let leaks = p.admin_json("/leaks").await;
+        flagged.extend(leaks["leaks"].as_array().unwrap().iter().cloned());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(flagged.is_empty(), "healthy clients flagged: {:#}", flagged[0]);
+    let clients = p.admin_json("/clients").await;
+    let py8 = clients["clients"].as_array().unwrap().iter().find(|c| c["application_name"] == "py-8").unwrap();
+    assert!(py8["opened_total"].as_u64().unwrap() >= 8, "{py8:#}");
+    for mut c in children {
+        c.kill().await.ok();
+    }
+    p.stop().await;
+}
