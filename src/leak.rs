@@ -31,10 +31,12 @@ pub mod detector;
 pub mod observe;
 #[cfg(test)]
 mod pool_sim;
+pub mod recent;
 pub mod staircase;
 pub mod verdict;
 pub use detector::Detector;
-use staircase::{SpellBound, Staircase};
+use recent::{SpellBound, Warmth};
+use staircase::Staircase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakReason {
@@ -52,6 +54,21 @@ impl LeakReason {
         }
     }
 }
+
+/// Reuses a whole key's history must have shown before its growth is judged: until its pools reuse
+/// connections, several cold workers each opening one connection on its first request look exactly like
+/// one pool leaking each one (the staircase still judges it).
+pub const SHARED_MIN_REUSES: u64 = 3;
+
+/// A whole key's growth is judged only while its pools recently reused connections at least once for every
+/// this many on-demand opens: cold worker processes taking their first requests open far more often than
+/// they reuse; a warm pool reuses more, and even one that leaks every other borrow reuses once for every two
+/// opens (Go's database/sql with its default of 2 idle connections churns: it opens often too).
+pub const SHARED_WARMTH: u64 = 2;
+
+/// Thresholds a whole key's growth is not judged for after it first appears: its worker processes take
+/// their first requests in turn, each opening a connection while the others' wait.
+pub const SHARED_WARM_UP_THRESHOLDS: u32 = 3;
 
 /// The longest time between two samples of a client's open count (housekeeping runs at most this far apart).
 pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,6 +115,8 @@ pub struct ClientHistory {
     pub one_process: bool,
     /// The longest idle spells its pools ended themselves (reuse, or a close while free).
     pub spells: SpellBound,
+    /// Its recent reuses against its recent on-demand opens.
+    pub warmth: Warmth,
     /// The staircase found at the last tick (its steps are suspects).
     pub staircase: Staircase,
 }
@@ -113,12 +132,14 @@ impl ClientHistory {
             reuses: 0,
             one_process: false,
             spells: SpellBound::new(first_seen),
+            warmth: Warmth::new(first_seen),
             staircase: Staircase::default(),
         }
     }
 
     /// A connection opened on demand became ready at `at`.
     pub fn record_on_demand_open(&mut self, at: Instant) {
+        self.warmth.opened(at);
         let i = self.on_demand.partition_point(|&t| t <= at);
         self.on_demand.insert(i, at);
         if self.on_demand.len() > MAX_ON_DEMAND_OPENS {

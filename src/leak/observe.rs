@@ -9,7 +9,9 @@
 //! worker's pool grows while another's connection waits for its worker's next request), and the history
 //! is reported as several pools. Reuse is the proof because it is what a leak never shows.
 
-use super::staircase::{Staircase, Step, MIN_STEPS_ONE_PROCESS, MIN_STEPS_SHARED, SPELL_WINDOW};
+use super::staircase::{
+    Staircase, Step, MIN_STEPS_ONE_PROCESS, MIN_STEPS_SEVERAL_POOLS, MIN_STEPS_SHARED, SPELL_WINDOW,
+};
 use super::{ClientHistory, ConnView, Thresholds, MAX_SAMPLE_INTERVAL};
 use crate::vocab::ConnState;
 use std::collections::HashMap;
@@ -77,7 +79,8 @@ pub struct Seen {
 #[derive(Debug, Clone, Copy)]
 struct Memo {
     /// The start of the idle spell it was in at the last tick, and that tick.
-    idle: Option<(Instant, Instant)>,
+    /// Whether it had run a query before that spell (a spare's first use ends no spell of a borrowed one).
+    idle: Option<(Instant, Instant, bool)>,
     first_use_recorded: bool,
     queries: u64,
     /// When it was accepted, if it was opened on demand.
@@ -110,7 +113,7 @@ impl Observed {
     /// that idle spell itself (an idle timeout), which bounds how long its pools let connections wait.
     pub fn client_closed(&mut self, id: u64, now: Instant) {
         // A spare never used says nothing of how long a borrowed connection waits (a pool retires its spares by age).
-        if let Some(Memo { idle: Some((from, _)), queries: 1.., .. }) = self.memo.remove(&id) {
+        if let Some(Memo { idle: Some((from, _, true)), .. }) = self.memo.remove(&id) {
             self.history.spells.record(now, now.saturating_duration_since(from));
         }
     }
@@ -129,6 +132,7 @@ impl Observed {
             if c.view.queries > memo.queries {
                 if memo.queries > 0 {
                     self.history.reuses += 1;
+                    self.history.warmth.reused(now);
                 }
                 memo.queries = c.view.queries;
             }
@@ -149,12 +153,14 @@ impl Observed {
         for c in conns {
             let memo = self.memo.get_mut(&c.id).expect("entered above");
             let idle_now = c.view.state == ConnState::Idle && !c.view.listening;
-            if let Some((from, seen_at)) = memo.idle {
+            if let Some((from, seen_at, used_before)) = memo.idle {
                 let same_spell = idle_now && c.view.state_since == from;
                 if !same_spell {
                     // Its pool ended the spell: it waited for work this long (at most; its new state began
                     // when the work began, or after it ended).
-                    self.history.spells.record(now, c.view.state_since.saturating_duration_since(from));
+                    if used_before {
+                        self.history.spells.record(now, c.view.state_since.saturating_duration_since(from));
+                    }
                     // Used since `from`: was it free across an on-demand open? An open within a sample
                     // interval of `from` may have been asked for just before this one was returned.
                     let long_enough = spell.is_some_and(|s| seen_at.saturating_duration_since(from) >= s);
@@ -172,7 +178,11 @@ impl Observed {
                 }
             }
             if idle_now {
-                memo.idle = Some((c.view.state_since, now));
+                let used_before = match memo.idle {
+                    Some((from, _, used)) if from == c.view.state_since => used,
+                    _ => c.view.queries > 0,
+                };
+                memo.idle = Some((c.view.state_since, now, used_before));
             }
         }
         if self.memo.len() > conns.len() {
@@ -205,7 +215,11 @@ impl Observed {
                 opened_on_demand: self.memo.get(&c.id).and_then(|m| m.opened_on_demand),
             })
             .collect();
-        let min_steps = if self.history.one_process { MIN_STEPS_ONE_PROCESS } else { MIN_STEPS_SHARED };
+        let min_steps = match (self.history.one_process, self.history.several_pools_since) {
+            (true, _) => MIN_STEPS_ONE_PROCESS,
+            (false, None) => MIN_STEPS_SHARED,
+            (false, Some(_)) => MIN_STEPS_SEVERAL_POOLS,
+        };
         let bound = self.history.spells.get(now);
         Staircase::find(&steps, now, threshold, bound, min_steps, self.history.spells.last_end())
     }

@@ -13,6 +13,7 @@
 //! its pool lets connections wait; a leaked one waits forever. So pools that reuse or close their free
 //! connections raise the bar for their own key, and a service that never does keeps it at the threshold.
 
+pub use super::recent::{SpellBound, SPELL_WINDOW};
 use std::time::{Duration, Instant};
 
 /// How much later than the previous step's return a step's connection must have been accepted to link: the
@@ -26,7 +27,12 @@ pub const MIN_STEPS_ONE_PROCESS: usize = 3;
 /// Chain members a whole key's suspects need (TCP: the key may hide as many pools as the pod has worker
 /// processes, each of which can contribute one idle connection to a chain while it waits for its next
 /// request). README "What is flagged, and when" has what this costs and spares.
-pub const MIN_STEPS_SHARED: usize = 8;
+pub const MIN_STEPS_SHARED: usize = 6;
+
+/// Chain members a whole key's suspects need once the wire proved it hides several pools (a connection
+/// free across another's on-demand open was used again): several worker processes are there, each of
+/// which can lend the chain a step while it waits for its next request.
+pub const MIN_STEPS_SEVERAL_POOLS: usize = 8;
 
 /// Steps enough when the history has been quiet (no connection used again, none closed while free) since
 /// the first step went idle at least [`quiet_after`] ago.
@@ -37,9 +43,6 @@ pub const MIN_STEPS_QUIET: usize = 3;
 pub fn quiet_after(threshold: Duration) -> Duration {
     threshold.saturating_mul(12)
 }
-
-/// How long an observed spell counts towards [`SpellBound`]: a spell is remembered for one to two windows.
-pub const SPELL_WINDOW: Duration = Duration::from_secs(600);
 
 /// An idle connection as the staircase sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,49 +75,6 @@ pub fn longest_chain(idle: &[Step]) -> Vec<Step> {
         }
     }
     chain
-}
-
-/// The longest idle spell a history's pools ended themselves (by reusing the connection, or by closing it
-/// while it was free), over the last one to two [`SPELL_WINDOW`]s.
-#[derive(Debug, Clone, Copy)]
-pub struct SpellBound {
-    window_start: Instant,
-    current: Duration,
-    previous: Duration,
-    last_end: Option<Instant>,
-}
-
-impl SpellBound {
-    pub fn new(now: Instant) -> Self {
-        SpellBound { window_start: now, current: Duration::ZERO, previous: Duration::ZERO, last_end: None }
-    }
-
-    /// When the last spell ended.
-    pub fn last_end(&self) -> Option<Instant> {
-        self.last_end
-    }
-
-    fn roll(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= SPELL_WINDOW * 2 {
-            *self = SpellBound { last_end: self.last_end, ..SpellBound::new(now) };
-        } else if elapsed >= SPELL_WINDOW {
-            self.previous = self.current;
-            self.current = Duration::ZERO;
-            self.window_start = self.window_start.checked_add(SPELL_WINDOW).unwrap_or(now);
-        }
-    }
-
-    pub fn record(&mut self, now: Instant, spell: Duration) {
-        self.roll(now);
-        self.current = self.current.max(spell);
-        self.last_end = Some(now);
-    }
-
-    pub fn get(&mut self, now: Instant) -> Duration {
-        self.roll(now);
-        self.current.max(self.previous)
-    }
 }
 
 /// How long a connection must have sat idle to count as a step: the threshold, or twice the longest spell
@@ -236,16 +196,5 @@ mod tests {
         assert_eq!(s.beyond, Duration::from_secs(8));
         // Fewer than the minimum: nothing.
         assert!(Staircase::find(&idle, now, th, Duration::from_secs(4), 6, Some(now)).steps.is_empty());
-    }
-
-    #[test]
-    fn the_spell_bound_forgets_after_two_windows() {
-        let t0 = Instant::now();
-        let mut b = SpellBound::new(t0);
-        b.record(t0 + Duration::from_secs(5), Duration::from_secs(30));
-        assert_eq!(b.get(t0 + SPELL_WINDOW + Duration::from_secs(1)), Duration::from_secs(30));
-        b.record(t0 + SPELL_WINDOW + Duration::from_secs(2), Duration::from_secs(3));
-        assert_eq!(b.get(t0 + SPELL_WINDOW * 2 + Duration::from_secs(1)), Duration::from_secs(3));
-        assert_eq!(b.get(t0 + SPELL_WINDOW * 5), Duration::ZERO);
     }
 }

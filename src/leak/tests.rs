@@ -12,9 +12,16 @@ fn idle(since: Instant) -> ConnView {
     ConnView { id: 1, state: ConnState::Idle, state_since: since, listening: false, queries: 1 }
 }
 
-/// A key's history (TCP: one history for the whole key).
+/// One pool's history (one process told apart), warm: its pools reused connections far more often than they
+/// opened one (tests of a whole key's history set `one_process: false`).
 fn hist(t0: Instant, open: u32) -> ClientHistory {
-    ClientHistory::new(t0, open)
+    let mut h = ClientHistory::new(t0, open);
+    h.one_process = true;
+    h.reuses = SHARED_MIN_REUSES;
+    for _ in 0..100 {
+        h.warmth.reused(t0);
+    }
+    h
 }
 
 fn secs(t0: Instant, s: u64) -> Instant {
@@ -102,35 +109,53 @@ fn growth_recorded_at_the_sample_after_it_went_idle_is_not_growth_while_idle() {
 }
 
 /// The same growth, judged by what else the history knows: a spare never used, growth with no on-demand
-/// open after it went idle (a pool refilling its minimum), or a history proven to be several pools.
+/// open after it went idle (a pool refilling its minimum), or a history proven to be several pools; and
+/// for a whole key (TCP), its warm-up, its warmth and how long its pools let a free connection wait.
 #[test]
 fn growth_is_evidence_only_of_a_used_connection_in_one_pool_that_opened_on_demand() {
     let t0 = Instant::now();
     let mut h = hist(t0, 2);
-    for s in 1..=60 {
-        h.record(secs(t0, s), if s <= 20 { 2 } else { 4 });
+    for s in 1..=90 {
+        h.record(secs(t0, s), if s <= 40 { 2 } else { 4 });
     }
-    let c = idle(secs(t0, 15));
-    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), None, "no on-demand open: maintenance growth");
-    h.record_on_demand_open(secs(t0, 12));
-    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), None, "the open came before it went idle");
-    h.record_on_demand_open(secs(t0, 21));
-    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), Some(LeakReason::IdleWhileClientGrew));
+    let c = idle(secs(t0, 35));
+    let now = secs(t0, 60);
+    assert_eq!(suspect_reason(&c, &h, now, &th()), None, "no on-demand open: maintenance growth");
+    h.record_on_demand_open(secs(t0, 32));
+    assert_eq!(suspect_reason(&c, &h, now, &th()), None, "the open came before it went idle");
+    h.record_on_demand_open(secs(t0, 41));
+    assert_eq!(suspect_reason(&c, &h, now, &th()), Some(LeakReason::IdleWhileClientGrew));
     let spare = ConnView { queries: 0, ..c };
-    assert_eq!(suspect_reason(&spare, &h, secs(t0, 40), &th()), None, "never used: a pool's spare");
-    let mut patient = h.clone();
+    assert_eq!(suspect_reason(&spare, &h, now, &th()), None, "never used: a pool's spare");
+    // A whole key: judged while warm, past its warm-up and past what its pools let a connection wait.
+    let shared = ClientHistory { one_process: false, ..h.clone() };
+    assert_eq!(suspect_reason(&c, &shared, now, &th()), Some(LeakReason::IdleWhileClientGrew), "a warm key");
+    let mut patient = shared.clone();
     patient.staircase.bound = Duration::from_secs(20);
     assert_eq!(
-        suspect_reason(&c, &patient, secs(t0, 40), &th()),
+        suspect_reason(&c, &patient, now, &th()),
         None,
         "a TCP key whose pools let free connections wait 20 s: growth is judged only past 40 s idle"
     );
-    let one = ClientHistory { reuses: 0, one_process: true, ..h.clone() };
-    assert_eq!(suspect_reason(&c, &one, secs(t0, 40), &th()), Some(LeakReason::IdleWhileClientGrew), "one process");
-    h.several_pools_since = Some(secs(t0, 30));
-    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), None, "several pools: growth proves nothing");
-    h.last_at_cap = Some(secs(t0, 35));
-    assert_eq!(suspect_reason(&c, &h, secs(t0, 40), &th()), Some(LeakReason::IdleWhileClientAtCap));
+    let cold = ClientHistory { reuses: SHARED_MIN_REUSES - 1, ..shared.clone() };
+    assert_eq!(suspect_reason(&c, &cold, now, &th()), None, "a key whose pools never reused a connection");
+    let mut opening = shared.clone();
+    for _ in 0..250 {
+        opening.warmth.opened(secs(t0, 30));
+    }
+    assert_eq!(
+        suspect_reason(&c, &opening, now, &th()),
+        None,
+        "a key whose pools open on demand more often than they reuse (cold worker processes)"
+    );
+    let early = idle(secs(t0, 12));
+    let mut young = shared.clone();
+    young.record(secs(t0, 20), 2);
+    assert_eq!(suspect_reason(&early, &young, secs(t0, 29), &th()), None, "a key's first three thresholds");
+    h.several_pools_since = Some(secs(t0, 50));
+    assert_eq!(suspect_reason(&c, &h, now, &th()), None, "several pools: growth proves nothing");
+    h.last_at_cap = Some(secs(t0, 55));
+    assert_eq!(suspect_reason(&c, &h, now, &th()), Some(LeakReason::IdleWhileClientAtCap));
 }
 
 #[test]
@@ -225,196 +250,7 @@ fn history_queries() {
     assert_eq!(h.open_at(t0), 3, "before the kept history: the oldest known value");
 }
 
-mod pools {
-    use super::super::pool_sim::{simulate, Load, PoolKind, Scenario, SimResult, LOADS, POOLS};
-    use super::*;
-
-    const WORKERS: [usize; 6] = [1, 2, 4, 8, 16, 32];
-    const T5: Duration = Duration::from_secs(5);
-
-    fn fixed_size(kind: &PoolKind) -> bool {
-        kind.min == kind.max
-    }
-
-    /// Every scenario of `kinds` × `workers` × loads × `seeds` seeds.
-    fn each(kinds: &[PoolKind], workers: &[usize], seeds: u64, per_process: bool) -> Vec<Scenario> {
-        let mut v = Vec::new();
-        for &kind in kinds {
-            for &n in workers {
-                for load in LOADS {
-                    for seed in 1..=seeds {
-                        v.push(Scenario::healthy(kind, n, load, seed * 7919 + n as u64, per_process));
-                    }
-                }
-            }
-        }
-        v
-    }
-
-    fn describe(sc: &Scenario, r: &SimResult) -> String {
-        let f: Vec<_> = r.flagged.iter().take(3).map(|f| (f.at.as_secs(), f.signal, f.worker, f.leaked)).collect();
-        format!(
-            "{} × {} {:?} seed {} (per process: {}): {f:?}",
-            sc.kind.name, sc.workers, sc.load, sc.seed, sc.per_process
-        )
-    }
-
-    #[test]
-    fn healthy_single_pools_are_never_flagged() {
-        for sc in each(&POOLS, &[1], 8, false) {
-            let r = simulate(sc);
-            assert!(r.flagged.is_empty(), "{}", describe(&sc, &r));
-            assert!(
-                r.peak >= 4 && (fixed_size(&sc.kind) || r.peak > r.trough),
-                "{}: the load never made the pool grow and shrink ({}..{})",
-                describe(&sc, &r),
-                r.trough,
-                r.peak
-            );
-        }
-    }
-
-    /// A pod's worker processes, each with its own pool, told apart by the proxy (Unix socket): never
-    /// flagged, for every pool, pod size and load.
-    #[test]
-    fn healthy_worker_processes_told_apart_are_never_flagged() {
-        for sc in each(&POOLS, &WORKERS, 3, true) {
-            let r = simulate(sc);
-            assert!(r.flagged.is_empty(), "{}", describe(&sc, &r));
-        }
-    }
-
-    /// One worker leaks a connection every threshold/2 from a random moment, its pool told apart from the
-    /// others: nothing but its leaked connections is ever named, and it is flagged within 3 thresholds of
-    /// the first moment the wire shows the leak, its pool opening on demand after it. Before that, its leaks
-    /// took connections the pool had free (a pool at its maximum, or with spares), which on the wire is the
-    /// same as requests that finished. Fixed-size pools (min = max) never open on demand: see the cap test.
-    #[test]
-    fn a_leaking_worker_told_apart_is_flagged_within_three_thresholds_naming_only_its_leaks() {
-        let kinds: Vec<PoolKind> = POOLS.into_iter().filter(|k| !fixed_size(k)).collect();
-        let (mut late, mut within_3t_of_leak, mut visible) = (Vec::new(), 0, 0);
-        let all = each(&kinds, &WORKERS, 3, true);
-        for sc in &all {
-            let from = Duration::from_secs(20 + sc.seed % 160);
-            let sc = sc.leaking(T5 / 2, from);
-            let r = simulate(sc);
-            let first_leak = r.first_leak.expect("leaked");
-            assert!(r.flagged.iter().all(|f| f.leaked), "a healthy connection named: {}", describe(&sc, &r));
-            let flagged = r.flagged.iter().find(|f| f.leaked).map(|f| f.at);
-            if flagged.is_some_and(|at| at <= first_leak + 3 * T5) {
-                within_3t_of_leak += 1;
-            }
-            let Some(shown) = r.leaker_grew.filter(|&g| g + 3 * T5 <= sc.run_for) else { continue };
-            visible += 1;
-            let shown = shown.max(first_leak);
-            match flagged {
-                Some(at) if at <= shown + 3 * T5 => {}
-                Some(at) => late.push(format!("{:?} after it showed: {}", at - shown, describe(&sc, &r))),
-                None => late.push(format!("never: {}", describe(&sc, &r))),
-            }
-        }
-        assert!(late.is_empty(), "{} of {visible} late:\n{}", late.len(), late.join("\n"));
-        println!(
-            "{within_3t_of_leak} of {} leaks flagged within 3T of the first leak; {visible} showed on the wire",
-            all.len()
-        );
-        assert!(visible * 10 >= all.len() * 8, "the load rarely made a leaking pool grow: {visible} of {}", all.len());
-    }
-
-    /// A fixed-size pool (min = max, HikariCP's default) never opens on demand: its leaks change nothing the
-    /// wire shows until it starves, and then its requests wait inside the application, not at the proxy.
-    /// Nothing is flagged (nor falsely); README says so and what makes them visible (a cap below the pool's size).
-    #[test]
-    fn a_fixed_size_pool_that_leaks_shows_nothing_on_the_wire() {
-        for kind in POOLS.into_iter().filter(fixed_size) {
-            for seed in 1..=4 {
-                let sc = Scenario::healthy(kind, 1, Load::Bursty, seed, true).leaking(T5 / 2, Duration::from_secs(20));
-                let r = simulate(sc);
-                assert!(
-                    r.first_leak.is_some() && r.leaker_grew.is_none() && r.flagged.is_empty(),
-                    "{}",
-                    describe(&sc, &r)
-                );
-            }
-        }
-    }
-
-    /// A single pool leaking a connection every second beside healthy traffic: within 4 thresholds of its
-    /// first leak when told apart (one process), within 6 over TCP, where a key's connections must first
-    /// outlast twice the idle spells its pools end themselves (they may be several workers' pools).
-    #[test]
-    fn a_single_pool_leaking_one_connection_per_second_is_flagged_within_four_thresholds_or_six_over_tcp() {
-        for kind in POOLS.into_iter().filter(|k| !fixed_size(k)) {
-            for per_process in [false, true] {
-                let sc = Scenario { cap: Some(kind.max), ..Scenario::healthy(kind, 1, Load::Bursty, 42, per_process) }
-                    .leaking(Duration::from_secs(1), Duration::from_secs(20));
-                let r = simulate(sc);
-                let first = r.flagged.first().unwrap_or_else(|| panic!("never flagged: {}", describe(&sc, &r)));
-                let within = if per_process { 4 * T5 } else { 6 * T5 };
-                assert!(first.at <= Duration::from_secs(20) + within, "{}", describe(&sc, &r));
-                assert!(r.flagged.iter().all(|f| f.leaked), "{}", describe(&sc, &r));
-            }
-        }
-    }
-
-    /// Over TCP (one history per key): healthy pods flagged, and how fast leakers are named.
-    #[test]
-    #[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture shared_keys_measured"]
-    fn shared_keys_measured() {
-        let seeds: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-        let mut rows = std::collections::BTreeMap::new();
-        for sc in each(&POOLS, &WORKERS, seeds, false) {
-            let r = simulate(sc);
-            if !r.flagged.is_empty() {
-                println!("FP (proven {}) {}", r.proven_several, describe(&sc, &r));
-            }
-            let e = rows.entry((sc.workers, sc.kind.name)).or_insert((0, 0));
-            e.0 += usize::from(!r.flagged.is_empty());
-            e.1 += 1;
-        }
-        let mut totals = std::collections::BTreeMap::new();
-        for ((n, _), (f, of)) in &rows {
-            let t = totals.entry(*n).or_insert((0, 0));
-            *t = (t.0 + f, t.1 + of);
-        }
-        for (n, (f, of)) in totals {
-            println!("healthy N={n}: {f}/{of} flagged");
-        }
-        let kinds: Vec<PoolKind> = POOLS.into_iter().filter(|k| !fixed_size(k)).collect();
-        for n in WORKERS {
-            let (mut named, mut within, mut wrong, mut all) = (0, 0, 0, 0);
-            let mut lags = Vec::new();
-            for sc in each(&kinds, &[n], seeds, false) {
-                let sc = sc.leaking_only(Duration::from_secs(1), Duration::from_secs(20 + sc.seed % 160));
-                let r = simulate(sc);
-                all += 1;
-                wrong += usize::from(r.flagged.iter().any(|f| !f.leaked));
-                let third = r.first_leak.unwrap() + Duration::from_secs(2);
-                if let Some(at) = r.flagged.iter().find(|f| f.leaked).map(|f| f.at) {
-                    named += 1;
-                    lags.push(at.saturating_sub(third).as_secs());
-                    within += usize::from(at <= third + 3 * T5);
-                } else {
-                    println!("pure leak never named: {}", describe(&sc, &r));
-                }
-            }
-            lags.sort();
-            println!("pure leaker among N={n}: named {named}/{all}, within 3T of the third {within}, healthy named {wrong}, lag after third p50 {:?} max {:?}", lags.get(lags.len() / 2), lags.last());
-            let (mut named, mut within, mut wrong, mut all) = (0, 0, 0, 0);
-            for sc in each(&kinds, &[n], seeds, false) {
-                let sc = sc.leaking(T5 / 2, Duration::from_secs(20 + sc.seed % 160));
-                let r = simulate(sc);
-                all += 1;
-                wrong += usize::from(r.flagged.iter().any(|f| !f.leaked));
-                if let Some(at) = r.flagged.iter().find(|f| f.leaked).map(|f| f.at) {
-                    named += 1;
-                    within += usize::from(at <= r.first_leak.unwrap() + 10 * T5);
-                }
-            }
-            println!("leaking worker (every T/2 beside healthy traffic) among N={n}: named {named}/{all}, within 10T {within}, healthy named {wrong}");
-        }
-    }
-}
+mod pools;
 
 /// With more than one worker thread, housekeeping's snapshot can be older than a session's close: the
 /// suspect it still lists was kept as evidence by `closing` and must not be kept twice.

@@ -1,7 +1,9 @@
 //! A suspect's verdict: its reason (the contract), the signal that fired, the evidence in words an on-call
 //! engineer can check, and whether the verdict may still be wrong. Pure.
 
-use super::{ClientHistory, ConnView, LeakReason, Thresholds};
+use super::{
+    ClientHistory, ConnView, LeakReason, Thresholds, SHARED_MIN_REUSES, SHARED_WARMTH, SHARED_WARM_UP_THRESHOLDS,
+};
 use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
 
@@ -50,7 +52,7 @@ pub fn words(d: Duration) -> String {
     match s {
         0..=9 if d.subsec_millis() > 0 => format!("{:.1} s", d.as_secs_f64()),
         0..=59 => format!("{s} s"),
-        60..=3599 if s % 60 == 0 => format!("{} min", s / 60),
+        60..=3599 if s.is_multiple_of(60) => format!("{} min", s / 60),
         60..=3599 => format!("{} min {} s", s / 60, s % 60),
         _ if s % 3600 < 60 => format!("{} h", s / 3600),
         _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
@@ -60,6 +62,13 @@ pub fn words(d: Duration) -> String {
 const SHARED_CAVEAT: &str = "; this client key is shared over TCP, where several worker processes each taking \
                              its first request in turn would look the same (connect over the Unix socket, or set \
                              application_name per process, to be certain)";
+
+/// A whole key's pools have reused connections, and recently at least once for every [`SHARED_WARMTH`]
+/// on-demand opens.
+fn warm(h: &ClientHistory) -> bool {
+    let (reuses, opens) = h.warmth.get();
+    h.reuses >= SHARED_MIN_REUSES && reuses.saturating_mul(SHARED_WARMTH) >= opens
+}
 
 /// Whether one connection is a suspect, why, and on what evidence.
 pub fn judge(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresholds) -> Option<Verdict> {
@@ -119,16 +128,20 @@ pub fn judge(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresholds) -> 
     // Growth counts only when it includes an on-demand open after this one went idle (a pool refilling its
     // minimum or replacing an old connection is not asking for one more because none was free).
     // A whole key (TCP) may hide several pools: one of its worker processes' pools grows while another's
-    // connection waits for its next request. Its connections are judged by growth only once idle beyond what
-    // its pools let a free connection wait (the staircase's bar), and never once proven several pools.
+    // connection waits for its next request. Its connections are judged by growth only while its pools are
+    // warm (cold workers taking their first requests each open one, like one pool leaking each), only once
+    // idle beyond what its pools let a free connection wait (the staircase's bar), and never once proven
+    // several pools.
     if h.several_pools_since.is_some()
-        || (!h.one_process && idle_for < super::staircase::beyond(t, h.staircase.bound))
+        || (!h.one_process && (!warm(h) || idle_for < super::staircase::beyond(t, h.staircase.bound)))
         || c.queries == 0
         || h.last_on_demand_open().is_none_or(|open| open <= c.state_since)
     {
         return None;
     }
-    let warmed_up = h.first_seen.checked_add(t)?;
+    // A pool's warm-up is its first threshold; a whole key's is three (its worker processes warm up in turn).
+    let warm_up = if h.one_process { t } else { t.saturating_mul(SHARED_WARM_UP_THRESHOLDS) };
+    let warmed_up = h.first_seen.checked_add(warm_up)?;
     let baseline_at = c.state_since.max(warmed_up);
     // Growth must have lasted half a threshold (a replacement opened before the old one closes does not).
     let window_start = now.checked_sub(t / 2)?;

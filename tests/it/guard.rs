@@ -103,6 +103,30 @@ print("done")
     assert!(xml.contains("leak_marker"), "the statement is in the failure's text");
 }
 
+/// A 10-second test suite whose helper leaks every connection it borrows, with guard's defaults (5 s
+/// thresholds): the run fails naming the helper's statement.
+#[test]
+fn a_ten_second_suite_leaking_every_borrow_fails_the_run() {
+    let script = r#"
+held = []
+for i in range(20):
+    c = psycopg.connect(application_name="suite", autocommit=True)
+    c.execute("SELECT 1 AS helper_marker")
+    held.append(c)
+    time.sleep(0.5)
+print("done")
+"#;
+    let out = guard(&[], script, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("idle_while_client_grew") && l.contains("suite") && l.contains("helper_marker")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn healthy_programs_pass_with_no_findings() {
     let script = r#"

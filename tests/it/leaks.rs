@@ -36,7 +36,7 @@ async fn wait_flagged(p: &TestProxy, app: &str, reason: &str, within: Duration) 
 }
 
 #[tokio::test]
-async fn pool_leaking_one_connection_per_second_is_flagged_within_two_thresholds() {
+async fn pool_leaking_one_connection_per_second_is_flagged_within_three_thresholds() {
     let threshold = 4.0;
     let p = start_proxy(leak_config(threshold, 30.0)).await;
     let app = "leak-grow";
@@ -73,7 +73,9 @@ async fn pool_leaking_one_connection_per_second_is_flagged_within_two_thresholds
     };
     let l = flagged.await;
     let took = leak_started.elapsed();
-    assert!(took <= Duration::from_secs_f64(2.0 * threshold), "flagged after {took:?}");
+    // Three thresholds: over TCP a key's growth is judged after its first three (its worker processes warm up
+    // in turn), and the staircase needs six steps idle for a threshold.
+    assert!(took <= Duration::from_secs_f64(3.0 * threshold), "flagged after {took:?}");
     let suspect = &l["suspects"][0];
     assert_eq!(suspect["leak_reason"], "idle_while_client_grew");
     assert_eq!(suspect["last_statement"], "select ?, ?", "redacted by default");
