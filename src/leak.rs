@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 
 pub mod detector;
 pub mod observe;
-#[cfg(test)]
-mod pool_sim;
+/// The pool simulator the detector is tuned on; public so that the integration tests can run the same
+/// scenarios through it and through the proxy with real processes, and compare the verdicts.
+#[doc(hidden)]
+pub mod pool_sim;
 pub mod recent;
 pub mod staircase;
 pub mod verdict;

@@ -2,12 +2,15 @@
 //! the default config but for the thresholds (5 s), no cap, SCRAM to a PostgreSQL with TLS on: a service
 //! that leaks every connection it borrows is named within three thresholds of its third leaked connection,
 //! and only its leaked connections are named; healthy pods with several worker processes sharing the key
-//! are never flagged.
+//! are never flagged. Each test also runs the pool simulator (src/leak/pool_sim.rs) with the same pool
+//! settings, leak rate, load shape and threshold, and asserts the same verdict: the calibration that keeps
+//! the simulator, on which the detector is tuned, honest.
 
 use crate::support::libpq::python;
 use crate::support::pg::{pg, SCRAM_PASSWORD, SCRAM_USER};
 use crate::support::{start_proxy, TestProxy};
 use pgwarden::config::{Config, HostPort, Timeout};
+use pgwarden::leak::pool_sim::{simulate, Load, Order, PoolKind, Retire, Scenario, POOLS};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -85,6 +88,26 @@ async fn watch(p: &TestProxy, mut cmd: tokio::process::Command, app: &str, run_f
     Run { third_leak, first_named, suspects }
 }
 
+/// The simulator, given the same pool, leak rate and threshold over TCP (one history for the key), reaches
+/// the same verdict as the real run: named within 3T of the third leaked connection, only leaked ones.
+fn simulator_agrees_on_the_leak(kind: PoolKind) {
+    for load in [Load::Bursty, Load::Diurnal, Load::Skewed] {
+        for seed in 1..=3 {
+            let sc = Scenario::healthy(kind, 1, load, seed, false)
+                .leaking_only(Duration::from_secs(1), Duration::from_secs(20));
+            let r = simulate(sc);
+            let third = r.first_leak.expect("leaked") + Duration::from_secs(2);
+            let first = r.flagged.first().map(|f| f.at);
+            assert!(first.is_some_and(|at| at <= third + 3 * T), "simulated {} {load:?}: {first:?}", kind.name);
+            assert!(r.flagged.iter().all(|f| f.leaked), "simulated {} {load:?} named a healthy connection", kind.name);
+        }
+    }
+}
+
+fn sim_kind(name: &str) -> PoolKind {
+    POOLS.into_iter().find(|k| k.name == name).unwrap()
+}
+
 /// Named within 3T of the third leaked connection, and every suspect a leaked connection with evidence.
 fn assert_named_in_time(run: &Run, within: Duration) {
     let third = run.third_leak.expect("the program leaked its connections");
@@ -121,6 +144,7 @@ for i in range(1, 31):
     cmd.arg(url(&p, "uploader"));
     let run = watch(&p, cmd, "uploader", Duration::from_secs(24), "leak 3").await;
     assert_named_in_time(&run, 3 * T);
+    simulator_agrees_on_the_leak(sim_kind("connect per request"));
     p.stop().await;
 }
 
@@ -144,6 +168,18 @@ for i in range(1, 31):
     cmd.arg(url(&p, "getconn"));
     let run = watch(&p, cmd, "getconn", Duration::from_secs(24), "leak 3").await;
     assert_named_in_time(&run, 3 * T);
+    // The script's pool: psycopg_pool min 1, max 40, defaults otherwise (FIFO, max_idle 10 min, max_lifetime 1 h).
+    let script_pool = PoolKind {
+        name: "psycopg_pool 1..40",
+        order: Order::Fifo,
+        max: 40,
+        min: 1,
+        max_idle: 40,
+        idle_timeout: Some(Duration::from_secs(600)),
+        lifetime: Some(Duration::from_secs(3600)),
+        retire: Retire::OpenThenClose,
+    };
+    simulator_agrees_on_the_leak(script_pool);
     p.stop().await;
 }
 
@@ -170,6 +206,7 @@ setTimeout(() => process.exit(0), 30000);
     cmd.arg("--").arg(url(&p, "node-leaker"));
     let run = watch(&p, cmd, "node-leaker", Duration::from_secs(24), "leak 3").await;
     assert_named_in_time(&run, 3 * T);
+    simulator_agrees_on_the_leak(sim_kind("node-postgres"));
     p.stop().await;
 }
 
@@ -305,6 +342,16 @@ while time.monotonic() < end:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(flagged.is_empty(), "healthy clients flagged: {:#}", flagged[0]);
+    // The simulator, given the same pools (psycopg_pool min 1 / max 6, node-postgres) and pod sizes under
+    // bursty load with quiet spells of about 2.4 thresholds, over TCP: never flagged either.
+    for (name, sizes) in [("psycopg_pool 1..6 (issue 17's workers)", &[1, 2, 4, 8][..]), ("node-postgres", &[4][..])] {
+        for &n in sizes {
+            for seed in 1..=3 {
+                let r = simulate(Scenario::healthy(sim_kind(name), n, Load::Bursty, seed, false));
+                assert!(r.flagged.is_empty(), "simulated {name} × {n} seed {seed} flagged");
+            }
+        }
+    }
     let clients = p.admin_json("/clients").await;
     let py8 = clients["clients"].as_array().unwrap().iter().find(|c| c["application_name"] == "py-8").unwrap();
     assert!(py8["opened_total"].as_u64().unwrap() >= 8, "{py8:#}");
