@@ -1,7 +1,7 @@
 //! `pgwarden demo`: the incident pgwarden exists for, end to end, on this machine in under a minute.
 //!
 //! Starts a throwaway PostgreSQL, runs the proxy in-process with a demo policy, and drives three services
-//! through it: `checkout-api` (a healthy pool), `image-processor` (leaks a connection every 400 ms) and
+//! through it: `checkout-api` (a healthy pool), `image-processor` (leaks a connection every second) and
 //! `report-cron` (leaves a transaction open). Prints the live per-client table, then the verdict from the
 //! same stats the admin API serves. Removes every process and file it made, also on Ctrl-C.
 
@@ -25,6 +25,21 @@ use tokio_util::sync::CancellationToken;
 
 const RUN_FOR: Duration = Duration::from_secs(40);
 const TABLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the demo looks for the moment image-processor is first named.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// When image-processor was first named: the time, the connections it held then, and why.
+struct Named {
+    at: Duration,
+    open: u32,
+    reasons: String,
+}
+
+fn first_named(snap: &Snapshot, at: Duration) -> Option<Named> {
+    let leaks = snap.leaks_response();
+    let l = leaks.leaks.iter().find(|l| l.stats.application_name.as_deref() == Some("image-processor"))?;
+    Some(Named { at, open: l.stats.open, reasons: l.stats.leak_reasons.join(", ") })
+}
 
 const POLICY: &str = r#"upstream_tls: disable
 defaults:
@@ -32,7 +47,7 @@ defaults:
 rules:
   - name: image-processor
     match: { application_name: "image-processor" }
-    max_connections: 5
+    max_connections: 12
   - name: report-cron
     match: { application_name: "report-cron" }
     idle_in_transaction_timeout: 12s
@@ -101,17 +116,24 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
         tokio::spawn(services::image_processor(addr, stop.clone(), tallies[1].clone())),
         tokio::spawn(services::report_cron(addr, stop.clone(), tallies[2].clone())),
     ];
-    println!("Running checkout-api (healthy pool), image-processor (leaks a connection every 400 ms) and report-cron");
+    println!("Running checkout-api (healthy pool), image-processor (leaks a connection every second) and report-cron");
     println!("(leaves a transaction open) through pgwarden for {} s...\n", RUN_FOR.as_secs());
     let started = Instant::now();
+    let (mut next_table, mut named) = (TABLE_EVERY, None);
     while started.elapsed() < RUN_FOR {
-        tokio::time::sleep(TABLE_EVERY.min(RUN_FOR.saturating_sub(started.elapsed()))).await;
+        tokio::time::sleep(WATCH_EVERY.min(RUN_FOR.saturating_sub(started.elapsed()))).await;
         let snap = Snapshot::take(&state);
-        println!("t={:>2}s", started.elapsed().as_secs());
-        print!("{}", crate::views::report::clients_table(&snap.clients_response(&state.pod)));
-        println!();
+        if named.is_none() {
+            named = first_named(&snap, started.elapsed());
+        }
+        if started.elapsed() >= next_table || started.elapsed() >= RUN_FOR {
+            next_table += TABLE_EVERY;
+            println!("t={:>2}s", started.elapsed().as_secs());
+            print!("{}", crate::views::report::clients_table(&snap.clients_response(&state.pod)));
+            println!();
+        }
     }
-    let verdict = verdict(&state, &pg.0, &tallies);
+    let verdict = verdict(&state, &pg.0, &tallies, named);
     println!("{}", verdict.as_ref().map_or_else(|e| format!("{e:#}"), |v| v.clone()));
     if keep_running {
         let me = command_name();
@@ -142,7 +164,12 @@ fn version(pg: &TempPostgres) -> String {
 
 /// The verdict, from the same stats `/leaks` and `/clients` serve. An error if the demo did not show what
 /// it should (the test suite runs the demo and relies on that).
-fn verdict(state: &State, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyhow::Result<String> {
+fn verdict(
+    state: &State,
+    pg: &TempPostgres,
+    tallies: &[Arc<Tally>; 3],
+    named: Option<Named>,
+) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let snap = Snapshot::take(state);
     let leaks = snap.leaks_response();
@@ -168,6 +195,19 @@ fn verdict(state: &State, pg: &TempPostgres, tallies: &[Arc<Tally>; 3]) -> anyho
             c.age_seconds,
             c.last_statement.as_deref().unwrap_or("-")
         );
+    }
+    let cap = s.max_connections.unwrap_or_default();
+    match named {
+        Some(n) if n.open < cap => {
+            let _ = writeln!(
+                out,
+                "  Named at t={}s holding {} connections ({}), before its cap of {cap} held it.",
+                n.at.as_secs(),
+                n.open,
+                n.reasons
+            );
+        }
+        _ => anyhow::bail!("{out}\nimage-processor was not named before its cap held it"),
     }
     let refused = tallies[1].refused.load(Relaxed);
     let _ = writeln!(

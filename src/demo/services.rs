@@ -63,8 +63,9 @@ pub async fn checkout_api(addr: SocketAddr, stop: CancellationToken, tally: Arc<
     futures_join(workers.collect()).await;
 }
 
-/// Borrows a connection every 400 ms to fetch an image and never gives it back (the bug). Its pool would
-/// grow to 20; pgwarden's cap of 5 stops it there, and every further borrow is refused.
+/// Borrows a connection every second to fetch an image and never gives it back (the bug). Its pool would
+/// grow to 20; pgwarden names it after a few, and its cap of 12 stops it there: every further borrow is
+/// refused.
 pub async fn image_processor(addr: SocketAddr, stop: CancellationToken, tally: Arc<Tally>) {
     let mut leaked = Vec::new();
     let mut image = 1000;
@@ -79,7 +80,7 @@ pub async fn image_processor(addr: SocketAddr, stop: CancellationToken, tally: A
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(400)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => {}
         }
     }

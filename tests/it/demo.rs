@@ -14,6 +14,7 @@ fn demo_reaches_its_verdict_and_cleans_up() {
     for needle in [
         "VERDICT",
         "LEAK: client image-processor/app",
+        "idle_while_client_grew), before its cap of 12 held it",
         "idle_while_client_at_cap",
         "SQLSTATE 53300",
         "checkout-api kept being served",
