@@ -10,14 +10,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-    mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
-fi
+# The tools first: the target list comes from cargo-fuzz itself (listed before it was installed, it was empty
+# and a fresh machine fuzzed nothing and passed).
 if ! cargo +nightly --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
+fi
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
+    if [ ${#targets[@]} -eq 0 ]; then
+        echo "fuzz: cargo fuzz list found no targets in fuzz/: nothing would be fuzzed" >&2
+        exit 1
+    fi
 fi
 (cd fuzz && cargo +nightly fuzz build)
 for t in "${targets[@]}"; do
