@@ -5,7 +5,7 @@
 
 use super::observe::{FirstUse, Observed, Seen};
 use super::verdict::{judge, Verdict};
-use super::{ClientHistory, ConnView, LeakReason, Thresholds};
+use super::{ClientHistory, ConnView, Thresholds};
 use crate::clients::ClientEntry;
 use crate::config::{Leak, Stats};
 use crate::registry::Conn;
@@ -19,14 +19,12 @@ use tracing::{info, warn};
 #[derive(Debug, Clone)]
 pub struct Suspect {
     pub conn: Arc<Conn>,
-    pub reason: LeakReason,
     pub verdict: Verdict,
 }
 
 #[derive(Debug, Clone)]
 pub struct ClosedSuspect {
     pub conn: Arc<Conn>,
-    pub reason: LeakReason,
     pub verdict: Verdict,
     pub closed_at: Instant,
     pub closed_reason: &'static str,
@@ -199,15 +197,14 @@ impl Detector {
                 continue;
             };
             if let Some(verdict) = judge(&view_of(conn), h, now, &th) {
-                live.insert(conn.id, Suspect { conn: conn.clone(), reason: verdict.reason, verdict });
+                live.insert(conn.id, Suspect { conn: conn.clone(), verdict });
             }
         }
         // Suspects whose connection closed become evidence.
         for (id, s) in self.live.drain() {
             if !live.contains_key(&id) {
                 if let Some((closed_at, closed_reason)) = s.conn.closed() {
-                    let (conn, reason, verdict) = (s.conn, s.reason, s.verdict);
-                    self.closed.push_back(ClosedSuspect { conn, reason, verdict, closed_at, closed_reason });
+                    self.closed.push_back(ClosedSuspect { conn: s.conn, verdict: s.verdict, closed_at, closed_reason });
                 }
             }
         }
@@ -236,8 +233,7 @@ impl Detector {
             o.client_closed(conn.id, now);
         }
         if let Some(verdict) = now_verdict.or(live) {
-            let reason = verdict.reason;
-            self.closed.push_back(ClosedSuspect { conn: conn.clone(), reason, verdict, closed_at, closed_reason });
+            self.closed.push_back(ClosedSuspect { conn: conn.clone(), verdict, closed_at, closed_reason });
         }
     }
 
@@ -279,7 +275,7 @@ impl Detector {
                         client = %key,
                         suspects = suspects.len(),
                         oldest_idle_seconds = now.saturating_duration_since(oldest.conn.state_since()).as_secs(),
-                        reason = oldest.reason.as_str(),
+                        reason = oldest.verdict.reason.as_str(),
                         backend_pid = oldest.conn.backend_pid(),
                         last_statement = statement.as_deref().unwrap_or(""),
                         confidence = oldest.verdict.confidence.as_str(),

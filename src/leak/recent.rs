@@ -7,19 +7,57 @@ use std::time::{Duration, Instant};
 /// How long an observed spell counts towards [`SpellBound`]: a spell is remembered for one to two windows.
 pub const SPELL_WINDOW: Duration = Duration::from_secs(600);
 
+/// A value kept per [`SPELL_WINDOW`]: the current window's and the previous one's, so that what is read
+/// covers the last one to two windows.
+#[derive(Debug, Clone, Copy)]
+struct Windows<T> {
+    start: Instant,
+    current: T,
+    previous: T,
+}
+
+impl<T: Copy + Default> Windows<T> {
+    fn new(now: Instant) -> Self {
+        Windows { start: now, current: T::default(), previous: T::default() }
+    }
+
+    /// The current window's value at `now`, the windows rolled forward first.
+    fn current_at(&mut self, now: Instant) -> &mut T {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= SPELL_WINDOW * 2 {
+            *self = Windows::new(now);
+        } else if elapsed >= SPELL_WINDOW {
+            self.previous = self.current;
+            self.current = T::default();
+            self.start = self.start.checked_add(SPELL_WINDOW).unwrap_or(now);
+        }
+        &mut self.current
+    }
+
+    /// `(current, previous)` as they stand at `now` (what has aged out reads as the default).
+    fn at(&self, now: Instant) -> (T, T) {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed < SPELL_WINDOW {
+            (self.current, self.previous)
+        } else if elapsed < SPELL_WINDOW * 2 {
+            (T::default(), self.current)
+        } else {
+            (T::default(), T::default())
+        }
+    }
+}
+
 /// The longest idle spell a history's pools ended themselves (by reusing the connection, or by closing it
 /// while it was free), over the last one to two [`SPELL_WINDOW`]s.
 #[derive(Debug, Clone, Copy)]
 pub struct SpellBound {
-    window_start: Instant,
-    current: Duration,
-    previous: Duration,
+    longest: Windows<Duration>,
     last_end: Option<Instant>,
 }
 
 impl SpellBound {
     pub fn new(now: Instant) -> Self {
-        SpellBound { window_start: now, current: Duration::ZERO, previous: Duration::ZERO, last_end: None }
+        SpellBound { longest: Windows::new(now), last_end: None }
     }
 
     /// When the last spell ended.
@@ -27,26 +65,15 @@ impl SpellBound {
         self.last_end
     }
 
-    fn roll(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= SPELL_WINDOW * 2 {
-            *self = SpellBound { last_end: self.last_end, ..SpellBound::new(now) };
-        } else if elapsed >= SPELL_WINDOW {
-            self.previous = self.current;
-            self.current = Duration::ZERO;
-            self.window_start = self.window_start.checked_add(SPELL_WINDOW).unwrap_or(now);
-        }
-    }
-
     pub fn record(&mut self, now: Instant, spell: Duration) {
-        self.roll(now);
-        self.current = self.current.max(spell);
+        let longest = self.longest.current_at(now);
+        *longest = (*longest).max(spell);
         self.last_end = Some(now);
     }
 
-    pub fn get(&mut self, now: Instant) -> Duration {
-        self.roll(now);
-        self.current.max(self.previous)
+    pub fn get(&self, now: Instant) -> Duration {
+        let (current, previous) = self.longest.at(now);
+        current.max(previous)
     }
 }
 
@@ -55,40 +82,27 @@ impl SpellBound {
 /// reuses far more than it opens.
 #[derive(Debug, Clone, Copy)]
 pub struct Warmth {
-    window_start: Instant,
-    current: (u64, u64),
-    previous: (u64, u64),
+    /// `(reuses, on-demand opens)`.
+    counts: Windows<(u64, u64)>,
 }
 
 impl Warmth {
     pub fn new(now: Instant) -> Self {
-        Warmth { window_start: now, current: (0, 0), previous: (0, 0) }
-    }
-
-    fn roll(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= SPELL_WINDOW * 2 {
-            *self = Warmth::new(now);
-        } else if elapsed >= SPELL_WINDOW {
-            self.previous = self.current;
-            self.current = (0, 0);
-            self.window_start = self.window_start.checked_add(SPELL_WINDOW).unwrap_or(now);
-        }
+        Warmth { counts: Windows::new(now) }
     }
 
     pub fn reused(&mut self, now: Instant) {
-        self.roll(now);
-        self.current.0 += 1;
+        self.counts.current_at(now).0 += 1;
     }
 
     pub fn opened(&mut self, now: Instant) {
-        self.roll(now);
-        self.current.1 += 1;
+        self.counts.current_at(now).1 += 1;
     }
 
     /// `(reuses, on-demand opens)` recently.
-    pub fn get(&self) -> (u64, u64) {
-        (self.current.0 + self.previous.0, self.current.1 + self.previous.1)
+    pub fn get(&self, now: Instant) -> (u64, u64) {
+        let (current, previous) = self.counts.at(now);
+        (current.0 + previous.0, current.1 + previous.1)
     }
 }
 
@@ -114,10 +128,11 @@ mod tests {
         w.reused(t0);
         w.opened(t0);
         w.opened(t0 + SPELL_WINDOW);
-        assert_eq!(w.get(), (1, 2));
+        assert_eq!(w.get(t0 + SPELL_WINDOW), (1, 2));
         w.reused(t0 + SPELL_WINDOW * 2);
-        assert_eq!(w.get(), (1, 1));
+        assert_eq!(w.get(t0 + SPELL_WINDOW * 2), (1, 1));
         w.reused(t0 + SPELL_WINDOW * 5);
-        assert_eq!(w.get(), (1, 0));
+        assert_eq!(w.get(t0 + SPELL_WINDOW * 5), (1, 0));
+        assert_eq!(w.get(t0 + SPELL_WINDOW * 8), (0, 0), "read long after, nothing is left");
     }
 }

@@ -65,8 +65,8 @@ const SHARED_CAVEAT: &str = "; this client key is shared over TCP, where several
 
 /// A whole key's pools have reused connections, and recently at least once for every [`SHARED_WARMTH`]
 /// on-demand opens.
-fn warm(h: &ClientHistory) -> bool {
-    let (reuses, opens) = h.warmth.get();
+fn warm(h: &ClientHistory, now: Instant) -> bool {
+    let (reuses, opens) = h.warmth.get(now);
     h.reuses >= SHARED_MIN_REUSES && reuses.saturating_mul(SHARED_WARMTH) >= opens
 }
 
@@ -133,7 +133,7 @@ pub fn judge(c: &ConnView, h: &ClientHistory, now: Instant, th: &Thresholds) -> 
     // idle beyond what its pools let a free connection wait (the staircase's bar), and never once proven
     // several pools.
     if h.several_pools_since.is_some()
-        || (!h.one_process && (!warm(h) || idle_for < super::staircase::beyond(t, h.staircase.bound)))
+        || (!h.one_process && (!warm(h, now) || idle_for < super::staircase::beyond(t, h.staircase.bound)))
         || c.queries == 0
         || h.last_on_demand_open().is_none_or(|open| open <= c.state_since)
     {

@@ -35,7 +35,7 @@ fn node(script: &str) -> tokio::process::Command {
     let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules");
     assert!(modules.join("pg").exists(), "npm pg is installed into .tools/node by scripts/setup.sh");
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("-e").arg(script).env("NODE_PATH", modules);
+    cmd.arg("-e").arg(script).arg("--").env("NODE_PATH", modules);
     cmd
 }
 
@@ -126,10 +126,21 @@ fn assert_named_in_time(run: &Run, within: Duration) {
     }
 }
 
+/// Runs a program that leaks a connection a second (the proxy's URL for `app` appended to its arguments)
+/// through a proxy of its own: named within 3T of its third leaked connection, only leaked connections named,
+/// and the simulator, given the same pool, agrees.
+async fn a_leaker_is_named(mut cmd: tokio::process::Command, app: &str, sim: PoolKind) {
+    let p = start_proxy(config()).await;
+    cmd.arg(url(&p, app));
+    let run = watch(&p, cmd, app, Duration::from_secs(24), "leak 3").await;
+    assert_named_in_time(&run, 3 * T);
+    simulator_agrees_on_the_leak(sim);
+    p.stop().await;
+}
+
 /// (a) A connection per request (`psycopg.connect()`), never closed: one a second.
 #[tokio::test]
 async fn connect_per_request_never_closed_is_named() {
-    let p = start_proxy(config()).await;
     let script = r#"
 import sys, time, psycopg
 held = []
@@ -140,18 +151,12 @@ for i in range(1, 31):
     print(f"leak {i}", flush=True)
     time.sleep(1)
 "#;
-    let mut cmd = py(script);
-    cmd.arg(url(&p, "uploader"));
-    let run = watch(&p, cmd, "uploader", Duration::from_secs(24), "leak 3").await;
-    assert_named_in_time(&run, 3 * T);
-    simulator_agrees_on_the_leak(sim_kind("connect per request"));
-    p.stop().await;
+    a_leaker_is_named(py(script), "uploader", sim_kind("connect per request")).await;
 }
 
 /// (b) psycopg_pool's `getconn()` without `putconn()`: one a second.
 #[tokio::test]
 async fn psycopg_pool_getconn_never_returned_is_named() {
-    let p = start_proxy(config()).await;
     let script = r#"
 import sys, time, psycopg_pool
 pool = psycopg_pool.ConnectionPool(sys.argv[1], min_size=1, max_size=40, open=True, kwargs={"autocommit": True})
@@ -164,10 +169,6 @@ for i in range(1, 31):
     print(f"leak {i}", flush=True)
     time.sleep(1)
 "#;
-    let mut cmd = py(script);
-    cmd.arg(url(&p, "getconn"));
-    let run = watch(&p, cmd, "getconn", Duration::from_secs(24), "leak 3").await;
-    assert_named_in_time(&run, 3 * T);
     // The script's pool: psycopg_pool min 1, max 40, defaults otherwise (FIFO, max_idle 10 min, max_lifetime 1 h).
     let script_pool = PoolKind {
         name: "psycopg_pool 1..40",
@@ -179,14 +180,12 @@ for i in range(1, 31):
         lifetime: Some(Duration::from_secs(3600)),
         retire: Retire::OpenThenClose,
     };
-    simulator_agrees_on_the_leak(script_pool);
-    p.stop().await;
+    a_leaker_is_named(py(script), "getconn", script_pool).await;
 }
 
 /// (c) node-postgres' `pool.connect()` without `release()` (pool defaults: max 10, idleTimeoutMillis 10 s).
 #[tokio::test]
 async fn node_postgres_pool_connect_never_released_is_named() {
-    let p = start_proxy(config()).await;
     let script = r#"
 const { Pool } = require('pg');
 const pool = new Pool({ connectionString: process.argv[1] });
@@ -202,12 +201,7 @@ const tick = async () => {
 setInterval(() => { tick().catch(() => {}); }, 1000);
 setTimeout(() => process.exit(0), 30000);
 "#;
-    let mut cmd = node(script);
-    cmd.arg("--").arg(url(&p, "node-leaker"));
-    let run = watch(&p, cmd, "node-leaker", Duration::from_secs(24), "leak 3").await;
-    assert_named_in_time(&run, 3 * T);
-    simulator_agrees_on_the_leak(sim_kind("node-postgres"));
-    p.stop().await;
+    a_leaker_is_named(node(script), "node-leaker", sim_kind("node-postgres")).await;
 }
 
 /// (d) A pool leaking one request in eight beside healthy traffic (four requests a second from two threads):
@@ -310,7 +304,7 @@ async fn healthy_pods_sharing_a_key_over_tcp_are_never_flagged() {
     for (app, idle) in [("node-4", "10000"), ("node-fast-idle", "1500")] {
         for i in 0..4 {
             let mut cmd = node(HEALTHY_NODE);
-            cmd.arg("--").arg(url(&p, app)).arg(&secs).arg((i + 7).to_string()).arg(idle);
+            cmd.arg(url(&p, app)).arg(&secs).arg((i + 7).to_string()).arg(idle);
             children.push(cmd.kill_on_drop(true).spawn().unwrap());
         }
     }
