@@ -11,7 +11,10 @@ use crate::vocab::ConnState;
 use std::time::{Duration, Instant};
 
 mod kinds;
+mod load;
 pub use kinds::POOLS;
+use load::{rate, Spell};
+pub use load::{Load, LOADS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -43,20 +46,6 @@ pub struct PoolKind {
     pub lifetime: Option<Duration>,
     pub retire: Retire,
 }
-
-/// How requests arrive over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Load {
-    /// 20 s cycles: a 3 s burst (~10 requests/s per two workers), 5 s moderate (~5/s), 12 s quiet (~1/s).
-    Bursty,
-    /// 200 s days: a 60 s night with almost nothing, a 40 s morning ramp, a 60 s busy day with spikes, a
-    /// 40 s evening decline.
-    Diurnal,
-    /// Bursty, but one worker takes 80 % of the requests.
-    Skewed,
-}
-
-pub const LOADS: [Load; 3] = [Load::Bursty, Load::Diurnal, Load::Skewed];
 
 /// One client key: `workers` processes, each with its own pool of `kind`, sharing the load.
 #[derive(Debug, Clone, Copy)]
@@ -159,34 +148,6 @@ impl SimConn {
     }
 }
 
-/// Requests per second for two workers at `t` (a worker has ~4 requests in flight at the peak of a burst).
-fn rate(load: Load, t: Duration) -> f64 {
-    let s = t.as_secs_f64();
-    match load {
-        Load::Bursty | Load::Skewed => match (s as u64) % 20 {
-            0..=2 => 10.0,
-            3..=7 => 5.0,
-            _ => 1.0,
-        },
-        Load::Diurnal => {
-            let d = s % 200.0;
-            if d < 60.0 {
-                0.05
-            } else if d < 100.0 {
-                0.5 + (d - 60.0) / 40.0 * 9.5
-            } else if d < 160.0 {
-                if (d as u64) % 15 < 3 {
-                    14.0
-                } else {
-                    7.0
-                }
-            } else {
-                10.0 - (d - 160.0) / 40.0 * 9.5
-            }
-        }
-    }
-}
-
 /// Runs `sc` on simulated time (100 ms ticks; the proxy samples and judges once a second).
 pub fn simulate(sc: Scenario) -> SimResult {
     let kind = sc.kind;
@@ -217,6 +178,8 @@ pub fn simulate(sc: Scenario) -> SimResult {
     let scale = sc.workers as f64 / 2.0;
     let leaker = sc.workers - 1;
     let mut closes: Vec<(usize, u64, Duration)> = Vec::new();
+    let spelled = if sc.load == Load::Spells { sc.workers } else { 0 };
+    let mut spells: Vec<Spell> = (0..spelled).map(|_| Spell::first(&mut next)).collect();
     let mut t = Duration::ZERO;
     while t < sc.run_for {
         t += tick;
@@ -233,26 +196,42 @@ pub fn simulate(sc: Scenario) -> SimResult {
                 closes.push((w, pool.remove(i).id, t));
             }
         }
-        // Arrivals this tick (the rate's expected count, its fraction drawn), each at its own moment in it.
-        let expected = rate(sc.load, t) * scale * tick.as_secs_f64();
-        let unit = (next() % 1_000_000) as f64 / 1_000_000.0;
-        let arrivals = expected as usize + usize::from(unit < expected.fract());
+        // Arrivals this tick: each worker's burst, or the rate's expected count (its fraction drawn), each at
+        // its own moment in the tick; and the leak.
+        let mut spelled: Vec<(usize, Duration, Duration)> = Vec::new();
+        for (w, spell) in spells.iter_mut().enumerate() {
+            for _ in 0..spell.requests(t, sc.th.idle.unwrap_or(tick), &mut next) {
+                spelled.push((w, t + Duration::from_millis(next() % 5), Duration::from_millis(90)));
+            }
+        }
+        spelled.retain(|a| !(sc.leaks_only && a.0 == leaker));
+        let count = if sc.load == Load::Spells {
+            spelled.len()
+        } else {
+            let expected = rate(sc.load, t) * scale * tick.as_secs_f64();
+            let unit = (next() % 1_000_000) as f64 / 1_000_000.0;
+            expected as usize + usize::from(unit < expected.fract())
+        };
         let leak_now =
             sc.leak_every.is_some_and(|every| t >= sc.leak_from && last_leak.is_none_or(|last| t >= last + every));
-        for a in 0..arrivals + usize::from(leak_now) {
-            let leak = leak_now && a == arrivals;
-            let worker = if leak {
-                leaker
-            } else if sc.load == Load::Skewed && sc.workers > 1 && next() % 10 < 8 {
-                0
+        for a in 0..count + usize::from(leak_now) {
+            let leak = leak_now && a == count;
+            let (worker, at, hold) = if leak {
+                (leaker, t + Duration::from_millis(next() % 100), Duration::MAX)
+            } else if let Some(&spelled) = spelled.get(a) {
+                spelled
             } else {
-                (next() as usize) % sc.workers
+                let worker = if sc.load == Load::Skewed && sc.workers > 1 && next() % 10 < 8 {
+                    0
+                } else {
+                    (next() as usize) % sc.workers
+                };
+                if sc.leaks_only && worker == leaker {
+                    continue;
+                }
+                let at = t + Duration::from_millis(next() % 100);
+                (worker, at, Duration::from_millis(50 + next() % 1500))
             };
-            if sc.leaks_only && !leak && worker == leaker {
-                continue;
-            }
-            let at = t + Duration::from_millis(next() % 100);
-            let hold = if leak { Duration::MAX } else { Duration::from_millis(50 + next() % 1500) };
             let open_now: usize = pools.iter().map(Vec::len).sum();
             let pool = &mut pools[worker];
             let mut free_idx: Vec<usize> = (0..pool.len()).filter(|&i| pool[i].busy_until.is_none()).collect();

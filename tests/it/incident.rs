@@ -104,6 +104,18 @@ fn simulator_agrees_on_the_leak(kind: PoolKind) {
     }
 }
 
+/// psycopg_pool min 1, max 40, defaults otherwise (FIFO, max_idle 10 min, max_lifetime 1 h).
+const PSYCOPG_1_40: PoolKind = PoolKind {
+    name: "psycopg_pool 1..40",
+    order: Order::Fifo,
+    max: 40,
+    min: 1,
+    max_idle: 40,
+    idle_timeout: Some(Duration::from_secs(600)),
+    lifetime: Some(Duration::from_secs(3600)),
+    retire: Retire::OpenThenClose,
+};
+
 fn sim_kind(name: &str) -> PoolKind {
     POOLS.into_iter().find(|k| k.name == name).unwrap()
 }
@@ -112,6 +124,8 @@ fn sim_kind(name: &str) -> PoolKind {
 fn assert_named_in_time(run: &Run, within: Duration) {
     let third = run.third_leak.expect("the program leaked its connections");
     let named = run.first_named.expect("the leaking service was never named");
+    let first = run.suspects.first().map(|s| s["leak_evidence"].clone()).unwrap_or_default();
+    eprintln!("named {:?} after the clock's leak: {first}", named.saturating_duration_since(third));
     assert!(
         named <= third + within,
         "named {:?} after the third leaked connection (allowed {within:?})",
@@ -169,18 +183,7 @@ for i in range(1, 31):
     print(f"leak {i}", flush=True)
     time.sleep(1)
 "#;
-    // The script's pool: psycopg_pool min 1, max 40, defaults otherwise (FIFO, max_idle 10 min, max_lifetime 1 h).
-    let script_pool = PoolKind {
-        name: "psycopg_pool 1..40",
-        order: Order::Fifo,
-        max: 40,
-        min: 1,
-        max_idle: 40,
-        idle_timeout: Some(Duration::from_secs(600)),
-        lifetime: Some(Duration::from_secs(3600)),
-        retire: Retire::OpenThenClose,
-    };
-    a_leaker_is_named(py(script), "getconn", script_pool).await;
+    a_leaker_is_named(py(script), "getconn", PSYCOPG_1_40).await;
 }
 
 /// (c) node-postgres' `pool.connect()` without `release()` (pool defaults: max 10, idleTimeoutMillis 10 s).
@@ -243,14 +246,82 @@ for t in ts: t.join()
     p.stop().await;
 }
 
-/// A worker process of a healthy pod: a pool, bursts of 1–4 threads for 0.5–2 s, then quiet for 1.5–2.5 T.
-const HEALTHY_PSYCOPG: &str = r#"
-import sys, time, random, threading, psycopg_pool
+/// (e) One leaking worker among 4 sharing a key (the same psycopg_pool, min 1 / max 40, and the same bursty
+/// traffic in each, quiet spells of 1.5–2.5 T; the fourth also leaks a borrow a second from 5 s on): named
+/// within 10T of its first leak over TCP, and only leaked connections are named.
+#[tokio::test]
+async fn a_leaking_worker_among_four_over_tcp_is_named() {
+    a_leaking_worker_among_four(false, 10 * T).await;
+}
+
+/// (e) The same pod over the Unix socket, where the proxy tells the worker processes apart: within 3T.
+#[tokio::test]
+async fn a_leaking_worker_among_four_over_the_unix_socket_is_named() {
+    a_leaking_worker_among_four(true, 3 * T).await;
+}
+
+async fn a_leaking_worker_among_four(unix: bool, within: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.listen_unix = unix.then(|| dir.path().to_path_buf());
+    let p = start_proxy(c).await;
+    let conninfo = if unix {
+        format!(
+            "host={} port={} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=postgres application_name=web",
+            dir.path().display(),
+            p.addr.port()
+        )
+    } else {
+        url(&p, "web")
+    };
+    let run_for = within + Duration::from_secs(20);
+    let secs = run_for.as_secs().to_string();
+    let mut healthy = Vec::new();
+    for i in 0..3 {
+        let mut cmd = py(WORKER_PSYCOPG);
+        cmd.arg(&conninfo).arg(&secs).arg((i + 1).to_string()).arg(MIN1_MAX40);
+        healthy.push(cmd.kill_on_drop(true).spawn().unwrap());
+    }
+    let mut cmd = py(WORKER_PSYCOPG);
+    cmd.arg(&conninfo).arg(&secs).arg("4").arg(MIN1_MAX40).arg("leak").arg("5");
+    let run = watch(&p, cmd, "web", run_for, "leak 1").await;
+    assert_named_in_time(&run, within);
+    // The simulator, given the same pools, workers' bursts and quiet spells, leak and threshold: the same.
+    for seed in 1..=6 {
+        let sc = Scenario::healthy(PSYCOPG_1_40, 4, Load::Spells, seed, unix).leaking(Duration::from_secs(1), T);
+        let r = simulate(Scenario { run_for: sc.leak_from + within + Duration::from_secs(10), ..sc });
+        let first = r.flagged.first().map(|f| f.at);
+        assert!(first.is_some_and(|at| at <= r.first_leak.unwrap() + within), "simulated seed {seed}: {first:?}");
+        assert!(r.flagged.iter().all(|f| f.leaked), "simulated seed {seed} named a healthy connection");
+    }
+    for mut c in healthy {
+        c.kill().await.ok();
+    }
+    p.stop().await;
+}
+
+/// A worker process of a pod: a psycopg_pool (argv[4]: its settings as JSON), bursts of 1–4 threads for 0.5–2 s, then quiet
+/// for 1.5–2.5 T; with argv[5] == "leak" it also borrows a connection a second from argv[6] s on and never
+/// gives it back (an upload handler that forgets to), printing `leak N`.
+const WORKER_PSYCOPG: &str = r#"
+import sys, json, time, random, threading, psycopg_pool
 url, run_for = sys.argv[1], float(sys.argv[2])
 random.seed(int(sys.argv[3]))
-pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=6, open=True, kwargs={"autocommit": True})
+pool = psycopg_pool.ConnectionPool(url, **json.loads(sys.argv[4]), open=True, kwargs={"autocommit": True})
 pool.wait()
-end = time.monotonic() + run_for
+start = time.monotonic()
+end = start + run_for
+held = []
+def leaker(since):
+    time.sleep(since)
+    while time.monotonic() < end:
+        c = pool.getconn()
+        c.execute("select 1 as leaked_marker")
+        held.append(c)
+        print(f"leak {len(held)}", flush=True)
+        time.sleep(1)
+if len(sys.argv) > 5 and sys.argv[5] == "leak":
+    threading.Thread(target=leaker, args=(float(sys.argv[6]),), daemon=True).start()
 def burst(until):
     while time.monotonic() < until:
         with pool.connection() as c:
@@ -264,12 +335,17 @@ while time.monotonic() < end:
     time.sleep(random.uniform(7.5, 12.5))
 "#;
 
+const MIN1_MAX6: &str = r#"{"min_size": 1, "max_size": 6}"#;
+const MIN1_MAX40: &str = r#"{"min_size": 1, "max_size": 40}"#;
+
+/// The same worker with node-postgres' pool (LIFO): argv[4] its idle timeout (ms, 0: never), argv[5] its
+/// maximum lifetime (s, 0: none).
 const HEALTHY_NODE: &str = r#"
 const { Pool } = require('pg');
-const [url, runFor, seed, idle] = process.argv.slice(1);
+const [url, runFor, seed, idle, lifetime] = process.argv.slice(1);
 let s = Number(seed);
 const rnd = () => { s = (s * 16807) % 2147483647; return s / 2147483647; };
-const pool = new Pool({ connectionString: url, max: 6, idleTimeoutMillis: Number(idle) });
+const pool = new Pool({ connectionString: url, max: 6, idleTimeoutMillis: Number(idle), maxLifetimeSeconds: Number(lifetime) });
 const end = Date.now() + Number(runFor) * 1000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const burst = async (until) => { while (Date.now() < until) { await pool.query('select pg_sleep(0.03)'); } };
@@ -296,15 +372,15 @@ async fn healthy_pods_sharing_a_key_over_tcp_are_never_flagged() {
     let mut children = Vec::new();
     for n in [1usize, 2, 4, 8] {
         for i in 0..n {
-            let mut cmd = py(HEALTHY_PSYCOPG);
-            cmd.arg(url(&p, &format!("py-{n}"))).arg(&secs).arg((i + 1).to_string());
+            let mut cmd = py(WORKER_PSYCOPG);
+            cmd.arg(url(&p, &format!("py-{n}"))).arg(&secs).arg((i + 1).to_string()).arg(MIN1_MAX6);
             children.push(cmd.kill_on_drop(true).spawn().unwrap());
         }
     }
     for (app, idle) in [("node-4", "10000"), ("node-fast-idle", "1500")] {
         for i in 0..4 {
             let mut cmd = node(HEALTHY_NODE);
-            cmd.arg(url(&p, app)).arg(&secs).arg((i + 7).to_string()).arg(idle);
+            cmd.arg(url(&p, app)).arg(&secs).arg((i + 7).to_string()).arg(idle).arg("0");
             children.push(cmd.kill_on_drop(true).spawn().unwrap());
         }
     }
@@ -328,6 +404,47 @@ while time.monotonic() < end:
     let mut cmd = py(cron);
     cmd.arg(url(&p, "cron")).arg(&secs);
     children.push(cmd.kill_on_drop(true).spawn().unwrap());
+    never_flagged(&p, run_for).await;
+    // The simulator, given the same pools and pod sizes, over TCP: never flagged either.
+    simulated_never_flagged(sim_kind("psycopg_pool 1..6 (issue 17's workers)"), &[1, 2, 4, 8]);
+    simulated_never_flagged(node_pool(Some(10), None), &[4]);
+    simulated_never_flagged(node_pool(Some(1), None), &[4]);
+    let clients = p.admin_json("/clients").await;
+    let py8 = clients["clients"].as_array().unwrap().iter().find(|c| c["application_name"] == "py-8").unwrap();
+    assert!(py8["opened_total"].as_u64().unwrap() >= 8, "{py8:#}");
+    for mut c in children {
+        c.kill().await.ok();
+    }
+    p.stop().await;
+}
+
+/// The node-postgres pool of [`HEALTHY_NODE`] (LIFO, max 6) with this idle timeout and maximum lifetime (s).
+fn node_pool(idle: Option<u64>, lifetime: Option<u64>) -> PoolKind {
+    PoolKind {
+        name: "node-postgres (max 6)",
+        max: 6,
+        max_idle: 6,
+        idle_timeout: idle.map(Duration::from_secs),
+        lifetime: lifetime.map(Duration::from_secs),
+        ..sim_kind("node-postgres")
+    }
+}
+
+/// The simulator runs `kind` × each of `sizes` worker processes over TCP, under the real workers' bursts and
+/// quiet spells and under the shared bursty load (4 minutes each, 3 seeds): never flagged.
+fn simulated_never_flagged(kind: PoolKind, sizes: &[usize]) {
+    for &n in sizes {
+        for load in [Load::Spells, Load::Bursty] {
+            for seed in 1..=3 {
+                let r = simulate(Scenario::healthy(kind, n, load, seed, false));
+                assert!(r.flagged.is_empty(), "simulated {} × {n} {load:?} seed {seed} flagged", kind.name);
+            }
+        }
+    }
+}
+
+/// Watches `/leaks` for `run_for` (every 500 ms): nothing is ever listed.
+async fn never_flagged(p: &TestProxy, run_for: Duration) {
     let end = Instant::now() + run_for;
     let mut flagged = Vec::new();
     while Instant::now() < end {
@@ -336,19 +453,54 @@ while time.monotonic() < end:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(flagged.is_empty(), "healthy clients flagged: {:#}", flagged[0]);
-    // The simulator, given the same pools (psycopg_pool min 1 / max 6, node-postgres) and pod sizes under
-    // bursty load with quiet spells of about 2.4 thresholds, over TCP: never flagged either.
-    for (name, sizes) in [("psycopg_pool 1..6 (issue 17's workers)", &[1, 2, 4, 8][..]), ("node-postgres", &[4][..])] {
-        for &n in sizes {
-            for seed in 1..=3 {
-                let r = simulate(Scenario::healthy(sim_kind(name), n, Load::Bursty, seed, false));
-                assert!(r.flagged.is_empty(), "simulated {name} × {n} seed {seed} flagged");
-            }
+}
+
+/// Healthy pools of other shapes for 60 s, sharing a key each over TCP, bursty with quiet spells of 1.5–2.5 T:
+/// node-postgres (LIFO, idle timeout 10 s) at 1, 2 and 8 workers; node-postgres with no idle timeout and a
+/// 20 s maximum lifetime (LIFO with retirement: its deeper connections sit idle until retired); psycopg_pool
+/// of a fixed size (4) with a 20 s maximum lifetime, 4 workers. Never flagged.
+#[tokio::test]
+async fn healthy_pools_of_other_shapes_over_tcp_are_never_flagged() {
+    let p = start_proxy(config()).await;
+    let run_for = Duration::from_secs(60);
+    let secs = run_for.as_secs().to_string();
+    let mut children = Vec::new();
+    let mut seed = 20;
+    for (app, n, idle, lifetime) in [
+        ("node-1", 1, "10000", "0"),
+        ("node-2", 2, "10000", "0"),
+        ("node-8", 8, "10000", "0"),
+        ("node-lifo-retire", 4, "0", "20"),
+    ] {
+        for _ in 0..n {
+            seed += 1;
+            let mut cmd = node(HEALTHY_NODE);
+            cmd.arg(url(&p, app)).arg(&secs).arg(seed.to_string()).arg(idle).arg(lifetime);
+            children.push(cmd.kill_on_drop(true).spawn().unwrap());
         }
     }
+    for i in 0..4 {
+        let mut cmd = py(WORKER_PSYCOPG);
+        let fixed = r#"{"min_size": 4, "max_size": 4, "max_lifetime": 20}"#;
+        cmd.arg(url(&p, "py-fixed-retire")).arg(&secs).arg((i + 40).to_string()).arg(fixed);
+        children.push(cmd.kill_on_drop(true).spawn().unwrap());
+    }
+    never_flagged(&p, run_for).await;
+    simulated_never_flagged(node_pool(Some(10), None), &[1, 2, 8]);
+    simulated_never_flagged(node_pool(None, Some(20)), &[4]);
+    let fixed_pool = PoolKind {
+        name: "psycopg_pool 4..4, 20 s",
+        min: 4,
+        max: 4,
+        max_idle: 4,
+        lifetime: Some(Duration::from_secs(20)),
+        ..PSYCOPG_1_40
+    };
+    simulated_never_flagged(fixed_pool, &[4]);
     let clients = p.admin_json("/clients").await;
-    let py8 = clients["clients"].as_array().unwrap().iter().find(|c| c["application_name"] == "py-8").unwrap();
-    assert!(py8["opened_total"].as_u64().unwrap() >= 8, "{py8:#}");
+    let fixed = clients["clients"].as_array().unwrap().iter().find(|c| c["application_name"] == "py-fixed-retire");
+    // The fixed pools retired connections at their lifetime (and opened their replacements).
+    assert!(fixed.is_some_and(|c| c["opened_total"].as_u64().unwrap() >= 20), "{fixed:#?}");
     for mut c in children {
         c.kill().await.ok();
     }
