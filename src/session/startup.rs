@@ -1,5 +1,5 @@
 //! The startup phase before a session has a client: SSLRequest answered (`S` and a TLS handshake under
-//! `client_tls: allow | require`, else `N`), PostgreSQL 17's direct TLS, GSSENCRequest answered `N`,
+//! `client_tls: allow | require` over TCP, else `N`; a Unix-socket client is never asked for TLS), PostgreSQL 17's direct TLS, GSSENCRequest answered `N`,
 //! CancelRequest routed to the backend that owns the key (also over TLS), and the startup packet read under
 //! `client_login_timeout`.
 //!
@@ -87,7 +87,8 @@ async fn negotiate(
     client: &mut ClientStream,
     inbuf: &mut Vec<u8>,
 ) -> Result<Option<(StartupParams, usize)>, Refused> {
-    let tls = settings.client_tls.as_deref();
+    // TLS is negotiated on TCP only: over the Unix socket an SSLRequest gets `N`, as from PostgreSQL.
+    let tls = settings.client_tls.as_deref().filter(|_| !client.is_unix());
     if let (Some(tls), ClientStream::Tcp(tcp)) = (tls, &*client) {
         // A TLS ClientHello first (record type 22) is PostgreSQL 17's direct TLS.
         let mut first = [0u8; 1];
@@ -130,7 +131,7 @@ async fn negotiate(
                 return Ok(None);
             }
             Ok(Some((Startup::Params(_), _)))
-                if settings.config.client_tls == ClientTls::Require && !client.is_tls() =>
+                if settings.config.client_tls == ClientTls::Require && !client.is_tls() && !client.is_unix() =>
             {
                 return Err(Refused::With(Fatal::closed(
                     CloseReason::Error,

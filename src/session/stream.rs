@@ -22,6 +22,12 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// A Unix-domain socket connection: PostgreSQL never offers TLS on one (SSLRequest is answered `N`) and
+    /// never applies `hostssl` to it, so neither does pgwarden.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, ClientStream::Unix(_))
+    }
+
     /// Resolves when the client closes its socket. Bytes it sends meanwhile stay unread (only peeked), so
     /// this can watch a client that waits (for a slot) without consuming anything.
     pub async fn closed(&self) {

@@ -153,3 +153,55 @@ async fn peer_pid_in_the_client_key_names_each_worker_process() {
     }
     p.stop().await;
 }
+
+/// PostgreSQL never offers TLS on a Unix socket: with `client_tls: allow` or `require`, an SSLRequest over
+/// the socket is answered `N` and the session goes on in plaintext (before, `allow` answered `S` and the
+/// session panicked); `require` does not refuse socket clients (as `hostssl` never matches one).
+#[tokio::test]
+async fn an_ssl_request_over_the_socket_is_answered_n_under_every_client_tls_mode() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for mode in [pgwarden::config::ClientTls::Allow, pgwarden::config::ClientTls::Require] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config();
+        config.listen_unix = Some(dir.path().to_path_buf());
+        config.client_tls = mode;
+        let p = start_proxy(config).await;
+        let socket = dir.path().join(format!(".s.PGSQL.{}", p.addr.port()));
+        let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N", "{mode:?}");
+        // The startup packet that follows is served: authentication, then ReadyForQuery.
+        let mut startup = Vec::new();
+        startup.extend_from_slice(&196_608u32.to_be_bytes());
+        for kv in ["user", "postgres", "database", "postgres", ""] {
+            startup.extend_from_slice(kv.as_bytes());
+            startup.push(0);
+        }
+        let mut packet = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&startup);
+        s.write_all(&packet).await.unwrap();
+        let mut seen = Vec::new();
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut head = [0u8; 5];
+                s.read_exact(&mut head).await.unwrap();
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let mut body = vec![0u8; len - 4];
+                s.read_exact(&mut body).await.unwrap();
+                seen.push(head[0]);
+                if head[0] == b'Z' || head[0] == b'E' {
+                    return head[0];
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(ready, b'Z', "{mode:?}: {:?}", String::from_utf8_lossy(&seen));
+        // And libpq over the socket (which never sends SSLRequest there) works under `require`.
+        let conninfo = format!("host={} port={} user=postgres dbname=postgres", dir.path().display(), p.addr.port());
+        assert_eq!(psql(&conninfo, "select 1").await.unwrap().trim(), "1", "{mode:?}");
+        p.stop().await;
+    }
+}
