@@ -54,8 +54,7 @@ pub fn rewrite(url: &str, to: &HostPort) -> Result<String, String> {
         q.split('&').filter(|p| !matches!(param_name(p), "host" | "hostaddr" | "port")).collect::<Vec<_>>().join("&")
     });
     let query = query.filter(|q| !q.is_empty()).map(|q| format!("?{q}")).unwrap_or_default();
-    let fragment = u.fragment.map(|f| format!("#{f}")).unwrap_or_default();
-    Ok(format!("{}://{userinfo}{to}{}{query}{fragment}", u.scheme, u.path))
+    Ok(format!("{}://{userinfo}{to}{}{query}", u.scheme, u.path))
 }
 
 /// `url` with its password (in the user info or a `password` parameter) shown as `***`: what guard prints.
@@ -75,7 +74,8 @@ pub fn redact(url: &str) -> String {
     format!("{}://{}{}{}{}", u.scheme, userinfo.unwrap_or_default(), u.hosts, u.path, query.unwrap_or_default())
 }
 
-/// The parts of a libpq connection URI: `postgres[ql]://[userinfo@][hosts][/path][?query][#fragment]`.
+/// The parts of a libpq connection URI: `postgres[ql]://[userinfo@][hosts][/path][?query]`. libpq has no
+/// fragment: a `#` is part of whatever it is in (a password, the database, a parameter's value).
 struct Url<'a> {
     scheme: &'a str,
     userinfo: Option<&'a str>,
@@ -83,32 +83,23 @@ struct Url<'a> {
     /// From the `/` on (the database), possibly empty.
     path: &'a str,
     query: Option<&'a str>,
-    fragment: Option<&'a str>,
 }
 
 impl<'a> Url<'a> {
+    /// Never puts a piece of the URL in its error: it may be a piece of the password.
     fn parse(url: &'a str) -> Result<Url<'a>, String> {
         let (scheme, rest) = url
             .split_once("://")
             .filter(|(s, _)| matches!(*s, "postgres" | "postgresql"))
             .ok_or("not a postgres:// or postgresql:// URL")?;
-        let (rest, fragment) = match rest.split_once('#') {
-            Some((r, f)) => (r, Some(f)),
+        let (userinfo, rest) = split_userinfo(rest)
+            .ok_or("its hosts could not be told from its user info (percent-encode `@`, `/` and `:` in a password)")?;
+        let (hosts, rest) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((ui, h)) => (Some(ui), h),
-            None => (None, authority),
-        };
-        Ok(Url { scheme, userinfo, hosts, path, query, fragment })
+        Ok(Url { scheme, userinfo, hosts, path, query })
     }
 
     /// The first host and port, where a `host`/`port` parameter overrides the authority (as in libpq).
@@ -143,10 +134,42 @@ impl<'a> Url<'a> {
         }
         let port = match port.as_deref() {
             None | Some("") => 5432,
-            Some(p) => p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?,
+            Some(p) => p.parse::<u16>().map_err(|_| "its port is not a port number (1 to 65535)".to_string())?,
         };
         Ok((host, port))
     }
+}
+
+/// Where the user info ends, as libpq reads it and beyond: none when the text before the first `/` or `?` is
+/// already a host list; else at the first `@` followed by a host list (then `/`, `?` or the end). libpq ends
+/// the user info at the first `@` before the first `/`, so a password with `#` or `?` works there as it is;
+/// one with an unencoded `@` or `/` (which libpq cannot read) is still told from the hosts here, so the URL
+/// handed on keeps it byte for byte. `None`: no reading makes sense.
+fn split_userinfo(rest: &str) -> Option<(Option<&str>, &str)> {
+    let host_part = |s: &str| s.find(['/', '?']).map_or(s.len(), |i| i);
+    if is_host_list(&rest[..host_part(rest)]) {
+        return Some((None, rest));
+    }
+    rest.match_indices('@').map(|(i, _)| i).find_map(|i| {
+        let after = &rest[i + 1..];
+        is_host_list(&after[..host_part(after)]).then_some((Some(&rest[..i]), after))
+    })
+}
+
+/// `host[:port]` entries separated by commas, each possibly empty (libpq's default), a host a name, an IPv4
+/// address, a percent-encoded socket path or a bracketed IPv6 address, a port digits.
+fn is_host_list(s: &str) -> bool {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    s.split(',').all(|entry| match entry.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').is_some_and(|(addr, rest)| {
+            addr.bytes().all(|b| b.is_ascii_hexdigit() || b":.%".contains(&b))
+                && (rest.is_empty() || rest.strip_prefix(':').is_some_and(digits))
+        }),
+        None => {
+            let (host, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
+            host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._%~".contains(&b)) && digits(port)
+        }
+    })
 }
 
 fn param_name(p: &str) -> &str {
@@ -215,7 +238,27 @@ mod tests {
         assert!(Url::parse("mysql://db/app").is_err());
         assert!(Url::parse("postgres:///app?host=/tmp").unwrap().upstream().unwrap_err().contains("socket"));
         assert!(Url::parse("postgres://%2Ftmp/app").unwrap().upstream().is_err());
-        assert!(Url::parse("postgres://db:notaport/app").unwrap().upstream().is_err());
+        let err = Url::parse("postgres://db:notaport/app").err().unwrap();
+        assert!(!err.contains("notaport"), "{err}");
+    }
+
+    /// libpq reads `#` and `?` in a password as they are (its user info ends at the first `@`); an unencoded
+    /// `/` or `@` it cannot read is still told from the hosts, and a `@` in a parameter is not user info.
+    #[test]
+    fn passwords_with_url_delimiters_stay_whole_and_unshown() {
+        for pw in ["Xy#9k?zz", "Xy/9k", "Xy@9k", "a:b#c/d?e@f"] {
+            let url = format!("postgresql://pw:{pw}@db.internal:6000/app?sslmode=disable");
+            let (host, port) = Url::parse(&url).unwrap().upstream().unwrap();
+            assert_eq!(HostPort { host, port }.to_string(), "db.internal:6000", "{pw}");
+            let rewritten = rewrite(&url, &proxy()).unwrap();
+            assert_eq!(rewritten, format!("postgresql://pw:{pw}@127.0.0.1:40123/app?sslmode=disable"));
+            let shown = redact(&rewritten);
+            assert_eq!(shown, "postgresql://pw:***@127.0.0.1:40123/app?sslmode=disable", "{pw}");
+        }
+        let (host, port) = Url::parse("postgres://u:p@db:7/app?user=a@b").unwrap().upstream().unwrap();
+        assert_eq!((host.as_str(), port), ("db", 7));
+        let (host, _) = Url::parse("postgres://db/app?options=x@y").unwrap().upstream().unwrap();
+        assert_eq!(host, "db");
     }
 
     #[test]

@@ -213,6 +213,36 @@ with psycopg.connect(url) as c:
     assert!(!stderr.contains(SCRAM_PASSWORD), "the password leaked into guard's output:\n{stderr}");
 }
 
+/// Passwords with `#`, `?`, `/` or `@` unencoded (issue 27 item 6): the command gets the URL with its user info
+/// byte for byte (and libpq reads the `#?` one: the connection works), and nothing of the password is in
+/// guard's output. Before, `#` cut the URL and guard exited 64 printing a piece of the password.
+#[test]
+fn passwords_with_url_delimiters_reach_the_command_whole_and_are_never_shown() {
+    for pw in ["Xy#9k?zz", "Xy/9k!q", "Xy@9k!q"] {
+        let url = format!("postgresql://postgres:{pw}@127.0.0.1:{}/postgres?application_name=punct", pg().port);
+        let script = r#"
+url = os.environ["DATABASE_URL"]
+print(url)
+if "Xy#" in url:  # the one libpq can read as it is
+    with psycopg.connect(url) as c:
+        print(c.execute("SELECT current_setting('application_name')").fetchone()[0])
+"#;
+        let out = guard(&[], script, &[("DATABASE_URL", &url), ("PGHOST", ""), ("PGPORT", "")]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{pw}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        let (userinfo, rest) = lines[0].rsplit_once("@127.0.0.1:").unwrap();
+        assert_eq!(userinfo, format!("postgresql://postgres:{pw}"), "{pw}");
+        assert!(rest.ends_with("/postgres?application_name=punct") && !rest.starts_with(&pg().port.to_string()));
+        if pw.starts_with("Xy#") {
+            assert_eq!(lines[1], "punct", "libpq connected with the URL as the command got it");
+        }
+        for piece in ["Xy", "9k", "zz", "!q"] {
+            assert!(!stderr.contains(piece), "{pw}: a piece of the password in guard's output:\n{stderr}");
+        }
+    }
+}
+
 #[test]
 fn sigint_reaches_the_command_and_guard_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
