@@ -241,7 +241,7 @@ async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
 
 fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
     let config = source.load()?;
-    crate::logging::init(config.log_format);
+    let log = crate::logging::init(config.log_format);
     signals::raise_nofile_limit();
     let settings = Settings::new(config.clone())?;
     runtime()?.block_on(async move {
@@ -263,6 +263,7 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin_listen): {e}", config.admin_listen))?;
         let pod = PodIdentity::from_lookup(|k| std::env::var(k).ok());
         let state = State::new(settings, pod);
+        log.count_drops_in(state.local.log_lines_dropped.clone());
         let mut server = Server::new(state.clone());
         if let Some(socket) = unix {
             server.listen_unix(socket);
@@ -320,7 +321,7 @@ fn run_inject(
     inject_config.read_budget_ca()?;
     let cert =
         ReloadingCert::new(cert, key).map_err(|e| ConfigError::invalid("--tls-cert/--tls-key", format!("{e:#}")))?;
-    crate::logging::init(format);
+    let _log = crate::logging::init(format);
     runtime()?.block_on(async move {
         let listener = TcpListener::bind((listen_addr.host.as_str(), listen_addr.port))
             .await

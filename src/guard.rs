@@ -93,7 +93,7 @@ struct Plan {
 pub fn run(args: GuardArgs) -> Result<i32, Error> {
     let lookup = |k: &str| std::env::var(k).ok();
     let plan = plan(&args, &lookup)?;
-    crate::logging::init_at(plan.config.log_format, "warn");
+    let _log = crate::logging::init_at(plan.config.log_format, "warn");
     let settings = Settings::new(plan.config.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     let code = runtime.block_on(guard(&args, plan, settings))?;

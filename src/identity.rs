@@ -4,6 +4,7 @@
 //! read from the Downward API environment. Does not own: rules or policy (see `policy`).
 
 use crate::protocol::startup::StartupParams;
+use crate::text::clean_name;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -161,13 +162,14 @@ impl ClientId {
         ClientId { values, display }
     }
 
-    /// Builds the client of a connection from its startup parameters, the pod and the peer address.
+    /// Builds the client of a connection from its startup parameters, the pod and the peer address. The names
+    /// a client sent are kept as PostgreSQL keeps them: 63 bytes at most, control characters as `?`.
     pub fn from_startup(key: &[Field], params: &StartupParams, pod: &PodIdentity, peer: &Peer) -> Self {
         let value = |f: Field| -> String {
             match f {
-                Field::ApplicationName => params.get("application_name").unwrap_or_default().to_string(),
-                Field::User => params.get("user").unwrap_or_default().to_string(),
-                Field::Database => params.get("database").unwrap_or_default().to_string(),
+                Field::ApplicationName => clean_name(params.get("application_name").unwrap_or_default()),
+                Field::User => clean_name(params.get("user").unwrap_or_default()),
+                Field::Database => clean_name(params.get("database").unwrap_or_default()),
                 Field::Pod => pod.pod.clone().unwrap_or_default(),
                 Field::Namespace => pod.namespace.clone().unwrap_or_default(),
                 Field::Workload => pod.workload.clone().unwrap_or_default(),

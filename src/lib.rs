@@ -9,7 +9,7 @@
 //! Each module imports only from its own layer or lower ones (a test, `tests/it/layers.rs`, enforces it):
 //!
 //! 0. **foundations**: `vocab` (reasons, states, SQLSTATEs, `Fatal`), `protocol` (wire decoders, no I/O),
-//!    `config`, `identity`, `redact`, `logging`;
+//!    `config`, `identity`, `redact`, `logging`, `text` (client text made safe for terminals and logs);
 //! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
 //!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
 //!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod),
@@ -40,6 +40,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod text;
 pub mod tls;
 pub mod views;
 pub mod vocab;

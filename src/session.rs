@@ -118,7 +118,9 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
                 .await;
             }
             Err(e) => {
-                warn!(upstream = %config.upstream, error = %e, "upstream unreachable");
+                if let Some(held_back) = state.dials.unreachable_lines.hit(Instant::now()) {
+                    warn!(upstream = %config.upstream, error = %e, held_back, "upstream unreachable");
+                }
                 let message = format!("pgwarden: could not connect to upstream {}: {e}", config.upstream);
                 return refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::UNABLE_TO_CONNECT, message))
                     .await;

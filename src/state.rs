@@ -12,6 +12,7 @@ use crate::config::PodIdentityFrom;
 use crate::config::{Config, ConfigError};
 use crate::identity::{Peer, PodIdentity};
 use crate::leak::Detector;
+use crate::logging::Every;
 use crate::pods::{PeerPod, PodDirectory};
 use crate::registry::{signal, Conn, Registry};
 use crate::tls::ClientTlsSetup;
@@ -58,6 +59,9 @@ impl Settings {
 pub struct DialMetrics {
     pub duration: Histogram,
     pub errors: IntCounter,
+    /// The "upstream unreachable" WARN: at most one line per 10 s (a database outage makes every pool
+    /// redial in a loop); each failure is counted in `errors` all the same.
+    pub unreachable_lines: Every,
 }
 
 impl Default for DialMetrics {
@@ -74,6 +78,7 @@ impl Default for DialMetrics {
                 Opts::new("upstream_connect_errors_total", "failed upstream dials").namespace("pgwarden"),
             )
             .expect("valid counter"),
+            unreachable_lines: Every::new(Duration::from_secs(10)),
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct LocalMetrics {
     /// Sockets accepted whose startup packet has not arrived yet (TLS negotiation included): before it no
     /// client is known, so only this shows a flood of sockets that never start (a slowloris).
     pub awaiting_startup: IntGauge,
+    /// Log lines dropped because stderr was not read fast enough (the log queue was full).
+    pub log_lines_dropped: IntCounter,
 }
 
 impl Default for LocalMetrics {
@@ -104,6 +111,14 @@ impl Default for LocalMetrics {
                     .namespace("pgwarden"),
             )
             .expect("valid gauge"),
+            log_lines_dropped: IntCounter::with_opts(
+                Opts::new(
+                    "log_lines_dropped_total",
+                    "log lines dropped because stderr was not read fast enough (the log queue was full)",
+                )
+                .namespace("pgwarden"),
+            )
+            .expect("valid counter"),
         };
         // Both series exist from the start, so an alert on them has something to compare.
         for at in ["accept", "dial"] {

@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
 
-/// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body.
+/// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body, every string in it printable.
 pub async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> anyhow::Result<T> {
     let body = get(admin, path).await?;
-    serde_json::from_slice(&body).with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
+    crate::text::from_json_printable(&body).with_context(|| format!("{admin}{path} is not pgwarden's JSON"))
 }
 
 /// GETs `path` from the admin URL; the body of a 2xx answer as text.

@@ -190,6 +190,7 @@ const SPEC_METRICS: &[&str] = &[
     // Beyond the SPEC's list (hardening issue): pgwarden's own limits, apart from the upstream's.
     "pgwarden_fd_exhausted_total",
     "pgwarden_connections_awaiting_startup",
+    "pgwarden_log_lines_dropped_total",
     // Performance issue: per-client latency.
     "pgwarden_client_query_duration_seconds",
     "pgwarden_client_transaction_duration_seconds",

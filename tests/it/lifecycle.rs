@@ -124,12 +124,7 @@ async fn sigterm_grace_expiry_closes_open_transactions_with_57p01() {
 
 /// The status code of a GET (a raw HTTP/1.1 request).
 async fn reqwest_status(base: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(base.strip_prefix("http://").unwrap()).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+    crate::support::http::status(base.strip_prefix("http://").unwrap(), path).await
 }
 
 /// Shutdown grace expiring while rows stream: the client reads whole messages up to a boundary, then the

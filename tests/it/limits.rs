@@ -22,12 +22,7 @@ enum Outcome {
 }
 
 async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    resp
+    crate::support::http::get(&format!("127.0.0.1:{port}"), path).await
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod http;
 pub mod libpq;
 pub mod pg;
 pub mod proxy;

@@ -98,12 +98,7 @@ async fn run_pod(
 }
 
 async fn admin_json(admin: &str, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap()
+    crate::support::http::json(admin, path).await
 }
 
 fn config(unix: Option<&Path>) -> pgwarden::config::Config {

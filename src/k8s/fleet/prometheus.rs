@@ -93,7 +93,7 @@ pub fn query_text(q: &Query, namespace: Option<&str>) -> String {
 
 /// Parses one `/api/v1/query` answer into its samples.
 pub fn parse_answer(body: &[u8]) -> anyhow::Result<Vec<Sample>> {
-    let a: Answer = serde_json::from_slice(body).context("not a Prometheus query answer")?;
+    let a: Answer = crate::text::from_json_printable(body).context("not a Prometheus query answer")?;
     if a.status != "success" {
         bail!("Prometheus answered {}: {}", a.status, a.error.unwrap_or_default());
     }

@@ -144,7 +144,8 @@ async fn get<T: serde::de::DeserializeOwned>(client: &kube::Client, t: &Target, 
         }
         _ => format!("/{endpoint} through the API server: {}", describe(&e)),
     })?;
-    serde_json::from_str(&text).map_err(|e| format!("/{endpoint} on port {} is not pgwarden's JSON: {e}", t.port))
+    crate::text::from_json_printable(text.as_bytes())
+        .map_err(|e| format!("/{endpoint} on port {} is not pgwarden's JSON: {e}", t.port))
 }
 
 /// A kube error in a line: the API's own message when it sent one.
