@@ -92,6 +92,9 @@ pub struct LocalMetrics {
     pub awaiting_startup: IntGauge,
     /// Log lines dropped because stderr was not read fast enough (the log queue was full).
     pub log_lines_dropped: IntCounter,
+    /// Admin connections closed at the admin port's cap: `idle_closed` (the oldest idle one, for a new
+    /// one), `refused` (every one was serving a request).
+    pub admin_connections_shed: IntCounterVec,
 }
 
 impl Default for LocalMetrics {
@@ -119,10 +122,22 @@ impl Default for LocalMetrics {
                 .namespace("pgwarden"),
             )
             .expect("valid counter"),
+            admin_connections_shed: IntCounterVec::new(
+                Opts::new(
+                    "admin_connections_shed_total",
+                    "admin connections closed at the admin port's cap (idle_closed: the oldest idle one, for a new one)",
+                )
+                .namespace("pgwarden"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
         };
         // Both series exist from the start, so an alert on them has something to compare.
         for at in ["accept", "dial"] {
             local.fd_exhausted.with_label_values(&[at]);
+        }
+        for outcome in ["idle_closed", "refused"] {
+            local.admin_connections_shed.with_label_values(&[outcome]);
         }
         local
     }

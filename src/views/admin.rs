@@ -13,7 +13,7 @@
 
 use super::metrics::Exporter;
 use super::stats::Snapshot;
-use crate::http_server::{ConnectionCap, Limits};
+use crate::http_server::{Admitted, Connections, Limits};
 use crate::state::State;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,7 +36,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, stop: CancellationT
 /// [`serve`] under `limits` (header read timeout, connection lifetime, connection cap).
 pub async fn serve_with(state: Arc<State>, listener: TcpListener, stop: CancellationToken, limits: Limits) {
     let admin = Arc::new(Admin { exporter: Exporter::new(&state), state });
-    let cap = ConnectionCap::new(&limits);
+    let connections = Connections::new(&limits);
     let builder = crate::http_server::builder(&limits);
     loop {
         let (stream, peer) = tokio::select! {
@@ -50,22 +50,37 @@ pub async fn serve_with(state: Arc<State>, listener: TcpListener, stop: Cancella
                 }
             },
         };
-        let Some(permit) = cap.try_acquire() else {
-            debug!(%peer, max = limits.max_connections, "admin connections at their cap: closed");
-            continue;
+        let slot = match connections.admit() {
+            Admitted::Yes { slot, shed } => {
+                if shed {
+                    admin.state.local.admin_connections_shed.with_label_values(&["idle_closed"]).inc();
+                }
+                slot
+            }
+            Admitted::Full => {
+                admin.state.local.admin_connections_shed.with_label_values(&["refused"]).inc();
+                debug!(%peer, max = limits.max_connections, "admin connections at their cap, each serving: closed");
+                continue;
+            }
         };
         let (admin, builder) = (admin.clone(), builder.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let flag = slot.serving_flag();
             let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(&req)) }
+                let (admin, serving) = (admin.clone(), flag.serving());
+                async move {
+                    let _serving = serving;
+                    Ok::<_, Infallible>(admin.route(&req))
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.connection_timeout, connection).await {
-                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection error"),
-                Err(_) => debug!(%peer, "admin connection closed at its time limit"),
-                Ok(Ok(())) => {}
+            tokio::select! {
+                served = tokio::time::timeout(limits.connection_timeout, connection) => match served {
+                    Ok(Err(e)) => debug!(%peer, error = %e, "admin connection error"),
+                    Err(_) => debug!(%peer, "admin connection closed at its time limit"),
+                    Ok(Ok(())) => {}
+                },
+                _ = slot.shed() => debug!(%peer, "idle admin connection closed to make room for a new one"),
             }
         });
     }

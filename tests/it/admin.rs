@@ -191,6 +191,7 @@ const SPEC_METRICS: &[&str] = &[
     "pgwarden_fd_exhausted_total",
     "pgwarden_connections_awaiting_startup",
     "pgwarden_log_lines_dropped_total",
+    "pgwarden_admin_connections_shed_total",
     // Performance issue: per-client latency.
     "pgwarden_client_query_duration_seconds",
     "pgwarden_client_transaction_duration_seconds",
@@ -416,4 +417,33 @@ async fn trickling_sockets_are_cut_at_the_header_timeout_and_capped() {
     let ok: serde_json::Value = pgwarden::views::report::get_json(&format!("http://{addr}"), "/clients").await.unwrap();
     assert!(ok["clients"].is_array());
     stop.cancel();
+}
+
+/// 200 idle connections held to the admin port (its cap is 64): the kubelet's `/healthz` and `/readyz`
+/// still answer within a second, the oldest idle connections closed to make room and counted (issue 27
+/// item 1; before, every new connection was closed while the cap was full and the probes failed).
+#[tokio::test]
+async fn probes_answer_while_idle_connections_fill_the_admin_port() {
+    use std::time::Duration;
+    let p = start_proxy(test_config()).await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(tokio::net::TcpStream::connect(p.admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = p.admin.to_string();
+    for path in ["/healthz", "/readyz"] {
+        let status = tokio::time::timeout(Duration::from_secs(1), crate::support::http::status(&admin, path)).await;
+        assert_eq!(status.ok(), Some(200), "{path}");
+    }
+    let metrics = crate::support::http::get(&admin, "/metrics").await;
+    let shed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("pgwarden_admin_connections_shed_total{outcome=\"idle_closed\"} ")?.parse::<f64>().ok()
+        })
+        .unwrap();
+    assert!(shed >= 136.0, "{shed}");
+    drop(held);
+    p.stop().await;
 }

@@ -346,3 +346,33 @@ async fn https_head_only(port: u16, ca_pem: &str) -> (u16, Vec<u8>) {
     let status = String::from_utf8_lossy(&resp[9..12]).parse().unwrap();
     (status, resp[..n].to_vec())
 }
+
+/// 2,048 connections sitting in an unfinished TLS handshake (past the webhook's cap, which they fill):
+/// `/mutate` still answers within a second, the oldest idle connection closed to make room (issue 27 item
+/// 2; before, every new connection was closed while the cap was full, and with `failurePolicy: Ignore`
+/// pods started without a sidecar).
+#[tokio::test]
+async fn admission_reviews_are_answered_while_unfinished_handshakes_fill_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_cert(dir.path(), "pgwarden test CA flood");
+    let cert = ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let injector = Arc::new(Injector { config: InjectConfig::default(), kube: None, coordinator: None });
+    let limits = pgwarden::http_server::Limits { max_connections: 1024, ..Default::default() };
+    let stop = CancellationToken::new();
+    tokio::spawn(pgwarden::k8s::inject::server::serve_with(injector, listener, cert, stop.clone(), limits));
+    let mut held = Vec::new();
+    for _ in 0..2048 {
+        held.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let review = fixture("opted-out-pod.json");
+    let answer = tokio::time::timeout(Duration::from_secs(1), https(port, &ca, "POST", "/mutate", &review)).await;
+    let (status, body) = answer.expect("answered within a second").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(held);
+    stop.cancel();
+}

@@ -4,7 +4,7 @@
 
 use super::annotations::{CONFIG, CONFIG_KEY};
 use super::config::InjectConfig;
-use crate::http_server::{ConnectionCap, Limits};
+use crate::http_server::{Admitted, Connections, Limits};
 use crate::tls::reloading::ReloadingCert;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -126,7 +126,7 @@ pub async fn serve_with(
     limits: Limits,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(cert.server_config(b"http/1.1")?);
-    let cap = ConnectionCap::new(&limits);
+    let connections = Connections::new(&limits);
     let builder = crate::http_server::builder(&limits);
     let watcher = tokio::spawn(cert.clone().watch(Duration::from_secs(2)));
     loop {
@@ -141,27 +141,46 @@ pub async fn serve_with(
                 }
             },
         };
-        let Some(permit) = cap.try_acquire() else {
-            debug!(%peer, max = limits.max_connections, "webhook connections at their cap: closed");
-            continue;
+        let slot = match connections.admit() {
+            Admitted::Yes { slot, shed } => {
+                if shed {
+                    debug!(%peer, "webhook connections at their cap: the oldest idle one closed for this one");
+                }
+                slot
+            }
+            Admitted::Full => {
+                debug!(%peer, max = limits.max_connections, "webhook connections at their cap, each serving: closed");
+                continue;
+            }
         };
         let (acceptor, injector, builder) = (acceptor.clone(), injector.clone(), builder.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            let serve = async {
+                let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                };
+                let flag = slot.serving_flag();
+                let service = service_fn(move |req| {
+                    let (injector, flag) = (injector.clone(), flag.clone());
+                    async move {
+                        // A long poll for a share waits, and may be closed to make room (the sidecar asks again);
+                        // an admission review or a probe is served to the end.
+                        let _serving = (req.uri().path() != "/v1/share").then(|| flag.serving());
+                        Ok::<_, Infallible>(route(&injector, req, limits.body_read_timeout).await)
+                    }
+                });
+                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                match tokio::time::timeout(limits.connection_timeout, connection).await {
+                    Ok(Err(e)) => debug!(%peer, error = %e, "connection error"),
+                    Err(_) => debug!(%peer, "connection closed at its time limit"),
+                    Ok(Ok(())) => {}
+                }
             };
-            let service = service_fn(move |req| {
-                let injector = injector.clone();
-                async move { Ok::<_, Infallible>(route(&injector, req, limits.body_read_timeout).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            match tokio::time::timeout(limits.connection_timeout, connection).await {
-                Ok(Err(e)) => debug!(%peer, error = %e, "connection error"),
-                Err(_) => debug!(%peer, "connection closed at its time limit"),
-                Ok(Ok(())) => {}
+            tokio::select! {
+                () = serve => {}
+                () = slot.shed() => debug!(%peer, "idle webhook connection closed to make room for a new one"),
             }
         });
     }
