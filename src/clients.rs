@@ -13,7 +13,7 @@ use crate::identity::ClientId;
 use crate::vocab::{CloseCounts, RefuseCounts, RefuseReason};
 use latency::Latencies;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -41,6 +41,9 @@ pub struct ClientEntry {
     pub max_connections: Mutex<Option<u32>>,
     /// Last refusal log line, for rate-limiting: (when, refusals not logged since).
     refusal_log: Mutex<(Option<Instant>, u64)>,
+    /// A session of this client logged in (its server sent BackendKeyData). A key whose connections never
+    /// did (failed or abandoned logins, anyone's invented names) is forgotten within seconds.
+    pub logged_in: AtomicBool,
 }
 
 impl ClientEntry {
@@ -103,6 +106,8 @@ pub enum Admission {
     Refused(RefuseReason),
     /// Queued (`on_limit: wait`); await the ticket.
     Queued(WaitTicket),
+    /// A new client key, and `max_clients` keys each hold a connection: nothing was created for it.
+    TooManyClients,
 }
 
 /// What admission needs to know about the policy in force.
@@ -112,6 +117,8 @@ pub struct Caps {
     pub total: Limit,
     pub wait: bool,
     pub enforce: bool,
+    /// Distinct client keys held at once (`max_clients`).
+    pub max_clients: usize,
 }
 
 impl Clients {
@@ -124,6 +131,9 @@ impl Clients {
     /// Tries to take a slot for `client`.
     pub fn admit(self: &Arc<Self>, client: &Arc<ClientId>, caps: Caps) -> Admission {
         let mut t = self.lock();
+        if !t.clients.contains_key(client.display()) && !t.make_room(caps.max_clients) {
+            return Admission::TooManyClients;
+        }
         t.total_cap = caps.total.0;
         let total_full = caps.total.0.is_some_and(|cap| t.total_open >= cap);
         let budget_full = t.budget_cap.is_some_and(|cap| t.total_open >= cap);
@@ -177,12 +187,19 @@ impl Clients {
         self.lock().total_open
     }
 
-    /// Forgets clients that held nothing for `idle_for` (their counters go with them), except those `keep`
-    /// names.
-    pub fn prune(&self, now: Instant, idle_for: Duration, keep: impl Fn(&str) -> bool) -> Vec<Arc<ClientEntry>> {
+    /// Forgets clients that held nothing for `idle_for` (their counters go with them), or for
+    /// `never_logged_in_for` when none of their connections ever logged in, except those `keep` names.
+    pub fn prune(
+        &self,
+        now: Instant,
+        idle_for: Duration,
+        never_logged_in_for: Duration,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<ClientEntry>> {
         let mut t = self.lock();
         let mut gone = Vec::new();
         t.clients.retain(|key, s| {
+            let idle_for = if s.entry.logged_in.load(Relaxed) { idle_for } else { never_logged_in_for };
             let keep = keep(key) || s.empty_since.is_none_or(|since| now.duration_since(since) < idle_for);
             if !keep {
                 gone.push(s.entry.clone());
@@ -285,6 +302,24 @@ impl Clients {
 }
 
 impl Table {
+    /// Room for one more client key under `max`: the key that has held nothing longest gives way (one that
+    /// never logged in first). `false`: every key holds a connection or a waiter.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.clients.len() < max.max(1) {
+            return true;
+        }
+        let gives_way = self
+            .clients
+            .iter()
+            .filter_map(|(key, s)| s.empty_since.map(|since| (s.entry.logged_in.load(Relaxed), since, key)))
+            .min()
+            .map(|(_, _, key)| key.clone());
+        match gives_way {
+            Some(key) => self.clients.remove(&key).is_some(),
+            None => false,
+        }
+    }
+
     fn slots(&mut self, client: &Arc<ClientId>) -> &mut ClientSlots {
         self.clients.entry(client.display().to_string()).or_insert_with(|| ClientSlots {
             entry: Arc::new(ClientEntry {
@@ -293,6 +328,7 @@ impl Table {
                 latency: Latencies::new(Instant::now()),
                 max_connections: Mutex::new(None),
                 refusal_log: Mutex::new((None, 0)),
+                logged_in: AtomicBool::new(false),
             }),
             open: 0,
             waiters: VecDeque::new(),

@@ -48,6 +48,10 @@ pub struct Config {
     pub max_total_connections: Limit,
     /// Distinct clients labelled in metrics; the rest share the label `other`.
     pub max_tracked_clients: u32,
+    /// Distinct client keys held at once (each with its counters, histograms and leak history). A new key
+    /// past it takes the place of the longest-empty one (keys that never logged in first); when every key
+    /// holds a connection, the new one is refused with 53300.
+    pub max_clients: u32,
     pub stats: Stats,
     pub defaults: Policy,
     pub leak: Leak,
@@ -250,6 +254,7 @@ impl Default for Config {
             pod_identity: PodIdentityConfig::default(),
             max_total_connections: Limit(None),
             max_tracked_clients: 200,
+            max_clients: 5000,
             stats: Stats::default(),
             defaults: Policy::default(),
             leak: Leak::default(),
@@ -493,6 +498,9 @@ impl Config {
         }
         if self.max_tracked_clients == 0 {
             return fail("max_tracked_clients", "must be at least 1");
+        }
+        if self.max_clients == 0 {
+            return fail("max_clients", "must be at least 1");
         }
         if self.stats.statement_max_length == 0 || self.stats.statement_max_length > MAX_STATEMENT_LENGTH {
             return fail("stats.statement_max_length", &format!("must be between 1 and {MAX_STATEMENT_LENGTH}"));

@@ -95,6 +95,10 @@ pub struct LocalMetrics {
     /// Admin connections closed at the admin port's cap: `idle_closed` (the oldest idle one, for a new
     /// one), `refused` (every one was serving a request).
     pub admin_connections_shed: IntCounterVec,
+    /// Connections refused because they named a new client key while `max_clients` keys held connections.
+    pub client_keys_refused: IntCounter,
+    /// Their WARN line: at most one per 10 s.
+    pub client_keys_refused_lines: Every,
 }
 
 impl Default for LocalMetrics {
@@ -122,6 +126,15 @@ impl Default for LocalMetrics {
                 .namespace("pgwarden"),
             )
             .expect("valid counter"),
+            client_keys_refused: IntCounter::with_opts(
+                Opts::new(
+                    "client_keys_refused_total",
+                    "connections refused because they named a new client key while max_clients keys held connections",
+                )
+                .namespace("pgwarden"),
+            )
+            .expect("valid counter"),
+            client_keys_refused_lines: Every::new(Duration::from_secs(10)),
             admin_connections_shed: IntCounterVec::new(
                 Opts::new(
                     "admin_connections_shed_total",
@@ -181,6 +194,10 @@ impl DialMetrics {
 
 /// Clients with no connection for this long are forgotten (and leave the metrics).
 pub const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(600);
+
+/// A client none of whose connections ever logged in (failed or abandoned logins, names anyone can invent
+/// before authenticating) is forgotten this long after its last connection.
+pub const FORGET_NEVER_LOGGED_IN: Duration = Duration::from_secs(10);
 
 pub struct State {
     pub registry: Arc<Registry>,
@@ -304,7 +321,7 @@ impl State {
     pub fn housekeeping(&self, now: Instant) {
         self.apply_budget(now);
         let evidence = self.detector().clients_with_evidence();
-        self.clients.prune(now, FORGET_IDLE_CLIENTS, |key| evidence.contains(key));
+        self.clients.prune(now, FORGET_IDLE_CLIENTS, FORGET_NEVER_LOGGED_IN, |key| evidence.contains(key));
         let settings = self.settings();
         let conns = self.registry.snapshot();
         let clients = self.clients.entries();

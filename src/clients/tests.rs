@@ -7,7 +7,7 @@ fn client(name: &str) -> Arc<ClientId> {
 }
 
 fn caps(client: Option<u32>, total: Option<u32>, wait: bool, enforce: bool) -> Caps {
-    Caps { client: Limit(client), total: Limit(total), wait, enforce }
+    Caps { client: Limit(client), total: Limit(total), wait, enforce, max_clients: 10_000 }
 }
 
 fn granted(a: Admission) -> Slot {
@@ -162,11 +162,17 @@ fn idle_clients_are_pruned() {
     let clients = Arc::new(Clients::default());
     let slot = granted(clients.admit(&client("a"), caps(None, None, false, true)));
     let later = Instant::now() + Duration::from_secs(601);
-    assert!(clients.prune(later, Duration::from_secs(600), |_| false).is_empty(), "a client holding a slot stays");
+    assert!(
+        clients.prune(later, Duration::from_secs(600), Duration::from_secs(600), |_| false).is_empty(),
+        "a client holding a slot stays"
+    );
     drop(slot);
     let later = Instant::now() + Duration::from_secs(601);
-    assert!(clients.prune(later, Duration::from_secs(600), |k| k == "a").is_empty(), "kept while asked to");
-    assert_eq!(clients.prune(later, Duration::from_secs(600), |_| false).len(), 1);
+    assert!(
+        clients.prune(later, Duration::from_secs(600), Duration::from_secs(600), |k| k == "a").is_empty(),
+        "kept while asked to"
+    );
+    assert_eq!(clients.prune(later, Duration::from_secs(600), Duration::from_secs(600), |_| false).len(), 1);
     assert!(clients.entries().is_empty());
 }
 
@@ -203,10 +209,11 @@ proptest! {
         let mut released = [0u64; 3];
         for op in ops {
             match op {
-                Op::Connect(i) => match clients.admit(&names[i], Caps { client: Limit(cap), total: Limit(total), wait, enforce }) {
+                Op::Connect(i) => match clients.admit(&names[i], Caps { client: Limit(cap), total: Limit(total), wait, enforce, max_clients: 10_000 }) {
                     Admission::Granted { slot, .. } => held.push((i, slot)),
                     Admission::Queued(t) => queued.push((i, t)),
                     Admission::Refused(_) => {}
+                    Admission::TooManyClients => unreachable!("three names under a cap of 10,000"),
                 },
                 Op::Disconnect(k) if !held.is_empty() => {
                     let (i, slot) = held.remove(k % held.len());
@@ -290,4 +297,37 @@ fn the_budget_share_caps_the_pod_and_a_larger_share_admits_waiters() {
     // No budget cap again.
     clients.set_budget_cap(None);
     let _more: Vec<Slot> = (0..5).map(|_| granted(clients.admit(&a, c))).collect();
+}
+
+/// `max_clients`: a new key takes the place of the key empty longest, one that never logged in first; when
+/// every key holds a connection, the new key is refused and nothing is created for it.
+#[test]
+fn client_keys_are_capped_the_longest_empty_giving_way_never_a_connected_one() {
+    let clients = Arc::new(Clients::default());
+    let caps = Caps { max_clients: 3, ..caps(None, None, false, true) };
+    let (a, b, c, d, e) = (client("a"), client("b"), client("c"), client("d"), client("e"));
+    let held_a = match clients.admit(&a, caps) {
+        Admission::Granted { slot, .. } => slot,
+        _ => panic!("granted"),
+    };
+    clients.entry(&a).logged_in.store(true, Relaxed);
+    for n in [&b, &c] {
+        let Admission::Granted { slot, .. } = clients.admit(n, caps) else { panic!("granted") };
+        drop(slot);
+    }
+    clients.entry(&c).logged_in.store(true, Relaxed);
+    // Full: b never logged in and is empty: it gives way to d.
+    let Admission::Granted { slot: held_d, .. } = clients.admit(&d, caps) else { panic!("granted") };
+    let keys = |c: &Clients| {
+        let mut k: Vec<String> = c.entries().iter().map(|e| e.id.display().to_string()).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&clients), ["a", "c", "d"]);
+    // Then c, empty though it logged in; a and d hold connections.
+    let Admission::Granted { slot: held_e, .. } = clients.admit(&e, caps) else { panic!("granted") };
+    assert_eq!(keys(&clients), ["a", "d", "e"]);
+    assert!(matches!(clients.admit(&b, caps), Admission::TooManyClients));
+    assert_eq!(keys(&clients), ["a", "d", "e"], "nothing created for a refused key");
+    drop((held_a, held_d, held_e));
 }

@@ -22,6 +22,7 @@ enforce: true
 client_key: [application_name, user]
 max_total_connections: off
 max_tracked_clients: 200
+max_clients: 5000
 stats:
   statement_text: redacted
   statement_max_length: 1024

@@ -12,7 +12,7 @@ use crate::config::{Config, OnLimit, Policy};
 use crate::identity::ClientId;
 use crate::registry::Conn;
 use crate::state::State;
-use crate::vocab::{CloseReason, ConnState, Fatal, RefuseReason};
+use crate::vocab::{CloseReason, ConnState, Fatal, RefuseReason, SqlState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,7 @@ pub async fn admit(
         total: config.max_total_connections,
         wait: policy.on_limit == OnLimit::Wait,
         enforce: config.enforce,
+        max_clients: config.max_clients as usize,
     };
     let clients = &state.clients;
     let refusal = |reason: RefuseReason| {
@@ -87,6 +88,20 @@ pub async fn admit(
             let fatal = refusal(reason);
             log(&fatal, false);
             Err(Some(fatal))
+        }
+        Admission::TooManyClients => {
+            state.local.client_keys_refused.inc();
+            if let Some(held_back) = state.local.client_keys_refused_lines.hit(Instant::now()) {
+                warn!(
+                    max_clients = config.max_clients,
+                    held_back, "new client key refused: every client key holds a connection"
+                );
+            }
+            let message = format!(
+                "pgwarden: too many distinct clients: all {} client keys (max_clients) hold connections",
+                config.max_clients
+            );
+            Err(Some(Fatal::closed(CloseReason::Error, SqlState::TOO_MANY_CONNECTIONS, message)))
         }
         Admission::Queued(mut ticket) => {
             conn.set_state(ConnState::Waiting, Instant::now());

@@ -436,6 +436,7 @@ impl Relay<'_, '_> {
                     addr: self.ctx.upstream_addr,
                 });
                 Span::current().record("backend_pid", pid);
+                self.ctx.entry.logged_in.store(true, Relaxed);
             }
         }
         self.ctx.conn.bytes_out.fetch_add(n as u64, Relaxed);

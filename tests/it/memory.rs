@@ -123,3 +123,55 @@ async fn a_thousand_connections_and_two_million_rejected_parses_stay_bounded() {
     assert!(per_rejected <= 12 * 1024, "rejected Parses cost {per_rejected} B per connection");
     assert!(per_kept <= 96 * 1024, "named statements cost {per_kept} B per connection (budget 64 KiB)");
 }
+
+/// 3,000 logins that never authenticate, each with a distinct 4 KB `application_name` (issue 27 item 3):
+/// the RSS of the pgwarden process grows by less than 24 MiB (names are kept as PostgreSQL keeps them, 63
+/// bytes), the client table never holds more keys than `max_clients`, and 10 s after the last connection
+/// none is left. Before: 171 MiB, every key kept for 10 minutes.
+#[tokio::test]
+async fn logins_that_never_authenticate_with_distinct_long_names_stay_bounded() {
+    use crate::support::pg::{pg, SCRAM_USER};
+    use tokio::io::AsyncWriteExt;
+    let yaml = "upstream_tls: disable\nmax_clients: 1000\n";
+    let (mut child, port, admin) = spawn_proxy_binary_to(pg().port, yaml, &[], Stdio::null()).await;
+    let pid = child.id();
+    let admin = format!("127.0.0.1:{admin}");
+    let at_start = rss(pid);
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let (admin, most) = (admin.clone(), most.clone());
+        tokio::spawn(async move {
+            loop {
+                let clients = crate::support::http::json(&admin, "/clients").await;
+                let n = clients["clients"].as_array().unwrap().len();
+                most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    stream::iter(0..3000)
+        .for_each_concurrent(32, |i| async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let name = format!("{i:05}-{}", "n".repeat(4090));
+            let startup =
+                raw::startup_packet(&[("user", SCRAM_USER), ("database", "postgres"), ("application_name", &name)]);
+            s.write_all(&startup).await.unwrap();
+            // The server asks for the password; the client goes away instead.
+            let (tag, _) = raw::read_message(&mut s).await.expect("an answer");
+            assert_eq!(tag, b'R');
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let grown = rss(pid).saturating_sub(at_start);
+    watcher.abort();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("3,000 failed logins with 4 KB names: RSS +{} KiB, at most {most} client keys", grown / 1024);
+    // Keys that never logged in are forgotten 10 s after their last connection.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let clients = crate::support::http::json(&admin, "/clients").await;
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 0, "never-logged-in keys still held");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(grown < 24 << 20, "RSS grew by {} MiB", grown >> 20);
+    assert!(most <= 1000, "{most} client keys, over max_clients");
+}

@@ -266,3 +266,31 @@ async fn report_only_counts_instead_of_acting() {
     }
     p.stop().await;
 }
+
+/// `max_clients`: with every client key holding a connection, a new key is refused with 53300 naming the
+/// setting and counted; once a key is empty, a new one takes its place.
+#[tokio::test]
+async fn a_new_client_key_past_max_clients_waits_for_an_empty_one() {
+    let mut config = test_config();
+    config.max_clients = 2;
+    let p = start_proxy(config).await;
+    let a = p.connect("keys-a").await.unwrap();
+    let _b = p.connect("keys-b").await.unwrap();
+    let err = p.connect("keys-c").await.err().expect("a third key refused");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
+    let msg = err.as_db_error().unwrap().message().to_string();
+    assert!(msg.contains("max_clients") && msg.contains("all 2 client keys"), "{msg}");
+    let metrics = crate::support::http::get(&p.admin.to_string(), "/metrics").await;
+    assert!(metrics.contains("pgwarden_client_keys_refused_total 1"), "{metrics}");
+    drop(a);
+    let again = async {
+        loop {
+            if let Ok(c) = p.connect("keys-c").await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _c = tokio::time::timeout(Duration::from_secs(5), again).await.expect("keys-a gave way");
+    p.stop().await;
+}
