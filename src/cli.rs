@@ -65,7 +65,8 @@ pub enum Command {
         #[command(subcommand)]
         command: fleet::FleetCommand,
     },
-    /// The mutating admission webhook that injects the sidecar (HTTPS: POST /mutate, GET /healthz).
+    /// The mutating admission webhook that injects the sidecar (HTTPS: POST /mutate, GET /healthz, and with
+    /// budgets GET /v1/share, the budget coordinator sidecars ask for their share).
     Inject {
         /// Address to serve HTTPS on.
         #[arg(long, env = "PGWARDEN_INJECT_LISTEN", value_name = "ADDR", required_unless_present = "check")]

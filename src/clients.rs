@@ -34,6 +34,9 @@ pub struct ClientCounters {
 #[derive(Debug)]
 pub struct ClientEntry {
     pub id: Arc<ClientId>,
+    /// Which entry of its key this is: a key forgotten and seen again gets a new one (its counters start
+    /// from zero), so an exporter tells the two apart (never by address, which a new entry can reuse).
+    pub generation: u64,
     pub counters: ClientCounters,
     /// Query latency, transaction duration and slot wait, recorded by the client's sessions.
     pub latency: Latencies,
@@ -88,6 +91,8 @@ struct Table {
     next_seq: u64,
     /// Waiters queued over all clients: a disconnect with nobody waiting scans no client.
     waiters: usize,
+    /// Entries made so far (the next entry's generation).
+    entries_made: u64,
 }
 
 /// All clients. Cheap to clone through `Arc`.
@@ -321,9 +326,14 @@ impl Table {
     }
 
     fn slots(&mut self, client: &Arc<ClientId>) -> &mut ClientSlots {
+        let made = &mut self.entries_made;
         self.clients.entry(client.display().to_string()).or_insert_with(|| ClientSlots {
             entry: Arc::new(ClientEntry {
                 id: client.clone(),
+                generation: {
+                    *made += 1;
+                    *made
+                },
                 counters: ClientCounters::default(),
                 latency: Latencies::new(Instant::now()),
                 max_connections: Mutex::new(None),

@@ -331,3 +331,16 @@ fn client_keys_are_capped_the_longest_empty_giving_way_never_a_connected_one() {
     assert_eq!(keys(&clients), ["a", "d", "e"], "nothing created for a refused key");
     drop((held_a, held_d, held_e));
 }
+
+/// A key forgotten and seen again is a new entry with a new generation (what the metrics exporter tells
+/// entries apart by: an address can be reused by the next allocation).
+#[test]
+fn a_key_seen_again_is_a_new_generation() {
+    let clients = Clients::default();
+    let a = client("a");
+    let first = clients.entry(&a).generation;
+    assert_eq!(clients.entry(&a).generation, first);
+    let later = Instant::now() + Duration::from_secs(3600);
+    assert_eq!(clients.prune(later, Duration::from_secs(600), Duration::from_secs(10), |_| false).len(), 1);
+    assert!(clients.entry(&a).generation > first);
+}

@@ -28,10 +28,17 @@ const AUTHENTICATION: u8 = b'R';
 const ERROR_RESPONSE: u8 = b'E';
 /// The routine (field `R`, never localized) that refuses a client's channel binding flag.
 const CBIND_ROUTINE: &[u8] = b"read_client_first_message";
-const CBIND_MESSAGE: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client said it supports \
+/// The refusal for a client on TLS to pgwarden (libpq's default `channel_binding=prefer` sends the flag).
+const CBIND_MESSAGE_TLS: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client said it supports \
 channel binding (libpq's channel_binding=prefer over TLS, node-postgres' enableChannelBinding), and the database, \
 on TLS to pgwarden, refuses that login. Set channel_binding=disable in the client's connection string (or \
 connect to pgwarden without TLS: its link to the database stays encrypted)";
+/// The refusal for a client on plaintext to pgwarden, which sent the flag anyway (node-postgres'
+/// `enableChannelBinding: true` does, whatever the link).
+const CBIND_MESSAGE_PLAIN: &str = "pgwarden: SCRAM channel binding cannot pass a proxy: this client said it \
+supports channel binding although its connection to pgwarden is not encrypted (node-postgres sends that with \
+enableChannelBinding: true whatever the link), and the database, on TLS to pgwarden, refuses that login. Turn \
+channel binding off in the client (node-postgres: enableChannelBinding: false; libpq: channel_binding=disable)";
 const AUTH_OK: i32 = 0;
 const AUTH_SASL: i32 = 10;
 
@@ -46,9 +53,23 @@ pub enum AuthFilterError {
 pub struct AuthFilter {
     held: Vec<u8>,
     done: bool,
+    /// The client is on TLS to pgwarden (which of the two refusals applies to it).
+    client_on_tls: bool,
+    /// A channel binding refusal was replaced and not yet reported.
+    refused: bool,
 }
 
 impl AuthFilter {
+    /// A filter for a client on TLS to pgwarden (`client_on_tls`) or on plaintext.
+    pub fn new(client_on_tls: bool) -> AuthFilter {
+        AuthFilter { client_on_tls, ..AuthFilter::default() }
+    }
+
+    /// True once after the server's channel binding refusal was replaced (for the caller's log line).
+    pub fn take_refusal(&mut self) -> bool {
+        std::mem::take(&mut self.refused)
+    }
+
     /// True once AuthenticationOk has passed: the filter has nothing more to do.
     pub fn done(&self) -> bool {
         self.done
@@ -86,7 +107,9 @@ impl AuthFilter {
                     self.done = true;
                 }
                 _ if tag == ERROR_RESPONSE && is_channel_binding_refusal(body) => {
-                    out.extend(crate::protocol::error_response::fatal("28000", CBIND_MESSAGE));
+                    let message = if self.client_on_tls { CBIND_MESSAGE_TLS } else { CBIND_MESSAGE_PLAIN };
+                    out.extend(crate::protocol::error_response::fatal("28000", message));
+                    self.refused = true;
                 }
                 _ => out.extend_from_slice(message),
             }
@@ -235,11 +258,19 @@ mod tests {
             b'E',
             b"SFATAL\0VFATAL\0C08P01\0MSCRAM channel binding negotiation error\0Rread_client_first_message\0\0",
         );
-        let mut out = Vec::new();
-        AuthFilter::default().push(&refusal, &mut out).unwrap();
-        let fields = crate::protocol::error_response::parse(&out[5..]);
-        assert_eq!(fields.code, Some(&b"28000"[..]), "invalid_authorization_specification, as PostgreSQL 15");
-        assert!(String::from_utf8_lossy(fields.message.unwrap()).contains("channel_binding=disable"));
+        for on_tls in [true, false] {
+            let mut out = Vec::new();
+            let mut f = AuthFilter::new(on_tls);
+            f.push(&refusal, &mut out).unwrap();
+            assert!(f.take_refusal() && !f.take_refusal(), "reported once");
+            let fields = crate::protocol::error_response::parse(&out[5..]);
+            assert_eq!(fields.code, Some(&b"28000"[..]), "invalid_authorization_specification, as PostgreSQL 15");
+            let message = String::from_utf8_lossy(fields.message.unwrap()).into_owned();
+            assert!(message.contains("channel_binding=disable"), "{message}");
+            // A client already on plaintext is not told to connect without TLS.
+            assert_eq!(message.contains("without TLS"), on_tls, "{message}");
+            assert_eq!(message.contains("enableChannelBinding: false"), !on_tls, "{message}");
+        }
         // Lengths are checked before anything is held.
         for len in [3i32, -1, (MAX_AUTH_MESSAGE + 1) as i32] {
             let mut bad = vec![b'R'];

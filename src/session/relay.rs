@@ -111,7 +111,7 @@ pub async fn run(
         statement_cap,
         to_server: Direction::new(),
         to_client: Direction::new(),
-        auth: Some(AuthFilter::default()),
+        auth: Some(AuthFilter::new(client.is_tls())),
         policy: ctx.policy,
         enforce: config.enforce,
         would_closed: false,
@@ -406,6 +406,12 @@ impl Relay<'_, '_> {
             flow.discard();
             let message = format!("pgwarden: protocol violation by the upstream server: {e}");
             return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
+        }
+        if filter.take_refusal() {
+            tracing::info!(
+                "login refused: the client asked for SCRAM channel binding, which cannot pass a proxy (the client \
+                 was told how to turn it off)"
+            );
         }
         if filter.done() {
             self.auth = None;

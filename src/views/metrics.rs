@@ -178,7 +178,7 @@ impl Exporter {
             .iter()
             .map(|(s, e)| Live {
                 key: s.client.as_str(),
-                entry: *e as *const ClientEntry as usize,
+                entry: e.generation,
                 counts: counts_of(e),
                 suspected: s.leak_suspected,
             })

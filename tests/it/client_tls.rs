@@ -157,3 +157,27 @@ async fn a_tls_client_that_offers_channel_binding_is_told_the_fix() {
     }
     p.stop().await;
 }
+
+/// node-postgres with `enableChannelBinding: true` sends the channel binding flag on a plaintext connection
+/// too: the database (on TLS to pgwarden) refuses, and the client is told to turn the option off, not to
+/// connect without TLS, which it already does (issue 27 item 12).
+#[tokio::test]
+async fn a_plaintext_client_that_sends_the_channel_binding_flag_is_told_its_own_fix() {
+    let p = start_proxy(tls_config(ClientTls::Allow)).await;
+    let url = format!("postgresql://{SCRAM_USER}:{SCRAM_PASSWORD}@127.0.0.1:{}/postgres", p.addr.port());
+    let script = "const { Client } = require('pg');\
+        const c = new Client({ connectionString: process.argv[1], enableChannelBinding: true });\
+        c.connect().then(() => { console.log('connected'); process.exit(0); }, (e) => { console.log(e.message); process.exit(1); });";
+    let modules = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules");
+    let out = tokio::process::Command::new("node")
+        .args(["-e", script, "--", &url])
+        .env("NODE_PATH", modules)
+        .env_remove("PGSSLMODE")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("enableChannelBinding: false") && !said.contains("without TLS"), "{said}");
+    p.stop().await;
+}

@@ -62,15 +62,15 @@ impl Counts {
 #[derive(Debug, Clone)]
 pub struct Live<'a> {
     pub key: &'a str,
-    /// Identifies the client's entry: a new entry for the same key counts from zero again.
-    pub entry: usize,
+    /// Identifies the client's entry (its generation): a new entry for the same key counts from zero again.
+    pub entry: u64,
     pub counts: Counts,
     pub suspected: bool,
 }
 
 #[derive(Debug)]
 struct Seen {
-    entry: usize,
+    entry: u64,
     label: String,
     /// Its counts when it joined `label` (they belong to the series it was under before).
     base: Counts,
@@ -106,7 +106,7 @@ impl Labels {
     pub fn scrape(&mut self, live: &[Live<'_>], max_tracked: usize) -> (Vec<String>, HashMap<String, Counts>) {
         self.scrape += 1;
         // Clients gone, or back with a new entry: what they counted stays with their label.
-        let present: HashMap<&str, usize> = live.iter().map(|c| (c.key, c.entry)).collect();
+        let present: HashMap<&str, u64> = live.iter().map(|c| (c.key, c.entry)).collect();
         let gone: Vec<String> = self
             .seen
             .iter()
@@ -235,12 +235,12 @@ mod tests {
         #[test]
         fn every_counter_is_monotonic(ops in proptest::collection::vec(op(), 1..200), max_tracked in 1usize..5) {
             struct Client {
-                entry: usize,
+                entry: u64,
                 counts: Counts,
                 suspected: bool,
             }
             let mut clients: HashMap<u8, Client> = HashMap::new();
-            let mut next_entry = 0;
+            let mut next_entry = 0u64;
             let mut labels = Labels::default();
             let mut last: HashMap<String, Vec<u64>> = HashMap::new();
             let mut counted_ever = 0u64;
@@ -274,7 +274,7 @@ mod tests {
                 *last = series.iter().map(|(l, c)| (l.clone(), totals(c))).collect();
                 Ok(())
             }
-            fn client<'a>(clients: &'a mut HashMap<u8, Client>, next_entry: &mut usize, i: u8) -> &'a mut Client {
+            fn client<'a>(clients: &'a mut HashMap<u8, Client>, next_entry: &mut u64, i: u8) -> &'a mut Client {
                 clients.entry(i).or_insert_with(|| {
                     *next_entry += 1;
                     Client { entry: *next_entry, counts: Counts::default(), suspected: false }
