@@ -111,14 +111,58 @@ fn view_of(conn: &Conn) -> ConnView {
     ConnView { id: conn.id, state, state_since, listening: conn.listening(), queries: conn.queries.load(Relaxed) }
 }
 
-#[derive(Default)]
+/// Closed suspects kept per client (its newest), and in all (the newest), within `leak.keep_closed_suspects`:
+/// each holds its connection's record (statement text included) until it expires.
+pub const KEEP_CLOSED_PER_CLIENT: usize = 100;
+pub const KEEP_CLOSED_IN_ALL: usize = 1000;
+
 pub struct Detector {
     clients: HashMap<String, Tracked>,
     live: HashMap<u64, Suspect>,
+    /// Oldest first.
     closed: VecDeque<ClosedSuspect>,
+    /// Closed suspects let go before their time for the caps above.
+    closed_dropped: prometheus::IntCounter,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        let closed_dropped = prometheus::IntCounter::with_opts(
+            prometheus::Opts::new(
+                "leak_closed_suspects_dropped_total",
+                "closed leak suspects let go before leak.keep_closed_suspects (over 100 for a client or 1,000 in all)",
+            )
+            .namespace("pgwarden"),
+        )
+        .expect("valid counter");
+        Detector { clients: HashMap::new(), live: HashMap::new(), closed: VecDeque::new(), closed_dropped }
+    }
 }
 
 impl Detector {
+    /// The counter of closed suspects let go for the caps (for the metrics exporter to register).
+    pub fn closed_dropped(&self) -> prometheus::IntCounter {
+        self.closed_dropped.clone()
+    }
+
+    /// Keeps a closed suspect as evidence: a client's oldest gives way past [`KEEP_CLOSED_PER_CLIENT`], the
+    /// oldest of all past [`KEEP_CLOSED_IN_ALL`].
+    fn keep_closed(&mut self, s: ClosedSuspect) {
+        let key = s.conn.client.display().to_string();
+        self.closed.push_back(s);
+        let mine = self.closed.iter().filter(|c| c.conn.client.display() == key).count();
+        if mine > KEEP_CLOSED_PER_CLIENT {
+            if let Some(i) = self.closed.iter().position(|c| c.conn.client.display() == key) {
+                self.closed.remove(i);
+                self.closed_dropped.inc();
+            }
+        }
+        while self.closed.len() > KEEP_CLOSED_IN_ALL {
+            self.closed.pop_front();
+            self.closed_dropped.inc();
+        }
+    }
+
     /// The live suspect connections.
     pub fn live(&self) -> impl Iterator<Item = &Suspect> {
         self.live.values()
@@ -201,10 +245,10 @@ impl Detector {
             }
         }
         // Suspects whose connection closed become evidence.
-        for (id, s) in self.live.drain() {
+        for (id, s) in std::mem::take(&mut self.live) {
             if !live.contains_key(&id) {
                 if let Some((closed_at, closed_reason)) = s.conn.closed() {
-                    self.closed.push_back(ClosedSuspect { conn: s.conn, verdict: s.verdict, closed_at, closed_reason });
+                    self.keep_closed(ClosedSuspect { conn: s.conn, verdict: s.verdict, closed_at, closed_reason });
                 }
             }
         }
@@ -233,7 +277,7 @@ impl Detector {
             o.client_closed(conn.id, now);
         }
         if let Some(verdict) = now_verdict.or(live) {
-            self.closed.push_back(ClosedSuspect { conn: conn.clone(), verdict, closed_at, closed_reason });
+            self.keep_closed(ClosedSuspect { conn: conn.clone(), verdict, closed_at, closed_reason });
         }
     }
 

@@ -283,3 +283,44 @@ fn a_suspect_closing_after_the_snapshot_is_kept_once() {
     assert_eq!(d.live().count(), 0);
     assert_eq!(d.closed().count(), 1, "kept once");
 }
+
+/// Closed suspects are evidence, bounded: a client's newest 100, the newest 1,000 in all; the rest are let go
+/// and counted (issue 27 item 10).
+#[test]
+fn closed_suspects_are_capped_per_client_and_in_all() {
+    use super::detector::{KEEP_CLOSED_IN_ALL, KEEP_CLOSED_PER_CLIENT};
+    use crate::clients::Clients;
+    use crate::config::{Leak, Stats};
+    use crate::identity::{ClientId, Field, Peer};
+    use crate::registry::Registry;
+    use crate::vocab::ConnState;
+    use std::sync::Arc;
+    let (registry, clients) = (Arc::new(Registry::default()), Arc::new(Clients::default()));
+    let (leak, stats) = (Leak::default(), Stats::default());
+    let mut d = Detector::default();
+    let t0 = Instant::now();
+    let close_one = |d: &mut Detector, app: &str, i: u64| {
+        // Judged a suspect at a tick, then closed.
+        let id = Arc::new(ClientId::new(vec![(Field::ApplicationName, app.into())]));
+        let _entry = clients.entry(&id);
+        let guard = registry.register(id, Peer::Tcp("127.0.0.1:1".parse().unwrap()), t0);
+        let conn = guard.conn().clone();
+        conn.set_state(ConnState::IdleInTransaction, t0);
+        let now = t0 + Duration::from_secs(120) + Duration::from_millis(i);
+        d.tick(now, &registry.snapshot(), &clients.entries(), &leak, &stats);
+        conn.mark_closed(now, "idle_in_transaction_timeout");
+        d.closing(&conn, now, &leak);
+    };
+    for i in 0..150 {
+        close_one(&mut d, "one", i);
+    }
+    assert_eq!(d.closed().count(), KEEP_CLOSED_PER_CLIENT);
+    assert_eq!(d.closed_dropped().get(), 50);
+    for i in 0..1200u64 {
+        close_one(&mut d, &format!("many-{}", i % 40), 200 + i);
+    }
+    assert_eq!(d.closed().count(), KEEP_CLOSED_IN_ALL);
+    assert!(d.closed().all(|c| c.conn.client.display().starts_with("many-")), "the newest kept");
+    d.tick(t0 + Duration::from_secs(130), &registry.snapshot(), &clients.entries(), &leak, &stats);
+    assert_eq!(d.closed().count(), KEEP_CLOSED_IN_ALL);
+}

@@ -101,6 +101,7 @@ impl Exporter {
         r.register(Box::new(state.local.log_lines_dropped.clone())).expect("unique metric");
         r.register(Box::new(state.local.admin_connections_shed.clone())).expect("unique metric");
         r.register(Box::new(state.local.client_keys_refused.clone())).expect("unique metric");
+        r.register(Box::new(state.detector().closed_dropped())).expect("unique metric");
         r.register(Box::new(state.local.awaiting_startup.clone())).expect("unique metric");
         let client = &["client"];
         let client_reason = &["client", "reason"];

@@ -201,6 +201,8 @@ pub struct Snapshot {
     pub clients: Vec<Arc<ClientEntry>>,
     live: HashMap<u64, Verdict>,
     closed: ClosedList,
+    /// The reasons of each client's closed suspects, grouped once per snapshot.
+    closed_reasons: HashMap<String, BTreeSet<LeakReason>>,
     pools: HashMap<String, PoolsSeen>,
     statement: (crate::config::StatementText, usize),
     /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
@@ -246,6 +248,7 @@ impl Snapshot {
             conns,
             clients,
             live,
+            closed_reasons: closed_reasons(&closed),
             closed,
             pools,
             statement: (settings.config.stats.statement_text, settings.config.stats.statement_max_length as usize),
@@ -319,7 +322,7 @@ impl Snapshot {
         let suspects: Vec<LeakReason> =
             mine.iter().filter_map(|conn| self.live.get(&conn.id).map(|v| v.reason)).collect();
         let mut reasons: BTreeSet<LeakReason> = suspects.iter().copied().collect();
-        reasons.extend(self.closed.iter().filter(|s| s.0.client.display() == key).map(|s| s.1.reason));
+        reasons.extend(self.closed_reasons.get(key).into_iter().flatten().copied());
         ClientStats {
             client: key.to_string(),
             application_name: entry.id.get(Field::ApplicationName).map(str::to_string),
@@ -406,6 +409,14 @@ impl Snapshot {
 }
 
 type ClosedList = Vec<(Arc<Conn>, Verdict, Instant, &'static str)>;
+
+fn closed_reasons(closed: &ClosedList) -> HashMap<String, BTreeSet<LeakReason>> {
+    let mut by_client: HashMap<String, BTreeSet<LeakReason>> = HashMap::new();
+    for (conn, verdict, _, _) in closed {
+        by_client.entry(conn.client.display().to_string()).or_default().insert(verdict.reason);
+    }
+    by_client
+}
 
 fn snapshot_detector(d: &Detector) -> (HashMap<u64, Verdict>, ClosedList) {
     let live = d.live().map(|s| (s.conn.id, s.verdict.clone())).collect();

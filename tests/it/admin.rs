@@ -193,6 +193,7 @@ const SPEC_METRICS: &[&str] = &[
     "pgwarden_log_lines_dropped_total",
     "pgwarden_admin_connections_shed_total",
     "pgwarden_client_keys_refused_total",
+    "pgwarden_leak_closed_suspects_dropped_total",
     // Performance issue: per-client latency.
     "pgwarden_client_query_duration_seconds",
     "pgwarden_client_transaction_duration_seconds",
