@@ -47,11 +47,15 @@ pub struct Evidence {
 /// What one pod's sidecar said, or why it could not be read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodReport {
+    /// From the API server, never from what the pod says about itself.
     pub namespace: String,
     pub pod: String,
-    /// The sidecar's own identity (`PGWARDEN_WORKLOAD`), else the pod's owner chain.
+    /// The pod's owner chain, from the API server.
     pub workload: String,
     pub outcome: Outcome,
+    /// The sidecar named itself otherwise than the API server does (shown, never believed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_mismatch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +70,7 @@ impl PodReport {
     pub fn from_sidecar(
         namespace: &str,
         pod: &str,
-        fallback_workload: &str,
+        workload: &str,
         clients: &crate::views::stats::ClientsResponse,
         leaks: &crate::views::stats::LeaksResponse,
     ) -> PodReport {
@@ -98,11 +102,20 @@ impl PodReport {
                 closed_reason: s.closed_reason.clone(),
             })
             .collect();
+        // A pod can say anything about itself: the API server's namespace and workload are the ones shown.
+        let said = (clients.identity.namespace.as_deref(), clients.identity.workload.as_deref());
+        let identity_mismatch = match said {
+            (Some(ns), _) if ns != namespace => Some(format!("says it is in namespace {ns}")),
+            (_, Some(w)) if w != workload => Some(format!("says it belongs to workload {w}")),
+            _ => None,
+        }
+        .map(|said| format!("{said}; the API server says {namespace}/{workload} (shown)"));
         PodReport {
-            namespace: clients.identity.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+            namespace: namespace.to_string(),
             pod: pod.to_string(),
-            workload: clients.identity.workload.clone().unwrap_or_else(|| fallback_workload.to_string()),
+            workload: workload.to_string(),
             outcome: Outcome::Read { clients: figures, evidence },
+            identity_mismatch,
         }
     }
 }

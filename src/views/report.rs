@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
 
+/// The most of one admin answer `top` and `leaks` read (a proxy's `/clients` at its `max_clients` is far
+/// smaller): whatever answers on the admin URL cannot make the CLI hold more.
+pub const MAX_ANSWER: usize = 32 << 20;
+
 /// GETs `path` from the admin URL (`http://host:port`) and parses the JSON body, every string in it printable.
 pub async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> anyhow::Result<T> {
     let body = get(admin, path).await?;
@@ -50,7 +54,11 @@ async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
             .await
             .with_context(|| format!("{admin}{path}: no HTTP answer (is {admin} a pgwarden admin API?)"))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("{admin}{path}: an answer over {} MiB, or cut short ({e})", MAX_ANSWER >> 20))?
+            .to_bytes();
         if !status.is_success() {
             bail!("{admin}{path} answered {status}");
         }

@@ -449,3 +449,37 @@ async fn probes_answer_while_idle_connections_fill_the_admin_port() {
     drop(held);
     p.stop().await;
 }
+
+/// Whatever answers on the admin URL cannot make `pgwarden leaks` hold more than 32 MiB: an endless body is
+/// cut with a message, the CLI's RSS stays small (issue 27 item 8).
+#[tokio::test]
+async fn an_endless_admin_answer_is_cut_at_its_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    )
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, " ".repeat(1 << 20));
+                while s.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = bin();
+        cmd.args(["leaks", "--admin", &url]).env_remove("PGWARDEN_ADMIN");
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("over 32 MiB"), "{stderr}");
+}

@@ -14,6 +14,9 @@ pub struct Summary {
     /// Pods whose report was read.
     pub pods_read: usize,
     pub failed: Vec<FailedPod>,
+    /// Pods that named themselves otherwise than the API server does (`namespace/pod: what it said`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_mismatches: Vec<String>,
     /// Leaking workloads first (most suspects, then most leaking pods), then by open connections.
     pub workloads: Vec<WorkloadSummary>,
     /// Per (workload, client key) across the workload's pods, in the same order.
@@ -94,7 +97,11 @@ pub fn summarize(reports: &[PodReport]) -> Summary {
     let mut clients: BTreeMap<(String, String, String), (ClientSummary, BTreeSet<String>)> = BTreeMap::new();
     let mut evidence: BTreeMap<(String, String), Vec<Evidence>> = BTreeMap::new();
     let mut pods_read = 0;
+    let mut identity_mismatches = Vec::new();
     for r in chosen.values() {
+        if let Some(m) = &r.identity_mismatch {
+            identity_mismatches.push(format!("{}/{}: {m}", r.namespace, r.pod));
+        }
         let (figures, pod_evidence) = match &r.outcome {
             Outcome::Failed { reason } => {
                 failed.push(FailedPod { namespace: r.namespace.clone(), pod: r.pod.clone(), reason: reason.clone() });
@@ -202,7 +209,7 @@ pub fn summarize(reports: &[PodReport]) -> Summary {
             .then_with(|| a.client.cmp(&b.client))
     });
     failed.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
-    Summary { pods_read, failed, workloads, clients }
+    Summary { pods_read, failed, identity_mismatches, workloads, clients }
 }
 
 #[cfg(test)]

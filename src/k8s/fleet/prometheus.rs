@@ -147,6 +147,7 @@ pub fn reports(answers: &BTreeMap<&str, Vec<Sample>>) -> Vec<PodReport> {
             namespace,
             pod,
             outcome: Outcome::Read { clients: clients.into_values().collect(), evidence: Vec::new() },
+            identity_mismatch: None,
         })
         .collect()
 }
@@ -211,7 +212,13 @@ async fn get(base: &str, path: &str) -> anyhow::Result<Bytes> {
         send(TokioIo::new(stream), req).await?
     };
     let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
+    let body = http_body_util::Limited::new(resp.into_body(), super::read::MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| {
+            anyhow!("{base}{target}: an answer over {} MiB, or cut short ({e})", super::read::MAX_ANSWER >> 20)
+        })?
+        .to_bytes();
     if !status.is_success() && status != hyper::StatusCode::BAD_REQUEST && status.as_u16() != 422 {
         bail!("{base}{target} answered {status}");
     }

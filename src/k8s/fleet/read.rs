@@ -123,6 +123,7 @@ pub async fn read_one(client: &kube::Client, t: &Target, timeout: Duration) -> P
         pod: t.pod.clone(),
         workload: t.workload.clone(),
         outcome: Outcome::Failed { reason },
+        identity_mismatch: None,
     }
 }
 
@@ -131,21 +132,53 @@ pub fn proxy_path(t: &Target, endpoint: &str) -> String {
     format!("/api/v1/namespaces/{}/pods/{}:{}/proxy/{endpoint}", t.namespace, t.pod, t.port)
 }
 
+/// The most of one answer `fleet` reads from a pod (a sidecar's `/clients` at its `max_clients` is far
+/// smaller): a pod cannot make the on-call engineer's CLI hold more.
+pub const MAX_ANSWER: usize = 32 << 20;
+
 async fn get<T: serde::de::DeserializeOwned>(client: &kube::Client, t: &Target, endpoint: &str) -> Result<T, String> {
-    let request = http::Request::get(proxy_path(t, endpoint)).body(Vec::new()).map_err(|e| e.to_string())?;
-    let text = client.request_text(request).await.map_err(|e| match &e {
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "forbidden: this user may not get pods/proxy in namespace {} (kubectl auth can-i get pods/proxy -n {}; \
-             the chart's fleet-reader ClusterRole grants it)",
-            t.namespace, t.namespace
-        ),
-        kube::Error::Api(s) if s.code == 404 => {
-            format!("nothing answers /{endpoint} on port {} (is the sidecar pgwarden? {})", t.port, s.message)
-        }
-        _ => format!("/{endpoint} through the API server: {}", describe(&e)),
+    use http_body_util::{BodyExt, Limited};
+    let request =
+        http::Request::get(proxy_path(t, endpoint)).body(kube::client::Body::empty()).map_err(|e| e.to_string())?;
+    let response =
+        client.send(request).await.map_err(|e| format!("/{endpoint} through the API server: {}", describe(&e)))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_ANSWER).collect().await.map_err(|e| {
+        format!("/{endpoint} on port {}: an answer over {} MiB, or cut short ({e})", t.port, MAX_ANSWER >> 20)
     })?;
-    crate::text::from_json_printable(text.as_bytes())
+    let body = body.to_bytes();
+    match status.as_u16() {
+        200..=299 => {}
+        403 => {
+            return Err(format!(
+                "forbidden: this user may not get pods/proxy in namespace {} (kubectl auth can-i get pods/proxy -n {}; \
+                 the chart's fleet-reader ClusterRole grants it)",
+                t.namespace, t.namespace
+            ))
+        }
+        404 => {
+            let said = crate::text::printable(&api_message(&body)).into_owned();
+            return Err(format!("nothing answers /{endpoint} on port {} (is the sidecar pgwarden? {said})", t.port));
+        }
+        code => {
+            let said = crate::text::printable(&api_message(&body)).into_owned();
+            return Err(format!("/{endpoint} through the API server: {said} ({code})"));
+        }
+    }
+    crate::text::from_json_printable(&body)
         .map_err(|e| format!("/{endpoint} on port {} is not pgwarden's JSON: {e}", t.port))
+}
+
+/// The message of an API server error: a `Status` object's `message`, else the body's first 200 bytes.
+fn api_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        message: String,
+    }
+    match serde_json::from_slice::<Status>(body) {
+        Ok(s) => s.message,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string(),
+    }
 }
 
 /// A kube error in a line: the API's own message when it sent one.

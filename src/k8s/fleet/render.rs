@@ -10,6 +10,12 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 fn failures(out: &mut String, s: &Summary) {
+    if !s.identity_mismatches.is_empty() {
+        let _ = writeln!(out, "\nwarning: pods that name themselves otherwise than the API server does:");
+        for m in &s.identity_mismatches {
+            let _ = writeln!(out, "  {m}");
+        }
+    }
     if s.failed.is_empty() {
         return;
     }
@@ -159,6 +165,7 @@ mod tests {
             })
             .collect();
         PodReport {
+            identity_mismatch: None,
             namespace: "shop".into(),
             pod: name.into(),
             workload: workload.into(),

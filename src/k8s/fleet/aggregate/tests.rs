@@ -32,6 +32,7 @@ fn read(ns: &str, pod: &str, workload: &str, clients: Vec<ClientFigures>, eviden
         pod: pod.into(),
         workload: workload.into(),
         outcome: Outcome::Read { clients, evidence },
+        identity_mismatch: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn failed(ns: &str, pod: &str, reason: &str) -> PodReport {
         pod: pod.into(),
         workload: "?".into(),
         outcome: Outcome::Failed { reason: reason.into() },
+        identity_mismatch: None,
     }
 }
 
@@ -124,4 +126,29 @@ fn evidence_is_bounded_per_workload() {
     let s = summarize(&[read("shop", "img-a", "image-processor", vec![figures("img/app", 20, 20)], ev)]);
     assert_eq!(s.workloads[0].evidence.len(), EVIDENCE_PER_WORKLOAD);
     assert_eq!(s.workloads[0].evidence[0].backend_pid, Some(19));
+}
+
+/// A pod that names itself otherwise than the API server does is shown under the API server's names, with
+/// a warning (issue 27 item 8): any pod labelled injected could otherwise appear as another team's workload.
+#[test]
+fn a_pod_is_shown_as_the_api_server_names_it_and_a_lie_is_a_warning() {
+    let clients: crate::views::stats::ClientsResponse = serde_json::from_value(serde_json::json!({
+        "identity": {"pod": "web-1", "namespace": "payments", "workload": "billing", "node": null, "service_account": null},
+        "clients": [],
+    }))
+    .unwrap();
+    let leaks = crate::views::stats::LeaksResponse { leaks: Vec::new() };
+    let r = PodReport::from_sidecar("shop", "web-1", "web", &clients, &leaks);
+    assert_eq!((r.namespace.as_str(), r.workload.as_str()), ("shop", "web"));
+    let said = r.identity_mismatch.clone().expect("a warning");
+    assert!(said.contains("payments") && said.contains("shop/web"), "{said}");
+    let s = summarize(&[r]);
+    assert_eq!(s.identity_mismatches.len(), 1);
+    assert!(crate::k8s::fleet::render::table(&s).contains("warning: pods that name themselves otherwise"));
+    let honest: crate::views::stats::ClientsResponse = serde_json::from_value(serde_json::json!({
+        "identity": {"pod": "web-1", "namespace": "shop", "workload": "web", "node": null, "service_account": null},
+        "clients": [],
+    }))
+    .unwrap();
+    assert!(PodReport::from_sidecar("shop", "web-1", "web", &honest, &leaks).identity_mismatch.is_none());
 }
