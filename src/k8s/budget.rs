@@ -8,5 +8,6 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod jwt;
 pub mod members;
 pub mod review;

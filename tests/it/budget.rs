@@ -74,8 +74,7 @@ fn pod_name(x: &str) -> String {
 
 async fn start_sidecar(dir: &Path, coordinator: u16, x: &str, kube: &FakeKube) -> Sidecar {
     let name = pod_name(x);
-    let token = format!("token-of-{x}");
-    kube.token(&token, "shop", &name, AUDIENCE);
+    let token = kube.jwt("shop", &name, AUDIENCE);
     let token_file = dir.join(format!("token-{x}"));
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let yaml = format!(
@@ -140,6 +139,64 @@ async fn ask(port: u16, ca: &str, token: &str, pod: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&resp).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// A JWT-shaped token for the coordinator's audience claiming `pod`, signed by nobody: only a TokenReview
+/// can tell it from a real one.
+fn forge(pod: &str, i: usize) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let claims = serde_json::json!({
+        "aud": [AUDIENCE], "exp": 4_102_444_800u64,
+        "kubernetes.io": {"namespace": "shop", "pod": {"name": pod, "uid": "x"}},
+    });
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(format!("forged-{i}"))
+    )
+}
+
+/// `GET /v1/share` for `pod` once per token, over 8 kept-alive TLS connections; the statuses.
+async fn ask_many(port: u16, ca: &str, pod: &str, tokens: Vec<String>) -> Vec<u16> {
+    let lanes: Vec<Vec<String>> = (0..8).map(|l| tokens.iter().skip(l).step_by(8).cloned().collect()).collect();
+    let runs = lanes.into_iter().map(|lane| {
+        let (ca, pod) = (ca.to_string(), pod.to_string());
+        async move {
+            let mut tls = tls_connect(port, &ca).await.unwrap();
+            let mut statuses = Vec::new();
+            let mut buf = Vec::new();
+            for token in lane {
+                let head = format!(
+                    "GET /v1/share?namespace=shop&pod={pod} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+                );
+                tls.write_all(head.as_bytes()).await.unwrap();
+                // One response: headers, then Content-Length bytes of body.
+                let (status, used) = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break (head[9..12].parse::<u16>().unwrap(), end + 4 + len);
+                        }
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the coordinator closed a kept-alive connection");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                buf.drain(..used);
+                statuses.push(status);
+            }
+            statuses
+        }
+    });
+    futures_util::future::join_all(runs).await.into_iter().flatten().collect()
 }
 
 /// Samples how many connections the workload holds at PostgreSQL, every 20 ms, keeping the maximum.
@@ -212,13 +269,33 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
     }
 
     // A pod may only ask about itself; a forged token is refused.
-    let (status, body) = ask(port, &ca, "token-of-b", &pod_name("a")).await;
+    let (token_a, token_b) = (kube.jwt("shop", &pod_name("a"), AUDIENCE), kube.jwt("shop", &pod_name("b"), AUDIENCE));
+    let (status, body) = ask(port, &ca, &token_b, &pod_name("a")).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("may only ask for its own share"), "{body}");
     let (status, body) = ask(port, &ca, "forged", &pod_name("a")).await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = ask(port, &ca, "token-of-a", &pod_name("a")).await;
+    let (status, body) = ask(port, &ca, &token_a, &pod_name("a")).await;
     assert_eq!(status, 200, "{body}");
+
+    // 10,000 requests with random tokens (issue 27 item 5): refused without a TokenReview (not JWTs), and
+    // 300 JWT-shaped forgeries claiming pod a cost at most the review budget's burst; no sidecar loses its
+    // share.
+    let reviews = kube.token_reviews();
+    let statuses =
+        ask_many(port, &ca, &pod_name("a"), (0..10_000).map(|i| format!("random-{i}-{}", i * 7919)).collect()).await;
+    assert!(statuses.iter().all(|&s| s == 403), "{:?}", statuses.iter().find(|&&s| s != 403));
+    assert_eq!(kube.token_reviews(), reviews, "a random token cost a TokenReview");
+    let forged: Vec<String> = (0..300).map(|i| forge(&pod_name("a"), i)).collect();
+    let statuses = ask_many(port, &ca, &pod_name("a"), forged).await;
+    assert!(statuses.iter().all(|&s| s == 403 || s == 503), "{statuses:?}");
+    let spent = kube.token_reviews() - reviews;
+    eprintln!("300 forged tokens: {spent} TokenReviews; 10,000 random: none");
+    assert!(spent <= 150, "{spent} TokenReviews for 300 forged tokens");
+    for (s, share) in sidecars.iter().zip([2, 2, 2]) {
+        let b = s.wait_budget(&format!("share {share} kept"), |b| b["share"] == share && b["source"] == "share").await;
+        assert!(b["error"].is_null(), "{b:#}");
+    }
 
     // A fourth pod: shares 2/2/1/1 (the oldest keep the remainder); pod c closes its longest-idle
     // connection above its new share (reclaim_idle), with 57P01 naming the budget.

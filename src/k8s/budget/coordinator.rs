@@ -72,6 +72,28 @@ impl Coordinator {
         else {
             return text(401, "a projected ServiceAccount token is needed: Authorization: Bearer TOKEN");
         };
+        // Read locally first: a token that cannot be good, or that claims another pod, or asks about a pod the
+        // coordinator does not know, costs the API server no TokenReview.
+        let claimed = match self.reviewer.precheck(token) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(namespace, pod, error = %e, "budget coordinator: token refused unreviewed");
+                return text(403, e.to_string());
+            }
+        };
+        if (&claimed.namespace, &claimed.pod) != (namespace, pod) {
+            return text(403, "this token claims another pod; a pod may only ask for its own share");
+        }
+        match self.members.answer(namespace, pod) {
+            Err(NoAnswer::NotSynced) => return text(503, "the coordinator has not listed the pods yet"),
+            Err(NoAnswer::UnknownPod) => {
+                return text(
+                    404,
+                    format!("pod {namespace}/{pod} is not a scheduled, injected pod the coordinator knows (yet)"),
+                )
+            }
+            Ok(_) => {}
+        }
         let asker = match self.reviewer.review(token).await {
             Ok(p) => p,
             Err(e @ Refused::Unavailable(_)) => {

@@ -133,6 +133,33 @@ impl FakeKube {
         self.world().tokens.insert(token.into(), (namespace.into(), pod.into(), audience.into()));
     }
 
+    /// A projected ServiceAccount token as the kubelet mounts one (a JWT for `audience`, bound to pod
+    /// `namespace/pod`, expiring in 2100; its signature is nothing, as only this API server checks it),
+    /// registered so TokenReviews accept it. The same arguments give the same token.
+    pub fn jwt(&self, namespace: &str, pod: &str, audience: &str) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let header = json!({"alg": "RS256", "kid": "fake-kube"});
+        let claims = json!({
+            "aud": [audience], "exp": 4_102_444_800u64, "iat": 1_700_000_000u64, "nbf": 1_700_000_000u64,
+            "iss": "https://kubernetes.default.svc", "sub": format!("system:serviceaccount:{namespace}:default"),
+            "kubernetes.io": {"namespace": namespace, "pod": {"name": pod, "uid": "fake"}, "serviceaccount": {"name": "default"}},
+        });
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode(format!("signed-for-{namespace}-{pod}"))
+        );
+        self.token(&token, namespace, pod, audience);
+        token
+    }
+
+    /// TokenReviews answered so far.
+    pub fn token_reviews(&self) -> usize {
+        self.world().requests.iter().filter(|r| r.as_str() == TOKEN_REVIEWS).count()
+    }
+
     /// Deletes a pod by namespace and name and tells the watchers.
     pub fn delete_pod(&self, namespace: &str, name: &str) {
         let mut w = self.world();
