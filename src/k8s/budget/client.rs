@@ -21,7 +21,10 @@ use tracing::{info, warn};
 const WAIT: Duration = Duration::from_secs(20);
 /// Connect and TLS handshake, and an answer beyond the wait.
 const TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Retries after a failure: from 500 ms, doubling, at most this (each with up to a quarter more at random,
+/// so the sidecars of a fleet do not come back in step). Short, so a coordinator that is back (a rollout,
+/// a restart) is asked again within seconds; a failed ask costs it one refused connection or one 503.
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
 /// Answers are small; anything larger is refused.
 const MAX_ANSWER: usize = 16 * 1024;
 
@@ -77,7 +80,10 @@ impl Poller {
         let mut backoff = Duration::from_millis(500);
         let mut failing = false;
         loop {
-            let answer = ask(&self.target, &self.settings, &self.namespace, &self.pod, known.as_deref()).await;
+            // After a failure the share in force is kept or the fallback: ask for an answer at once, not a long
+            // poll that the coordinator, back with the same share, would hold until it changes.
+            let waiting_for_change = if failing { None } else { known.as_deref() };
+            let answer = ask(&self.target, &self.settings, &self.namespace, &self.pod, waiting_for_change).await;
             let now = Instant::now();
             match answer {
                 Ok(a) => {
@@ -100,12 +106,19 @@ impl Poller {
                         warn!(error, coordinator = %self.target.authority, "budget coordinator: no answer; the last share holds for budget.keep_last, then budget.fallback_max_connections");
                     }
                     failing = true;
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     }
+}
+
+/// `d` plus up to a quarter of it, at random.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    d + d.mul_f64((random % 1000) as f64 / 4000.0)
 }
 
 async fn ask(

@@ -100,6 +100,10 @@ impl Coordinator {
                 warn!(error = %e, "budget coordinator: cannot review a token");
                 return text(503, e.to_string());
             }
+            Err(e @ Refused::Busy) => {
+                debug!(namespace, pod, "budget coordinator: new-token reviews at their rate; 503");
+                return text(503, e.to_string());
+            }
             Err(e) => {
                 debug!(namespace, pod, error = %e, "budget coordinator: token refused");
                 return text(403, e.to_string());

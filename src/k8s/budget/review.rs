@@ -48,6 +48,8 @@ pub enum Refused {
     NotAPod(String),
     #[error("cannot check the token: {0}")]
     Unavailable(String),
+    #[error("too many new tokens to review at once; ask again")]
+    Busy,
 }
 
 type Answer = Result<TokenPod, Refused>;
@@ -150,13 +152,13 @@ impl Reviewer {
         let answer = cell
             .get_or_init(|| async {
                 if !lock(&self.bucket).take(Instant::now()) {
-                    return Err(Refused::Unavailable("too many new tokens to review at once; ask again".into()));
+                    return Err(Refused::Busy);
                 }
                 let answer = self.ask(token).await;
                 let now = Instant::now();
                 match &answer {
                     Ok(_) => lock(&self.good).put(key, now + GOOD_FOR, now, answer.clone()),
-                    Err(Refused::Unavailable(_)) => {}
+                    Err(Refused::Unavailable(_) | Refused::Busy) => {}
                     Err(_) => lock(&self.refused).put(key, now + REFUSED_FOR, now, answer.clone()),
                 }
                 answer
