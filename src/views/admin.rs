@@ -10,6 +10,11 @@
 //! | `GET /leaks` | `{"leaks": [...]}`, worst first |
 //!
 //! Paths are matched in `Admin::route`, the one place that knows them. Other methods get 405.
+//!
+//! The server runs on a thread of its own (its own single-threaded runtime): rendering a view of 10,000
+//! connections takes milliseconds, and on the relay's runtime thread every session in flight would wait
+//! for it at each scrape. Here a scrape costs the relay only the moments it takes the registry's, the
+//! clients' and the detector's locks to copy what it shows.
 
 use super::metrics::Exporter;
 use super::stats::Snapshot;
@@ -33,8 +38,36 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, stop: CancellationT
     serve_with(state, listener, stop, Limits::default()).await
 }
 
-/// [`serve`] under `limits` (header read timeout, connection lifetime, connection cap).
+/// [`serve`] under `limits` (header read timeout, connection lifetime, connection cap), on a thread of its
+/// own; returns when `stop` is cancelled and the thread is done (dropping this future stops it too).
 pub async fn serve_with(state: Arc<State>, listener: TcpListener, stop: CancellationToken, limits: Limits) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => return warn!(error = %e, "admin server: cannot move its listener to its thread"),
+    };
+    let stop = stop.child_token();
+    let _stop_when_dropped = stop.clone().drop_guard();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("pgwarden-admin".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return warn!(error = %e, "admin server: cannot start its runtime"),
+        };
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(state, listener, stop, limits).await,
+                Err(e) => warn!(error = %e, "admin server: cannot take its listener"),
+            }
+        });
+        drop(done);
+    });
+    if let Err(e) = thread {
+        return warn!(error = %e, "admin server: cannot start its thread");
+    }
+    let _ = finished.await;
+}
+
+async fn accept_loop(state: Arc<State>, listener: TcpListener, stop: CancellationToken, limits: Limits) {
     let admin = Arc::new(Admin { exporter: Exporter::new(&state), state });
     let connections = Connections::new(&limits);
     let builder = crate::http_server::builder(&limits);
