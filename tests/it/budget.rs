@@ -7,6 +7,7 @@ use crate::lifecycle::{bin, spawn_proxy_binary};
 use crate::support::fake_kube::{pod, FakeKube};
 use crate::support::pg::{free_port, pg};
 use crate::support::proxy::{connect, sqlstate};
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -296,6 +297,36 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
         let b = s.wait_budget(&format!("share {share} kept"), |b| b["share"] == share && b["source"] == "share").await;
         assert!(b["error"].is_null(), "{b:#}");
     }
+
+    // 2,048 long polls held (budgets.maxConnections, the coordinator's cap): the API server's /mutate is
+    // still answered within a second, an idle poll closed to make room (issue 27 item 2).
+    let (_, body) = ask(port, &ca, &token_a, &pod_name("a")).await;
+    let tag = serde_json::from_str::<pgwarden::budget::lease::ShareAnswer>(&body).unwrap().tag();
+    let started = std::time::Instant::now();
+    let polls: Vec<_> = futures_util::stream::iter(0..2048)
+        .map(|_| {
+            let (ca, token, pod, tag) = (ca.clone(), token_a.clone(), pod_name("a"), tag.clone());
+            async move {
+                let mut tls = tls_connect(port, &ca).await.unwrap();
+                let known = pgwarden::k8s::fleet::prometheus::encode(&tag);
+                let head = format!(
+                    "GET /v1/share?namespace=shop&pod={pod}&known={known}&wait=25 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+                );
+                tls.write_all(head.as_bytes()).await.unwrap();
+                tls
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    eprintln!("2,048 long polls held after {:?}", started.elapsed());
+    let review =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/opted-out-pod.json")).unwrap();
+    let mutate =
+        tokio::time::timeout(Duration::from_secs(1), crate::inject::https(port, &ca, "POST", "/mutate", &review));
+    let (status, body) = mutate.await.expect("/mutate answered within a second").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    drop(polls);
 
     // A fourth pod: shares 2/2/1/1 (the oldest keep the remainder); pod c closes its longest-idle
     // connection above its new share (reclaim_idle), with 57P01 naming the budget.
