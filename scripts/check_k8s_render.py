@@ -116,6 +116,8 @@ SPEC_CONFIG_KEYS = {
     "defaults.idle_timeout", "defaults.idle_in_transaction_timeout", "defaults.max_connection_age",
     "leak", "leak.idle_threshold", "leak.idle_in_transaction_threshold", "leak.keep_closed_suspects",
     "rules",
+    # Beyond SPEC's list (hardening, issue 27): the bound on distinct client keys.
+    "max_clients",
 }
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
 INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "budgets", "proxy"}
