@@ -2,10 +2,14 @@
 
 use super::latency::Latencies;
 use crate::identity::ClientId;
+use crate::logging::Every;
 use crate::vocab::{CloseCounts, RefuseCounts};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long refusal log lines of one client are apart at least.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Counters of one client; read without locks by the stats endpoints.
 #[derive(Debug, Default)]
@@ -31,8 +35,8 @@ pub struct ClientEntry {
     pub latency: Latencies,
     /// Cap in force for this client (from the last admission), for display; `None` is unlimited.
     pub max_connections: Mutex<Option<u32>>,
-    /// Last refusal log line, for rate-limiting: (when, refusals not logged since).
-    refusal_log: Mutex<(Option<Instant>, u64)>,
+    /// Its refusal log lines: at most one per [`REFUSAL_LOG_EVERY`], saying how many were held back.
+    pub refusal_lines: Every,
     /// A session of this client logged in (its server sent BackendKeyData). A key whose connections never
     /// did (failed or abandoned logins, anyone's invented names) is forgotten within seconds.
     pub logged_in: AtomicBool,
@@ -47,24 +51,8 @@ impl ClientEntry {
             counters: ClientCounters::default(),
             latency: Latencies::new(Instant::now()),
             max_connections: Mutex::new(None),
-            refusal_log: Mutex::new((None, 0)),
+            refusal_lines: Every::new(REFUSAL_LOG_EVERY),
             logged_in: AtomicBool::new(false),
-        }
-    }
-
-    /// Decides whether to log a refusal now: at most one line per `every`; returns how many were suppressed.
-    pub fn refusal_log_due(&self, now: Instant, every: Duration) -> Option<u64> {
-        let mut g = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
-        match g.0 {
-            Some(last) if now.duration_since(last) < every => {
-                g.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = std::mem::take(&mut g.1);
-                g.0 = Some(now);
-                Some(suppressed)
-            }
         }
     }
 }

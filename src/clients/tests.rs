@@ -150,11 +150,10 @@ fn refusal_logs_are_rate_limited() {
     let clients = Arc::new(Clients::default());
     let e = clients.entry(&client("a"));
     let t0 = Instant::now();
-    let every = Duration::from_secs(10);
-    assert_eq!(e.refusal_log_due(t0, every), Some(0));
-    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(1), every), None);
-    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(2), every), None);
-    assert_eq!(e.refusal_log_due(t0 + Duration::from_secs(11), every), Some(2));
+    assert_eq!(e.refusal_lines.hit(t0), Some(0));
+    assert_eq!(e.refusal_lines.hit(t0 + Duration::from_secs(1)), None);
+    assert_eq!(e.refusal_lines.hit(t0 + Duration::from_secs(2)), None);
+    assert_eq!(e.refusal_lines.hit(t0 + Duration::from_secs(11)), Some(2));
 }
 
 #[test]

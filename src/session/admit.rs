@@ -38,9 +38,6 @@ impl Drop for Admitted {
     }
 }
 
-/// How long refusal log lines of one client are apart at least.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// Takes a cap slot for the connection, waiting in the FIFO queue under `on_limit: wait`.
 /// `Err(Some)`: refuse with this error; `Err(None)`: the client left while waiting.
 pub async fn admit(
@@ -67,7 +64,7 @@ pub async fn admit(
     };
     let log = |fatal: &Fatal, would: bool| {
         let entry = clients.entry(&conn.client);
-        if let Some(suppressed) = entry.refusal_log_due(Instant::now(), REFUSAL_LOG_EVERY) {
+        if let Some(suppressed) = entry.refusal_lines.hit(Instant::now()) {
             let (reason, message) = (fatal.ending.as_str(), &fatal.message);
             if would {
                 warn!(reason, rule, suppressed, %message, "report-only: would refuse connection");

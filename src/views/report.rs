@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
 
-/// The most of one admin answer `top` and `leaks` read (a proxy's `/clients` at its `max_clients` is far
+/// The most of one answer the CLI reads (`top`, `leaks`, and `fleet` from a pod or Prometheus; a proxy's `/clients` at its `max_clients` is far
 /// smaller): whatever answers on the admin URL cannot make the CLI hold more.
 pub const MAX_ANSWER: usize = 32 << 20;
 

@@ -212,11 +212,11 @@ async fn get(base: &str, path: &str) -> anyhow::Result<Bytes> {
         send(TokioIo::new(stream), req).await?
     };
     let status = resp.status();
-    let body = http_body_util::Limited::new(resp.into_body(), super::read::MAX_ANSWER)
+    let body = http_body_util::Limited::new(resp.into_body(), crate::views::report::MAX_ANSWER)
         .collect()
         .await
         .map_err(|e| {
-            anyhow!("{base}{target}: an answer over {} MiB, or cut short ({e})", super::read::MAX_ANSWER >> 20)
+            anyhow!("{base}{target}: an answer over {} MiB, or cut short ({e})", crate::views::report::MAX_ANSWER >> 20)
         })?
         .to_bytes();
     if !status.is_success() && status != hyper::StatusCode::BAD_REQUEST && status.as_u16() != 422 {

@@ -132,11 +132,8 @@ pub fn proxy_path(t: &Target, endpoint: &str) -> String {
     format!("/api/v1/namespaces/{}/pods/{}:{}/proxy/{endpoint}", t.namespace, t.pod, t.port)
 }
 
-/// The most of one answer `fleet` reads from a pod (a sidecar's `/clients` at its `max_clients` is far
-/// smaller): a pod cannot make the on-call engineer's CLI hold more.
-pub const MAX_ANSWER: usize = 32 << 20;
-
 async fn get<T: serde::de::DeserializeOwned>(client: &kube::Client, t: &Target, endpoint: &str) -> Result<T, String> {
+    use crate::views::report::MAX_ANSWER;
     use http_body_util::{BodyExt, Limited};
     let request =
         http::Request::get(proxy_path(t, endpoint)).body(kube::client::Body::empty()).map_err(|e| e.to_string())?;
