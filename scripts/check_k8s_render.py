@@ -90,7 +90,7 @@ SCRAPE_LABELS = {"namespace", "pod", "container", "endpoint", "instance", "job",
 REFUSE_REASONS = {"client_limit", "total_limit", "budget", "wait_timeout"}
 CLOSE_REASONS = {
     "client", "server", "abandoned", "idle_timeout", "idle_in_transaction_timeout", "max_age",
-    "budget_reclaim", "shutdown", "error",
+    "transaction_timeout", "reclaim", "budget_reclaim", "shutdown", "error",
 }
 CONNECTION_STATES = {
     "startup", "waiting", "active", "idle", "idle_in_transaction", "idle_in_failed_transaction",
@@ -118,6 +118,8 @@ SPEC_CONFIG_KEYS = {
     "rules",
     # Beyond SPEC's list (hardening, issue 27): the bound on distinct client keys.
     "max_clients",
+    # Beyond SPEC's list (bounded transactions, issue 28).
+    "defaults.transaction_timeout", "defaults.query_timeout",
 }
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
 INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "budgets", "proxy"}

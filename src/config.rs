@@ -179,6 +179,12 @@ pub struct Policy {
     pub idle_in_transaction_timeout: Timeout,
     /// Closed at its next idle point once older than this.
     pub max_connection_age: Timeout,
+    /// A transaction (explicit, or the implicit one of a single statement) open this long is closed with
+    /// FATAL `25P04`, as PostgreSQL 17's `transaction_timeout`; the server rolls it back.
+    pub transaction_timeout: Timeout,
+    /// A query running this long is cancelled with a CancelRequest under the session's own key: the client
+    /// gets PostgreSQL's `57014` and the session lives. `SET statement_timeout` cannot lift it.
+    pub query_timeout: Timeout,
 }
 
 /// TCP keepalive: probe after `idle` without traffic, every `interval`, give up after `count` unanswered.
@@ -220,6 +226,10 @@ pub struct Rule {
     pub idle_in_transaction_timeout: Option<Timeout>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_age: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_timeout: Option<Timeout>,
 }
 
 fn secs(n: u64) -> Timeout {
@@ -279,6 +289,8 @@ impl Default for Policy {
             idle_timeout: Timeout(None),
             idle_in_transaction_timeout: Timeout(None),
             max_connection_age: Timeout(None),
+            transaction_timeout: Timeout(None),
+            query_timeout: Timeout(None),
         }
     }
 }
@@ -294,6 +306,14 @@ impl Default for Leak {
     fn default() -> Self {
         Leak { idle_threshold: secs(300), idle_in_transaction_threshold: secs(30), keep_closed_suspects: secs(900) }
     }
+}
+
+/// The policy timeouts that may not be 0, in the order [`timeouts_of`] gives them.
+const POLICY_TIMEOUTS: [&str; 5] =
+    ["idle_timeout", "idle_in_transaction_timeout", "max_connection_age", "transaction_timeout", "query_timeout"];
+
+fn timeouts_of(p: &Policy) -> [Timeout; 5] {
+    [p.idle_timeout, p.idle_in_transaction_timeout, p.max_connection_age, p.transaction_timeout, p.query_timeout]
 }
 
 /// A config problem, always naming the key, flag or variable it is about.
@@ -416,20 +436,21 @@ impl Config {
         if zero(self.client_login_timeout) {
             return fail("client_login_timeout", zero_msg);
         }
-        let policies = std::iter::once((
-            "defaults".to_string(),
-            self.defaults.idle_timeout,
-            self.defaults.idle_in_transaction_timeout,
-            self.defaults.max_connection_age,
-        ))
-        .chain(self.rules.iter().enumerate().map(|(i, r)| {
-            let t = |v: Option<Timeout>| v.unwrap_or_default();
-            (format!("rules[{i}]"), t(r.idle_timeout), t(r.idle_in_transaction_timeout), t(r.max_connection_age))
-        }));
-        for (at, idle, iit, age) in policies {
-            for (name, value) in
-                [("idle_timeout", idle), ("idle_in_transaction_timeout", iit), ("max_connection_age", age)]
-            {
+        let policies = std::iter::once(("defaults".to_string(), timeouts_of(&self.defaults))).chain(
+            self.rules.iter().enumerate().map(|(i, r)| {
+                let t = |v: Option<Timeout>| v.unwrap_or_default();
+                let values = [
+                    t(r.idle_timeout),
+                    t(r.idle_in_transaction_timeout),
+                    t(r.max_connection_age),
+                    t(r.transaction_timeout),
+                    t(r.query_timeout),
+                ];
+                (format!("rules[{i}]"), values)
+            }),
+        );
+        for (at, values) in policies {
+            for (name, value) in POLICY_TIMEOUTS.iter().zip(values) {
                 if zero(value) {
                     return Err((format!("{at}.{name}"), zero_msg.to_string()));
                 }

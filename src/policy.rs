@@ -32,6 +32,12 @@ pub fn effective(config: &Config, client: &ClientId) -> (Policy, Option<String>)
     if let Some(v) = rule.max_connection_age {
         policy.max_connection_age = v;
     }
+    if let Some(v) = rule.transaction_timeout {
+        policy.transaction_timeout = v;
+    }
+    if let Some(v) = rule.query_timeout {
+        policy.query_timeout = v;
+    }
     (policy, Some(rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"))))
 }
 
@@ -78,6 +84,10 @@ pub enum Timer {
     IdleInTransaction,
     /// Past `max_connection_age` at an idle point.
     MaxAge,
+    /// In one transaction (or one statement outside any) for `transaction_timeout`.
+    Transaction,
+    /// One query running for `query_timeout`: cancelled, the session stays.
+    Query,
 }
 
 /// What the timer of one connection depends on.
@@ -91,6 +101,12 @@ pub struct TimerInput<'a> {
     pub policy: &'a Policy,
     /// Timeouts of the current idle period were already reported (report-only mode): do not rearm them.
     pub idle_timers_spent: bool,
+    /// When the current transaction began (the session left idle), if one is open.
+    pub transaction_since: Option<Instant>,
+    /// The current transaction's timeout fired already (report-only: reported once per transaction).
+    pub transaction_timer_spent: bool,
+    /// The running query's timeout fired already (it was cancelled, or reported).
+    pub query_timer_spent: bool,
 }
 
 /// The next timer of a connection, if any: the earliest deadline that applies to its state.
@@ -116,7 +132,19 @@ pub fn next_timer(i: &TimerInput<'_>) -> Option<(Instant, Timer)> {
         }
         _ => None,
     };
-    earliest(drain, own)
+    let query = match i.state {
+        ConnState::Active if !i.query_timer_spent => after(i.policy.query_timeout.0).map(|at| (at, Timer::Query)),
+        _ => None,
+    };
+    let transaction = match (i.state, i.transaction_since) {
+        (ConnState::Active | ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction, Some(since))
+            if !i.transaction_timer_spent =>
+        {
+            i.policy.transaction_timeout.0.and_then(|d| since.checked_add(d)).map(|at| (at, Timer::Transaction))
+        }
+        _ => None,
+    };
+    earliest(earliest(drain, own), earliest(transaction, query))
 }
 
 #[cfg(test)]

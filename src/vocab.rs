@@ -46,6 +46,8 @@ reasons! {
         IdleTimeout => "idle_timeout",
         IdleInTransactionTimeout => "idle_in_transaction_timeout",
         MaxAge => "max_age",
+        TransactionTimeout => "transaction_timeout",
+        Reclaim => "reclaim",
         BudgetReclaim => "budget_reclaim",
         Shutdown => "shutdown",
         Error => "error",
@@ -161,6 +163,7 @@ impl SqlState {
     pub const INSUFFICIENT_RESOURCES: SqlState = SqlState("53000");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    pub const TRANSACTION_TIMEOUT: SqlState = SqlState("25P04");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
     pub const UNABLE_TO_CONNECT: SqlState = SqlState("08001");
@@ -240,7 +243,7 @@ mod tests {
 
     #[test]
     fn reason_lists_and_counters_agree() {
-        assert_eq!(CloseReason::COUNT, 9);
+        assert_eq!(CloseReason::COUNT, 11);
         assert_eq!(RefuseReason::COUNT, 4);
         for (i, r) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?}");
@@ -250,7 +253,7 @@ mod tests {
             counts.add(*r);
         }
         counts.add(CloseReason::Error);
-        assert_eq!(counts.total(), 10);
+        assert_eq!(counts.total(), 12);
         assert_eq!(counts.get(CloseReason::Error), 2);
         let refused = RefuseCounts::default();
         refused.add(RefuseReason::WaitTimeout);

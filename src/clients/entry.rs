@@ -21,6 +21,9 @@ pub struct ClientCounters {
     pub would_refuse: RefuseCounts,
     pub closed: CloseCounts,
     pub would_close: CloseCounts,
+    /// Queries cancelled at `query_timeout` (report-only: that would have been).
+    pub canceled: AtomicU64,
+    pub would_cancel: AtomicU64,
 }
 
 /// One client's entry: its identity and counters. Shared with every connection of the client.

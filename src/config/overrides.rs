@@ -33,6 +33,12 @@ pub struct Overrides {
     /// defaults.max_connection_age (e.g. 1h, off).
     #[arg(long, env = "PGWARDEN_MAX_CONNECTION_AGE", value_name = "DURATION")]
     pub max_connection_age: Option<String>,
+    /// defaults.transaction_timeout: close a transaction open this long with 25P04 (e.g. 5m, off).
+    #[arg(long, env = "PGWARDEN_TRANSACTION_TIMEOUT", value_name = "DURATION")]
+    pub transaction_timeout: Option<String>,
+    /// defaults.query_timeout: cancel a query running this long; the client gets 57014 (e.g. 30s, off).
+    #[arg(long, env = "PGWARDEN_QUERY_TIMEOUT", value_name = "DURATION")]
+    pub query_timeout: Option<String>,
     /// defaults.on_limit: reject or wait.
     #[arg(long, env = "PGWARDEN_ON_LIMIT", value_name = "reject|wait")]
     pub on_limit: Option<String>,
@@ -73,6 +79,8 @@ impl Overrides {
             &mut d.idle_in_transaction_timeout,
         )?;
         set(&self.max_connection_age, "max-connection-age", parse_duration, &mut d.max_connection_age)?;
+        set(&self.transaction_timeout, "transaction-timeout", parse_duration, &mut d.transaction_timeout)?;
+        set(&self.query_timeout, "query-timeout", parse_duration, &mut d.query_timeout)?;
         set(&self.on_limit, "on-limit", parse_enum::<OnLimit>, &mut d.on_limit)?;
         set(&self.wait_timeout, "wait-timeout", parse_duration, &mut d.wait_timeout)?;
         set(&self.enforce, "enforce", parse_bool, &mut config.enforce)?;
@@ -95,6 +103,8 @@ impl Overrides {
                 (&self.idle_in_transaction_timeout, "idle-in-transaction-timeout")
             }
             "defaults.max_connection_age" => (&self.max_connection_age, "max-connection-age"),
+            "defaults.transaction_timeout" => (&self.transaction_timeout, "transaction-timeout"),
+            "defaults.query_timeout" => (&self.query_timeout, "query-timeout"),
             "defaults.on_limit" => (&self.on_limit, "on-limit"),
             "defaults.wait_timeout" => (&self.wait_timeout, "wait-timeout"),
             "enforce" => (&self.enforce, "enforce"),

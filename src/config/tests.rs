@@ -54,6 +54,8 @@ rules:
         idle_timeout: None,
         idle_in_transaction_timeout: Some(Timeout(Some(Duration::from_secs(30)))),
         max_connection_age: None,
+        transaction_timeout: None,
+        query_timeout: None,
     });
     assert_eq!(c, expected, "the SPEC example is the defaults plus one rule");
 }

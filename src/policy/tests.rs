@@ -80,6 +80,9 @@ fn input(state: ConnState, policy: &Policy, since: Instant, opened: Instant) -> 
         drain_deadline: None,
         policy,
         idle_timers_spent: false,
+        transaction_since: None,
+        transaction_timer_spent: false,
+        query_timer_spent: false,
     }
 }
 
@@ -126,9 +129,15 @@ fn login_and_drain_timers() {
 fn deadlines_past_what_an_instant_holds_are_no_deadline() {
     let now = Instant::now();
     let huge = Timeout(Some(Duration::MAX));
-    let policy =
-        Policy { idle_timeout: huge, max_connection_age: huge, idle_in_transaction_timeout: huge, ..Policy::default() };
-    for state in [ConnState::Idle, ConnState::IdleInTransaction] {
+    let policy = Policy {
+        idle_timeout: huge,
+        max_connection_age: huge,
+        idle_in_transaction_timeout: huge,
+        transaction_timeout: huge,
+        query_timeout: huge,
+        ..Policy::default()
+    };
+    for state in [ConnState::Idle, ConnState::IdleInTransaction, ConnState::Active] {
         let i = TimerInput {
             state,
             state_since: now,
@@ -137,7 +146,42 @@ fn deadlines_past_what_an_instant_holds_are_no_deadline() {
             drain_deadline: None,
             policy: &policy,
             idle_timers_spent: false,
+            transaction_since: Some(now),
+            transaction_timer_spent: false,
+            query_timer_spent: false,
         };
         assert_eq!(next_timer(&i), None, "{state:?}");
     }
+}
+
+#[test]
+fn transaction_and_query_timeouts() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let policy = Policy {
+        transaction_timeout: Timeout(Some(s(30))),
+        query_timeout: Timeout(Some(s(5))),
+        idle_in_transaction_timeout: Timeout(Some(s(20))),
+        ..Policy::default()
+    };
+    // A query that began 2 s into its transaction: cancelled 5 s after it began.
+    let mut i = input(ConnState::Active, &policy, t0 + s(2), t0);
+    i.transaction_since = Some(t0);
+    assert_eq!(next_timer(&i), Some((t0 + s(7), Timer::Query)));
+    // Cancelled already: the transaction's deadline is next.
+    i.query_timer_spent = true;
+    assert_eq!(next_timer(&i), Some((t0 + s(30), Timer::Transaction)));
+    // Idle in the transaction since 15 s: the transaction timeout (30 s) comes before the idle one (35 s).
+    let mut i = input(ConnState::IdleInTransaction, &policy, t0 + s(15), t0);
+    i.transaction_since = Some(t0);
+    assert_eq!(next_timer(&i), Some((t0 + s(30), Timer::Transaction)));
+    i.transaction_timer_spent = true;
+    assert_eq!(next_timer(&i), Some((t0 + s(35), Timer::IdleInTransaction)));
+    // Idle outside a transaction: neither runs.
+    let mut i = input(ConnState::Idle, &policy, t0, t0);
+    i.transaction_since = None;
+    assert_eq!(next_timer(&i), None);
+    // Without a transaction start (never left idle) a query still has its own timeout.
+    let i = input(ConnState::Active, &policy, t0, t0);
+    assert_eq!(next_timer(&i), Some((t0 + s(5), Timer::Query)));
 }

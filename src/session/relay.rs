@@ -119,6 +119,8 @@ pub async fn run(
         published: ConnState::Startup,
         busy_since: None,
         transaction_since: None,
+        transaction_timer_spent: false,
+        query_timer_spent: false,
         drain_deadline: None,
         violation: None,
     };
@@ -163,6 +165,10 @@ struct Relay<'a, 'c> {
     /// When the session last became busy (for the query latency) and left idle (the transaction's start).
     busy_since: Option<Instant>,
     transaction_since: Option<Instant>,
+    /// `transaction_timeout` fired in this transaction (report-only: reported once per transaction).
+    transaction_timer_spent: bool,
+    /// `query_timeout` fired for the running query (it was cancelled, or reported): once per query.
+    query_timer_spent: bool,
     drain_deadline: Option<Instant>,
     /// A bad message header from the client: the whole messages before it went on; once the server has
     /// answered them (or [`VIOLATION_GRACE`] passed) the session closes with this error, as PostgreSQL would
@@ -327,6 +333,7 @@ impl Relay<'_, '_> {
         // A new idle period: report-only counts each connection once, but a used connection starts afresh.
         if state == ConnState::Active {
             self.would_closed = false;
+            self.query_timer_spent = false;
             self.to_client.flow.expect_large();
         }
         if state == ConnState::Idle {
@@ -352,8 +359,9 @@ impl Relay<'_, '_> {
         match (from, to) {
             (_, ConnState::Active) => {
                 self.busy_since = Some(now);
-                if from == ConnState::Idle {
+                if matches!(from, ConnState::Idle | ConnState::Startup) {
                     self.transaction_since = Some(now);
+                    self.transaction_timer_spent = false;
                 }
             }
             (_, ConnState::Idle) => {

@@ -31,6 +31,8 @@ pub struct Exporter {
     closed: IntCounterVec,
     would_refuse: IntCounterVec,
     would_close: IntCounterVec,
+    canceled: IntCounterVec,
+    would_cancel: IntCounterVec,
     leak_suspects: IntGaugeVec,
     oldest_iit: GaugeVec,
     /// Gateway mode: the pod directory and its series.
@@ -154,6 +156,20 @@ impl Exporter {
                     client_reason
                 )
             ),
+            canceled: register!(
+                r,
+                IntCounterVec::new(
+                    opts("client_queries_canceled_total", "queries cancelled at query_timeout"),
+                    client_reason
+                )
+            ),
+            would_cancel: register!(
+                r,
+                IntCounterVec::new(
+                    opts("client_would_cancel_total", "report-only: queries that would have been cancelled"),
+                    client_reason
+                )
+            ),
             leak_suspects: register!(
                 r,
                 IntGaugeVec::new(opts("client_leak_suspects", "connections suspected leaked"), client)
@@ -189,6 +205,9 @@ impl Exporter {
             v.reset();
         }
         for v in [&self.opened, &self.refused, &self.closed, &self.would_refuse, &self.would_close] {
+            v.reset();
+        }
+        for v in [&self.canceled, &self.would_cancel] {
             v.reset();
         }
         self.oldest_iit.reset();
@@ -229,6 +248,8 @@ impl Exporter {
                 add(&self.closed, l, r.as_str(), c.closed[r as usize]);
                 add(&self.would_close, l, r.as_str(), c.would_close[r as usize]);
             }
+            add(&self.canceled, l, "query_timeout", c.canceled);
+            add(&self.would_cancel, l, "query_timeout", c.would_cancel);
         }
         let mut families = self.registry.gather();
         families.extend(latency_families(&series).into_iter().filter(|f| !f.get_metric().is_empty()));
@@ -247,6 +268,8 @@ fn counts_of(e: &ClientEntry) -> Counts {
         would_refuse: std::array::from_fn(|i| c.would_refuse.get(RefuseReason::ALL[i])),
         closed: std::array::from_fn(|i| c.closed.get(CloseReason::ALL[i])),
         would_close: std::array::from_fn(|i| c.would_close.get(CloseReason::ALL[i])),
+        canceled: c.canceled.load(std::sync::atomic::Ordering::Relaxed),
+        would_cancel: c.would_cancel.load(std::sync::atomic::Ordering::Relaxed),
         query: e.latency.query.total(),
         transaction: e.latency.transaction.total(),
         slot_wait: e.latency.slot_wait.total(),

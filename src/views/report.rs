@@ -261,6 +261,8 @@ mod tests {
             abandoned_total: 0,
             would_refuse_total: 0,
             would_close_total: 0,
+            queries_canceled_total: 0,
+            would_cancel_total: 0,
             oldest_idle_seconds: Some(12.4),
             oldest_idle_in_transaction_seconds: None,
             leak_suspected: suspects > 0,

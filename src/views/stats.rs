@@ -45,6 +45,11 @@ pub struct ClientStats {
     pub abandoned_total: u64,
     pub would_refuse_total: u64,
     pub would_close_total: u64,
+    /// Queries cancelled at `query_timeout`, and (report-only) that would have been (absent from older sidecars).
+    #[serde(default)]
+    pub queries_canceled_total: u64,
+    #[serde(default)]
+    pub would_cancel_total: u64,
     pub oldest_idle_seconds: Option<f64>,
     pub oldest_idle_in_transaction_seconds: Option<f64>,
     pub leak_suspected: bool,
@@ -340,10 +345,14 @@ impl Snapshot {
             opened_total: c.opened.load(Relaxed),
             closed_total: c.closed.total(),
             refused_total: c.refused.total(),
-            timed_out_total: closed(CloseReason::IdleTimeout) + closed(CloseReason::IdleInTransactionTimeout),
+            timed_out_total: closed(CloseReason::IdleTimeout)
+                + closed(CloseReason::IdleInTransactionTimeout)
+                + closed(CloseReason::TransactionTimeout),
             abandoned_total: closed(CloseReason::Abandoned),
             would_refuse_total: c.would_refuse.total(),
             would_close_total: c.would_close.total(),
+            queries_canceled_total: c.canceled.load(Relaxed),
+            would_cancel_total: c.would_cancel.load(Relaxed),
             oldest_idle_seconds: oldest(&|s| s == ConnState::Idle),
             oldest_idle_in_transaction_seconds: oldest(&|s: ConnState| s.in_transaction()),
             leak_suspected: !suspects.is_empty(),

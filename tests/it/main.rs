@@ -29,6 +29,7 @@ mod relay;
 mod reload;
 mod startup;
 mod state;
+mod timeouts;
 mod tracking;
 mod unix;
 mod upstream;

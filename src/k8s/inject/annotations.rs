@@ -11,6 +11,8 @@ pub const LISTEN_PORT: &str = "pgwarden.io/listen-port";
 pub const MAX_CONNECTIONS: &str = "pgwarden.io/max-connections";
 pub const IDLE_TIMEOUT: &str = "pgwarden.io/idle-timeout";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "pgwarden.io/idle-in-transaction-timeout";
+pub const TRANSACTION_TIMEOUT: &str = "pgwarden.io/transaction-timeout";
+pub const QUERY_TIMEOUT: &str = "pgwarden.io/query-timeout";
 pub const ENFORCE: &str = "pgwarden.io/enforce";
 /// `disable`, `allow` or `require`: TLS between the application and its sidecar.
 pub const CLIENT_TLS: &str = "pgwarden.io/client-tls";
@@ -32,12 +34,14 @@ pub const CONFIG_KEY: &str = "pgwarden.yaml";
 use crate::budget::spec::{BUDGET_ANNOTATION, RECLAIM_ANNOTATION};
 
 /// Every annotation the injector reads (the coordinator reads the two budget ones); `STATUS` last.
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 15] = [
     UPSTREAM,
     LISTEN_PORT,
     MAX_CONNECTIONS,
     IDLE_TIMEOUT,
     IDLE_IN_TRANSACTION_TIMEOUT,
+    TRANSACTION_TIMEOUT,
+    QUERY_TIMEOUT,
     ENFORCE,
     CLIENT_TLS,
     CLIENT_TLS_SECRET,
@@ -86,6 +90,12 @@ pub fn apply(annotations: &BTreeMap<String, String>, config: &mut Config) -> Res
     if let Some(v) = get(IDLE_IN_TRANSACTION_TIMEOUT) {
         config.defaults.idle_in_transaction_timeout =
             parse_duration(v).map_err(|e| fail(IDLE_IN_TRANSACTION_TIMEOUT, e))?;
+    }
+    if let Some(v) = get(TRANSACTION_TIMEOUT) {
+        config.defaults.transaction_timeout = parse_duration(v).map_err(|e| fail(TRANSACTION_TIMEOUT, e))?;
+    }
+    if let Some(v) = get(QUERY_TIMEOUT) {
+        config.defaults.query_timeout = parse_duration(v).map_err(|e| fail(QUERY_TIMEOUT, e))?;
     }
     if let Some(v) = get(ENFORCE) {
         config.enforce = parse_bool(v).map_err(|e| fail(ENFORCE, e))?;

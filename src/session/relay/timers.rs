@@ -6,7 +6,11 @@ use super::Relay;
 use crate::policy::{self, Timer, TimerInput};
 use crate::vocab::{CloseReason, Fatal, SqlState};
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+/// How long a CancelRequest may take to reach the server.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Relay<'_, '_> {
     pub(super) fn next_timer(&self) -> Option<(Instant, Timer)> {
@@ -18,6 +22,9 @@ impl Relay<'_, '_> {
             drain_deadline: self.drain_deadline,
             policy: &self.policy,
             idle_timers_spent: self.would_closed,
+            transaction_since: self.transaction_since,
+            transaction_timer_spent: self.transaction_timer_spent,
+            query_timer_spent: self.query_timer_spent,
         })
     }
 
@@ -62,7 +69,23 @@ impl Relay<'_, '_> {
                 SqlState::ADMIN_SHUTDOWN,
                 format!("pgwarden: terminating connection of client \"{client_key}\" due to max_connection_age"),
             ),
+            Timer::Transaction => Fatal::closed(
+                CloseReason::TransactionTimeout,
+                SqlState::TRANSACTION_TIMEOUT,
+                format!("pgwarden: terminating connection of client \"{client_key}\" due to transaction_timeout"),
+            ),
+            Timer::Query => {
+                self.query_timeout();
+                return None;
+            }
         };
+        if which == Timer::Transaction && !self.enforce {
+            self.transaction_timer_spent = true;
+            if !std::mem::replace(&mut self.would_close_counted, true) {
+                self.report_would_close(&fatal);
+            }
+            return None;
+        }
         let policy_timer = matches!(which, Timer::Idle | Timer::IdleInTransaction | Timer::MaxAge);
         if policy_timer && !self.enforce {
             self.would_closed = true;
@@ -72,6 +95,37 @@ impl Relay<'_, '_> {
             return None;
         }
         Some(fatal)
+    }
+
+    /// The running query reached `query_timeout`: the server is asked to cancel it with the session's own
+    /// key (the client gets PostgreSQL's `57014`; the session and its transaction state are the server's
+    /// to decide, as for a client's own cancel). Report-only: counted and logged. Once per query.
+    fn query_timeout(&mut self) {
+        self.query_timer_spent = true;
+        let stats = &self.ctx.state.settings().config.stats;
+        let last = crate::redact::render(
+            &self.ctx.conn.last_statement(),
+            stats.statement_text,
+            stats.statement_max_length as usize,
+        );
+        let last = last.as_deref().unwrap_or("");
+        let client = self.ctx.conn.client.display();
+        let counters = &self.ctx.entry.counters;
+        if !self.enforce {
+            counters.would_cancel.fetch_add(1, Relaxed);
+            tracing::warn!(client, last_statement = last, "report-only: would cancel a query at query_timeout");
+            return;
+        }
+        let Some(target) = self.ctx.conn.cancel_target().cloned() else { return };
+        counters.canceled.fetch_add(1, Relaxed);
+        tracing::warn!(client, pid = target.pid, last_statement = last, "cancelling a query at query_timeout");
+        // On its own task: the relay goes on moving bytes (the server's 57014 among them) meanwhile.
+        tokio::spawn(async move {
+            let sent = crate::session::upstream::send_cancel(target.addr, target.pid, &target.key, CANCEL_TIMEOUT);
+            if let Err(e) = sent.await {
+                tracing::warn!(error = %e, pid = target.pid, "query_timeout: the cancel request failed");
+            }
+        });
     }
 
     /// Report-only: counts and logs the close that enforcement would have made.

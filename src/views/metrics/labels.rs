@@ -24,6 +24,9 @@ pub struct Counts {
     pub would_refuse: [u64; RefuseReason::COUNT],
     pub closed: [u64; CloseReason::COUNT],
     pub would_close: [u64; CloseReason::COUNT],
+    /// Queries cancelled at `query_timeout`, and (report-only) those that would have been.
+    pub canceled: u64,
+    pub would_cancel: u64,
     pub query: Hist,
     pub transaction: Hist,
     pub slot_wait: Hist,
@@ -39,6 +42,8 @@ impl Counts {
         sub(&mut d.would_refuse, &o.would_refuse);
         sub(&mut d.closed, &o.closed);
         sub(&mut d.would_close, &o.would_close);
+        d.canceled -= o.canceled;
+        d.would_cancel -= o.would_cancel;
         d.query = self.query.since(&o.query);
         d.transaction = self.transaction.since(&o.transaction);
         d.slot_wait = self.slot_wait.since(&o.slot_wait);
@@ -52,6 +57,8 @@ impl Counts {
         sum(&mut self.would_refuse, &o.would_refuse);
         sum(&mut self.closed, &o.closed);
         sum(&mut self.would_close, &o.would_close);
+        self.canceled += o.canceled;
+        self.would_cancel += o.would_cancel;
         self.query.add(&o.query);
         self.transaction.add(&o.transaction);
         self.slot_wait.add(&o.slot_wait);
