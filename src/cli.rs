@@ -4,6 +4,7 @@
 //! `--config FILE` (or `PGWARDEN_CONFIG`), else the YAML text in `PGWARDEN_CONFIG_YAML`, else the defaults.
 
 pub mod fleet;
+pub mod fleet_control;
 
 use crate::config::overrides::Overrides;
 use crate::config::source::ConfigSource;
@@ -282,6 +283,11 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
                 .map_err(|e| ConfigError::invalid("budget", format!("{e:#}")))?;
             server.supervise("budget client", poller.run());
         }
+        if config.control.url.is_some() {
+            let poller = crate::k8s::control::client::Poller::new(state.clone(), config.control.clone())
+                .map_err(|e| ConfigError::invalid("control", format!("{e:#}")))?;
+            server.supervise("control client", poller.run());
+        }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
         signals::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(anyhow::Error::from)?;
@@ -335,9 +341,10 @@ fn run_inject(
             }
         };
         let mut limits = crate::http_server::Limits::default();
-        let coordinator = if inject_config.budgets.enabled {
+        let coordinator = if inject_config.budgets.enabled || inject_config.control.enabled {
             let Some(client) = kube.clone() else {
-                return Err(anyhow::anyhow!("budgets.enabled: the budget coordinator needs the Kubernetes API").into());
+                let which = if inject_config.budgets.enabled { "budgets.enabled: the budget coordinator" } else { "control.enabled: the control plane" };
+                return Err(anyhow::anyhow!("{which} needs the Kubernetes API").into());
             };
             let budgets = &inject_config.budgets;
             let members = std::sync::Arc::new(crate::k8s::budget::members::Members::new(budgets.entries.clone()));
@@ -347,12 +354,24 @@ fn run_inject(
                 members.clone(),
                 Vec::new(),
                 Some(selector),
-                "budget coordinator",
+                "coordinator",
             ));
             limits.max_connections = budgets.max_connections;
-            info!(entries = budgets.entries.len(), audience = %budgets.audience, "budget coordinator on: GET /v1/share");
+            if budgets.enabled {
+                info!(entries = budgets.entries.len(), audience = %budgets.audience, "budget coordinator on: GET /v1/share");
+            }
+            let policy = if inject_config.control.enabled {
+                let control = &inject_config.control;
+                let holder = std::sync::Arc::new(crate::k8s::control::overrides::Holder::default());
+                let namespace = control.overrides_namespace.clone().unwrap_or_default();
+                info!(overrides = %format!("{namespace}/{}", control.overrides_name), "control plane on: GET /v1/policy");
+                tokio::spawn(holder.clone().run(client.clone(), namespace, control.overrides_name.clone()));
+                Some(crate::k8s::control::served::PolicyServer { base: inject_config.proxy.clone(), overrides: holder })
+            } else {
+                None
+            };
             let reviewer = crate::k8s::budget::review::Reviewer::new(client, budgets.audience.clone());
-            Some(crate::k8s::budget::coordinator::Coordinator { members, reviewer })
+            Some(crate::k8s::budget::coordinator::Coordinator { members, reviewer, budgets: budgets.enabled, policy })
         } else {
             None
         };

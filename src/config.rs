@@ -4,6 +4,7 @@
 //! Owns: parsing, validation, precedence (flag > env > file), and rendering the effective settings.
 //! Does not own: watching the file for changes (see `server::reload`) or acting on any setting.
 
+pub mod control;
 pub mod overrides;
 pub mod source;
 pub mod values;
@@ -58,6 +59,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Workload budgets: where this sidecar asks for its share (the injector sets it; off by default).
     pub budget: BudgetClient,
+    /// The control plane: where this sidecar asks for its live policy (the injector sets it).
+    pub control: control::ControlClient,
 }
 
 /// A sidecar's budget client: the coordinator to ask, how it is trusted, and what holds when it is away.
@@ -270,6 +273,7 @@ impl Default for Config {
             leak: Leak::default(),
             rules: Vec::new(),
             budget: BudgetClient::default(),
+            control: control::ControlClient::default(),
         }
     }
 }
@@ -501,22 +505,16 @@ impl Config {
                 return Err((format!("pod_identity.namespaces[{i}]"), format!("{ns:?} is not a namespace name")));
             }
         }
-        if let Some(url) = &self.budget.coordinator {
-            if !url.starts_with("https://") || url.len() <= "https://".len() {
-                return fail("budget.coordinator", "must be an https:// URL (the token it carries is a credential)");
-            }
-            if self.budget.ca_pem.is_some() && self.budget.ca_file.is_some() {
-                return fail("budget.ca_pem", "set ca_pem or ca_file, not both");
-            }
-            if let Some(pem) = &self.budget.ca_pem {
-                use rustls_pki_types::pem::PemObject;
-                let certs =
-                    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
-                if !certs.is_ok_and(|c| !c.is_empty()) {
-                    return fail("budget.ca_pem", "holds no PEM certificate");
-                }
-            }
-        }
+        let b = &self.budget;
+        control::validate_endpoint(
+            "budget",
+            "coordinator",
+            b.coordinator.as_deref(),
+            b.ca_pem.as_deref(),
+            b.ca_file.as_ref(),
+        )?;
+        let c = &self.control;
+        control::validate_endpoint("control", "url", c.url.as_deref(), c.ca_pem.as_deref(), c.ca_file.as_ref())?;
         if self.max_tracked_clients == 0 {
             return fail("max_tracked_clients", "must be at least 1");
         }

@@ -6,6 +6,7 @@
 //! `identity`, and sessions read the watcher's results from `pods::PodDirectory`.
 
 pub mod budget;
+pub mod control;
 pub mod fleet;
 pub mod inject;
 pub mod owner;

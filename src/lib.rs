@@ -13,11 +13,12 @@
 //! 1. **state parts**: `registry` (live connections), `clients` (caps, wait queue, counters), `policy`
 //!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
 //!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod),
-//!    `budget` (workload budgets: the share function, budget entries, a sidecar's lease);
+//!    `budget` (workload budgets: the share function, budget entries, a sidecar's lease), `livepolicy`
+//!    (the policy the control plane serves a sidecar, its overrides, laying them over a config);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`: the
-//!    webhook, gateway mode's pod watcher, the fleet view);
+//!    webhook, gateway mode's pod watcher, the fleet view, the control plane serving live policy);
 //! 5. **composition root**: `server` (listeners, accept loop, supervised tasks, reload, signals, drain);
 //! 6. **commands**: `demo`, `guard` (the CI leak gate), `cli`.
 
@@ -31,6 +32,7 @@ pub mod http_server;
 pub mod identity;
 pub mod k8s;
 pub mod leak;
+pub mod livepolicy;
 pub mod logging;
 pub mod pods;
 pub mod policy;

@@ -25,6 +25,8 @@ pub mod signal {
     pub const SHUTDOWN: u8 = 2;
     /// The pod holds more than its workload budget share: close if still idle (see `State::apply_budget`).
     pub const RECLAIM_BUDGET: u8 = 4;
+    /// `pgwarden fleet reclaim` chose this connection: close if still idle (see `State::fleet_reclaim`).
+    pub const RECLAIM: u8 = 8;
 }
 
 /// Where a session's backend lives, so a CancelRequest carrying its key can be forwarded there.

@@ -16,6 +16,7 @@ use crate::logging::Every;
 use crate::pods::{PeerPod, PodDirectory};
 use crate::registry::{signal, Conn, Registry};
 use crate::tls::ClientTlsSetup;
+use crate::vocab::ConnState;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -210,6 +211,8 @@ pub struct State {
     pub local: LocalMetrics,
     /// This pod's share of its workload budget (`budget.coordinator`), written by the budget poller.
     pub budget: Arc<Lease>,
+    /// The live policy from the control plane (`control.url`): what was served, applied and reclaimed.
+    pub live: crate::livepolicy::status::Status,
     /// Read once per connection (and on reload), never per message.
     settings: RwLock<Arc<Settings>>,
     detector: Mutex<Detector>,
@@ -221,7 +224,10 @@ impl State {
         let peers = (settings.config.pod_identity.from == PodIdentityFrom::PeerAddress).then(Arc::default);
         let b = &settings.config.budget;
         let budget = Arc::new(Lease::new(b.coordinator.is_some(), b.keep_last.0, b.fallback_max_connections.0));
+        let live = crate::livepolicy::status::Status::default();
+        live.set_started(settings.config.clone());
         Arc::new(State {
+            live,
             registry: Arc::default(),
             clients: Arc::default(),
             pod: Arc::new(pod),
@@ -313,6 +319,34 @@ impl State {
         let chosen = lease::reclaim(&candidates, open, cap);
         for conn in conns.iter().filter(|c| chosen.contains(&c.id)) {
             conn.signal(signal::RECLAIM_BUDGET);
+        }
+        chosen.len()
+    }
+
+    /// `pgwarden fleet reclaim`: tells this pod's idle leak suspects (idle or idle in a transaction), and its
+    /// connections idle longer than `idle_over`, to close (each closes only if still idle when it hears).
+    /// Returns how many were chosen; report-only mode tells none.
+    pub fn fleet_reclaim(&self, idle_over: Option<Duration>, now: Instant) -> usize {
+        let suspects: std::collections::HashSet<u64> = self.detector().live().map(|s| s.conn.id).collect();
+        let chosen: Vec<_> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|c| {
+                let (state, since) = c.state_and_since();
+                let idle_for = now.saturating_duration_since(since);
+                !c.listening()
+                    && match state {
+                        ConnState::Idle => suspects.contains(&c.id) || idle_over.is_some_and(|d| idle_for >= d),
+                        s if s.in_transaction() => suspects.contains(&c.id),
+                        _ => false,
+                    }
+            })
+            .collect();
+        if self.settings().config.enforce {
+            for c in &chosen {
+                c.signal(signal::RECLAIM);
+            }
         }
         chosen.len()
     }

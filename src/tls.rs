@@ -76,8 +76,24 @@ fn root_certs(config: &Config) -> Result<Vec<CertificateDer<'static>>, ConfigErr
 /// TLS towards the budget coordinator: its CA from `budget.ca_pem` or `budget.ca_file`, else the system's
 /// roots; the coordinator's name is checked as for any HTTPS server.
 pub fn budget_client_config(budget: &crate::config::BudgetClient) -> Result<Arc<ClientConfig>, ConfigError> {
-    let origin = |key: &str| format!("config key `budget.{key}`");
-    let certs: Vec<CertificateDer<'static>> = match (&budget.ca_pem, &budget.ca_file) {
+    coordinator_client_config("budget", &budget.ca_pem, &budget.ca_file)
+}
+
+/// TLS to the injector's control plane (`control.*`).
+pub fn control_client_config(
+    control: &crate::config::control::ControlClient,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    coordinator_client_config("control", &control.ca_pem, &control.ca_file)
+}
+
+/// TLS to the injector, trusting `ca_pem` or `ca_file` (else the system roots); errors name `section.*`.
+fn coordinator_client_config(
+    section: &str,
+    ca_pem: &Option<String>,
+    ca_file: &Option<std::path::PathBuf>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let origin = |key: &str| format!("config key `{section}.{key}`");
+    let certs: Vec<CertificateDer<'static>> = match (ca_pem, ca_file) {
         (Some(pem), _) => CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::invalid(origin("ca_pem"), e.to_string()))?,
@@ -89,11 +105,11 @@ pub fn budget_client_config(budget: &crate::config::BudgetClient) -> Result<Arc<
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(certs);
     if roots.is_empty() {
-        return Err(ConfigError::invalid(origin("ca_pem"), "no CA certificate to trust the coordinator with"));
+        return Err(ConfigError::invalid(origin("ca_pem"), "no CA certificate to trust the injector with"));
     }
     let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::invalid(origin("coordinator"), e.to_string()))?
+        .map_err(|e| ConfigError::invalid(origin("ca_pem"), e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

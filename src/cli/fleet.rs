@@ -1,5 +1,6 @@
 //! `pgwarden fleet top` and `pgwarden fleet leaks`: every injected pod's leak picture in one command, from a
-//! laptop with the user's kubeconfig (or from Prometheus), aggregated per workload and client key.
+//! laptop with the user's kubeconfig (or from Prometheus), aggregated per workload and client key. The
+//! incident actions (`cap`, `reclaim`, `policy`) are in `fleet_control`.
 
 use super::Failure;
 use crate::config::values::parse_duration;
@@ -28,6 +29,38 @@ pub enum FleetCommand {
     Leaks {
         #[command(flatten)]
         args: FleetArgs,
+    },
+    /// Cap one workload everywhere: every pod of it holds at most N connections to the database (`off`
+    /// removes the cap), through the control plane's overrides; needs `update` on that ConfigMap.
+    Cap {
+        /// The workload (a Deployment, StatefulSet, … as `pgwarden fleet top` names it).
+        workload: String,
+        /// Connections per pod, or `off`.
+        #[arg(value_name = "N|off")]
+        connections: String,
+        /// Lift the cap after this long (e.g. 30m).
+        #[arg(long = "for", value_name = "DURATION")]
+        r#for: Option<String>,
+        #[command(flatten)]
+        args: super::fleet_control::ControlArgs,
+    },
+    /// Close one workload's idle leak suspects on every pod, once (57P01 naming the action).
+    Reclaim {
+        workload: String,
+        /// Also close its connections idle longer than this, suspects or not.
+        #[arg(long, value_name = "DURATION")]
+        idle_over: Option<String>,
+        #[command(flatten)]
+        args: super::fleet_control::ControlArgs,
+    },
+    /// What each pod (of one workload, or of the namespace) applies now, and where it comes from.
+    Policy {
+        workload: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: super::fleet_control::ControlArgs,
     },
 }
 
@@ -81,6 +114,13 @@ pub async fn run(command: FleetCommand) -> Result<(), Failure> {
                 Ok(())
             }
         }
+        FleetCommand::Cap { workload, connections, r#for, args } => {
+            super::fleet_control::cap(args, workload, connections, r#for).await
+        }
+        FleetCommand::Reclaim { workload, idle_over, args } => {
+            super::fleet_control::reclaim(args, workload, idle_over).await
+        }
+        FleetCommand::Policy { workload, json, args } => super::fleet_control::policy(args, workload, json).await,
         FleetCommand::Top { args, once, interval } => {
             let interval = duration("--interval", &interval)?;
             loop {
@@ -108,7 +148,7 @@ fn print(args: &FleetArgs, summary: &Summary, text: fn(&Summary) -> String) -> R
     Ok(())
 }
 
-async fn kube_client(context: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
+pub async fn kube_client(context: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
     let config = match context {
         Some(c) => {
             let options = kube::config::KubeConfigOptions { context: Some(c.to_string()), ..Default::default() };

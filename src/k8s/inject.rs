@@ -25,7 +25,7 @@ pub const ADMIN_PORT_NAME: &str = "pgwarden-admin";
 pub const SOCKET_VOLUME: &str = "pgwarden-socket";
 /// The client TLS Secret's volume (`pgwarden.io/client-tls-secret`).
 pub const CLIENT_TLS_VOLUME: &str = "pgwarden-client-tls";
-/// The projected ServiceAccount token the sidecar shows the budget coordinator (`budgets.enabled`).
+/// The projected ServiceAccount token the sidecar shows the injector (`budgets.enabled`, `control.enabled`).
 pub const BUDGET_TOKEN_VOLUME: &str = "pgwarden-budget-token";
 /// Where that token is mounted; the file is `token` in it.
 pub const BUDGET_TOKEN_DIR: &str = "/var/run/secrets/pgwarden.io/budget";
@@ -74,7 +74,7 @@ pub fn mutate(pod: &Pod, cfg: &InjectConfig, configmap: Option<&str>) -> Result<
         sidecar_mounts
             .push(json!({"name": CLIENT_TLS_VOLUME, "mountPath": annotations::CLIENT_TLS_DIR, "readOnly": true}));
     }
-    if cfg.budgets.enabled {
+    if cfg.budgets.enabled || cfg.control.enabled {
         // Audience-bound and short-lived; the kubelet rotates it and the sidecar reads it before each request.
         volumes.push(json!({"name": BUDGET_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
             "audience": cfg.budgets.audience, "expirationSeconds": 3600, "path": "token"}}]}}));
@@ -132,7 +132,7 @@ pub fn proxy_config(
     };
     annotations::apply(annotations, &mut proxy)?;
     proxy.admin_listen = HostPort { host: "0.0.0.0".into(), port: cfg.admin_port };
-    if cfg.budgets.enabled {
+    if cfg.budgets.enabled || cfg.control.enabled {
         proxy.budget = crate::config::BudgetClient {
             coordinator: cfg.budgets.url.clone(),
             ca_pem: cfg.budget_ca_pem.clone(),
@@ -140,6 +140,14 @@ pub fn proxy_config(
             token_file: std::path::Path::new(BUDGET_TOKEN_DIR).join("token"),
             keep_last: cfg.budgets.keep_last,
             fallback_max_connections: cfg.budgets.fallback_max_connections,
+        };
+    }
+    if cfg.control.enabled {
+        proxy.control = crate::config::control::ControlClient {
+            url: cfg.control.url.clone(),
+            ca_pem: cfg.control_ca_pem.clone(),
+            ca_file: None,
+            token_file: std::path::Path::new(BUDGET_TOKEN_DIR).join("token"),
         };
     }
     if !annotations.contains_key(annotations::LISTEN_PORT) && configmap.is_none() {

@@ -54,8 +54,12 @@ pub async fn watch(state: Arc<State>, source: ConfigSource, mut requests: mpsc::
 
 async fn apply(state: &Arc<State>, source: &Arc<ConfigSource>, why: &str) {
     let (state2, source2) = (state.clone(), source.clone());
+    // The live policy (control plane) stays laid over what the source says now.
     let built = tokio::task::spawn_blocking(move || {
-        source2.load().and_then(|config| Settings::reloaded(config, &state2.settings()))
+        source2.load().and_then(|config| {
+            state2.live.set_started(Arc::new(config.clone()));
+            Settings::reloaded(state2.live.overlay(config), &state2.settings())
+        })
     })
     .await;
     let Ok(built) = built else {
@@ -72,6 +76,7 @@ async fn apply(state: &Arc<State>, source: &Arc<ConfigSource>, why: &str) {
                 ("admin_listen", settings.config.admin_listen != before.config.admin_listen),
                 ("pod_identity", settings.config.pod_identity != before.config.pod_identity),
                 ("budget", settings.config.budget != before.config.budget),
+                ("control", settings.config.control != before.config.control),
             ] {
                 if changed {
                     warn!(

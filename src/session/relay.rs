@@ -219,6 +219,12 @@ impl Relay<'_, '_> {
                         let fatal = self.budget_reclaim();
                         return self.close(client, server, fatal).await;
                     }
+                    if bits & signal::RECLAIM != 0 && self.enforce && !conn.listening()
+                        && matches!(self.published, ConnState::Idle | ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction)
+                    {
+                        let fatal = self.fleet_reclaim();
+                        return self.close(client, server, fatal).await;
+                    }
                     if !draining && (bits & signal::SHUTDOWN != 0 || self.ctx.shutdown.is_cancelled()) {
                         draining = true;
                         self.drain_deadline = Instant::now().checked_add(self.grace());

@@ -128,7 +128,7 @@ struct Admin {
 impl Admin {
     /// Answers one request.
     fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        const PATHS: [&str; 6] = ["/metrics", "/healthz", "/readyz", "/clients", "/connections", "/leaks"];
+        const PATHS: [&str; 7] = ["/metrics", "/healthz", "/readyz", "/clients", "/connections", "/leaks", "/policy"];
         let state = &self.state;
         let path = req.uri().path();
         if !PATHS.contains(&path) {
@@ -157,6 +157,11 @@ impl Admin {
             }
             "/clients" => json(&Snapshot::take(state).clients_response(&state.pod)),
             "/connections" => json(&Snapshot::take(state).connections_response()),
+            "/policy" => {
+                let settings = state.settings();
+                let url = settings.config.control.url.clone();
+                json(&state.live.view(url, &settings.config, std::time::Instant::now()))
+            }
             _ => json(&Snapshot::take(state).leaks_response()),
         }
     }

@@ -33,7 +33,7 @@ impl Drop for Sidecar {
 }
 
 /// A child process killed when dropped, so a failing assertion leaves no process behind.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -273,7 +273,7 @@ async fn a_workload_budget_is_shared_by_its_sidecars_rebalanced_on_scale_out_and
     let (token_a, token_b) = (kube.jwt("shop", &pod_name("a"), AUDIENCE), kube.jwt("shop", &pod_name("b"), AUDIENCE));
     let (status, body) = ask(port, &ca, &token_b, &pod_name("a")).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("may only ask for its own share"), "{body}");
+    assert!(body.contains("may only ask about itself"), "{body}");
     let (status, body) = ask(port, &ca, "forged", &pod_name("a")).await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = ask(port, &ca, &token_a, &pod_name("a")).await;

@@ -10,6 +10,7 @@ mod admin;
 mod budget;
 mod client_tls;
 mod config_cli;
+mod control;
 mod deadpeer;
 mod demo;
 mod dropin;

@@ -25,6 +25,8 @@ pub struct Member {
     pub workload: String,
     pub budget_annotation: Option<String>,
     pub reclaim_annotation: Option<String>,
+    /// Its `pgwarden.io/*` annotations (the live policy applies them over the chart values).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 type WorkloadKey = (String, String);
@@ -101,6 +103,16 @@ impl Members {
         self.len() == 0
     }
 
+    /// The record of the pod `namespace/name`.
+    pub fn member(&self, namespace: &str, name: &str) -> Result<Member, NoAnswer> {
+        if !self.synced() {
+            return Err(NoAnswer::NotSynced);
+        }
+        let inner = self.read();
+        let uid = inner.by_pod.get(&(namespace.to_string(), name.to_string())).ok_or(NoAnswer::UnknownPod)?;
+        inner.by_uid.get(uid).cloned().ok_or(NoAnswer::UnknownPod)
+    }
+
     /// The answer for the pod `namespace/name`, and its uid.
     pub fn answer(&self, namespace: &str, name: &str) -> Result<(String, ShareAnswer), NoAnswer> {
         if !self.synced() {
@@ -160,6 +172,13 @@ pub fn member(pod: &Pod) -> Option<Member> {
         workload: owner::workload(meta),
         budget_annotation: annotation(BUDGET_ANNOTATION),
         reclaim_annotation: annotation(RECLAIM_ANNOTATION),
+        annotations: meta
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(crate::k8s::inject::annotations::PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 

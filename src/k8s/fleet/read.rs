@@ -132,7 +132,11 @@ pub fn proxy_path(t: &Target, endpoint: &str) -> String {
     format!("/api/v1/namespaces/{}/pods/{}:{}/proxy/{endpoint}", t.namespace, t.pod, t.port)
 }
 
-async fn get<T: serde::de::DeserializeOwned>(client: &kube::Client, t: &Target, endpoint: &str) -> Result<T, String> {
+pub async fn get<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    t: &Target,
+    endpoint: &str,
+) -> Result<T, String> {
     use crate::views::report::MAX_ANSWER;
     use http_body_util::{BodyExt, Limited};
     let request =

@@ -34,6 +34,66 @@ pub struct InjectConfig {
     /// The PEM text of `budgets.caFile`, read with the config (sidecars get it inline).
     #[serde(skip)]
     pub budget_ca_pem: Option<String>,
+    /// The control plane: live policy served to every sidecar.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// The PEM text of `control.caFile`.
+    #[serde(skip)]
+    pub control_ca_pem: Option<String>,
+}
+
+/// `control:` of the injector config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve `GET /v1/policy` and give every injected sidecar a control client.
+    pub enabled: bool,
+    /// The `https://` URL sidecars reach this injector's Service at.
+    pub url: Option<String>,
+    /// PEM CA that signed this injector's serving certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Where the overrides ConfigMap lives (the injector's namespace) and its name.
+    pub overrides_namespace: Option<String>,
+    pub overrides_name: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: false,
+            url: None,
+            ca_file: None,
+            overrides_namespace: None,
+            overrides_name: crate::k8s::control::overrides::DEFAULT_NAME.to_string(),
+        }
+    }
+}
+
+impl ControlConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if !self.url.as_deref().is_some_and(|u| u.starts_with("https://") && u.len() > 8) {
+            return Err(("control.url".into(), "must be the https:// URL sidecars reach this injector at".into()));
+        }
+        if self.ca_file.is_none() {
+            return Err((
+                "control.caFile".into(),
+                "must name the CA file that signed this injector's certificate".into(),
+            ));
+        }
+        if self.overrides_namespace.as_deref().is_none_or(str::is_empty) {
+            return Err((
+                "control.overridesNamespace".into(),
+                "must name the namespace of the overrides ConfigMap".into(),
+            ));
+        }
+        if self.overrides_name.is_empty() {
+            return Err(("control.overridesName".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `budgets:` of the injector config.
@@ -130,6 +190,7 @@ impl InjectConfig {
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: key `proxy.{key}`"), msg))?;
         config.budgets.validate().map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: key `{key}`"), msg))?;
+        config.control.validate().map_err(|(key, msg)| ConfigError::invalid(format!("{origin}: key `{key}`"), msg))?;
         Ok(config)
     }
 
@@ -139,12 +200,16 @@ impl InjectConfig {
         InjectConfig::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Reads `budgets.caFile` (when budgets are on) for the sidecars; the serving injector calls it at
+    /// Reads `budgets.caFile` and `control.caFile` (when on) for the sidecars; the serving injector calls it at
     /// start (`inject --check` does not: the file is in the pod).
     pub fn read_budget_ca(&mut self) -> Result<(), ConfigError> {
         if let (true, Some(ca)) = (self.budgets.enabled, &self.budgets.ca_file) {
             let pem = std::fs::read_to_string(ca).map_err(|source| ConfigError::Read { path: ca.clone(), source })?;
             self.budget_ca_pem = Some(pem);
+        }
+        if let (true, Some(ca)) = (self.control.enabled, &self.control.ca_file) {
+            let pem = std::fs::read_to_string(ca).map_err(|source| ConfigError::Read { path: ca.clone(), source })?;
+            self.control_ca_pem = Some(pem);
         }
         Ok(())
     }

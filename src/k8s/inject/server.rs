@@ -167,7 +167,8 @@ pub async fn serve_with(
                     async move {
                         // A long poll for a share waits, and may be closed to make room (the sidecar asks again);
                         // an admission review or a probe is served to the end.
-                        let _serving = (req.uri().path() != "/v1/share").then(|| flag.serving());
+                        let long_poll = matches!(req.uri().path(), "/v1/share" | "/v1/policy");
+                        let _serving = (!long_poll).then(|| flag.serving());
                         Ok::<_, Infallible>(route(&injector, req, limits.body_read_timeout).await)
                     }
                 });
@@ -213,13 +214,25 @@ async fn route(injector: &Injector, req: Request<Incoming>, body_timeout: Durati
             }
             None => reply(StatusCode::NOT_FOUND, "text/plain", "budgets are not enabled in this injector\n".into()),
         },
-        (_, "/healthz" | "/mutate" | "/v1/share") => {
+        (&Method::GET, "/v1/policy") => match &injector.coordinator {
+            Some(coordinator) => {
+                let auth = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let r = crate::k8s::control::served::policy(coordinator, auth, req.uri().query().unwrap_or("")).await;
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = if r.status == 200 { "application/json" } else { "text/plain" };
+                reply(status, kind, r.body.into_bytes())
+            }
+            None => {
+                reply(StatusCode::NOT_FOUND, "text/plain", "the control plane is not enabled in this injector\n".into())
+            }
+        },
+        (_, "/healthz" | "/mutate" | "/v1/share" | "/v1/policy") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; endpoints: POST /mutate, GET /healthz, GET /v1/share\n".into(),
+            "not found; endpoints: POST /mutate, GET /healthz, GET /v1/share, GET /v1/policy\n".into(),
         ),
     }
 }

@@ -41,6 +41,22 @@ impl Relay<'_, '_> {
         )
     }
 
+    /// `pgwarden fleet reclaim` chose this idle connection.
+    pub(super) fn fleet_reclaim(&self) -> Fatal {
+        let asked = match self.ctx.state.live.reclaim_in_force() {
+            Some(r) => format!(" asked at {}{}", r.at, r.by.map(|b| format!(" by {b}")).unwrap_or_default()),
+            None => String::new(),
+        };
+        Fatal::closed(
+            CloseReason::Reclaim,
+            SqlState::ADMIN_SHUTDOWN,
+            format!(
+                "pgwarden: terminating idle connection of client \"{}\": reclaimed by `pgwarden fleet reclaim`{asked}",
+                self.ctx.conn.client.display()
+            ),
+        )
+    }
+
     /// Decides what a fired timer does: `Some` closes with that error; `None` goes on (report-only: counted
     /// and logged instead).
     pub(super) fn on_timer(&mut self, which: Timer) -> Option<Fatal> {

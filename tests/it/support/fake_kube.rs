@@ -28,6 +28,12 @@ struct World {
     requests: Vec<String>,
     /// TokenReview: bound ServiceAccount tokens → (namespace, pod, audience).
     tokens: HashMap<String, (String, String, String)>,
+    /// ConfigMaps by (namespace, name).
+    configmaps: HashMap<(String, String), Value>,
+    /// Users (bearer tokens) that may read ConfigMaps but not write them: 403 as RBAC answers.
+    readers: HashMap<String, String>,
+    /// Pod proxy prefixes (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/`) forwarded to a real admin server.
+    forwards: HashMap<String, SocketAddr>,
 }
 
 pub struct FakeKube {
@@ -100,6 +106,20 @@ impl FakeKube {
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                                 return Ok::<_, Infallible>(token_review(&w, &body));
                             }
+                            let forward = {
+                                let w = w.lock().unwrap();
+                                w.forwards
+                                    .iter()
+                                    .find(|(p, _)| req.uri().path().starts_with(p.as_str()))
+                                    .map(|(p, a)| (p.clone(), *a))
+                            };
+                            if let Some((prefix, to)) = forward {
+                                let rest = req.uri().path()[prefix.len()..].to_string();
+                                return Ok::<_, Infallible>(forward_get(to, &format!("/{rest}")).await);
+                            }
+                            if req.uri().path().contains("/configmaps") {
+                                return Ok::<_, Infallible>(configmaps(&w, req).await);
+                            }
                             Ok::<_, Infallible>(route(&w, req))
                         }
                     });
@@ -153,6 +173,42 @@ impl FakeKube {
         );
         self.token(&token, namespace, pod, audience);
         token
+    }
+
+    /// Forwards the pod proxy of `namespace/pod` (admin port `port`) to a real admin server at `to`.
+    pub fn forward_pod(&self, namespace: &str, pod: &str, port: u16, to: SocketAddr) {
+        let prefix = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/");
+        self.world().forwards.insert(prefix, to);
+    }
+
+    /// Creates or replaces ConfigMap `namespace/name` with `data`.
+    pub fn put_configmap(&self, namespace: &str, name: &str, data: Value) {
+        let mut w = self.world();
+        w.version += 1;
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": w.version.to_string()}, "data": data});
+        w.configmaps.insert((namespace.into(), name.into()), cm);
+    }
+
+    /// ConfigMap `namespace/name`, if it exists.
+    pub fn configmap(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.world().configmaps.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// A kubeconfig like [`FakeKube::kubeconfig`] (file `name`) for user `user`, who may read ConfigMaps but
+    /// not write them.
+    pub fn kubeconfig_reader(&self, dir: &Path, namespace: &str, user: &str) -> PathBuf {
+        let token = format!("reader-{user}");
+        self.world().readers.insert(token.clone(), user.to_string());
+        let path = dir.join(format!("kubeconfig-{user}"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: {user}\n    namespace: {namespace}\n\
+             users:\n- name: {user}\n  user:\n    token: {token}\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     /// TokenReviews answered so far.
@@ -272,6 +328,95 @@ fn token_review(world: &Arc<Mutex<World>>, body: &[u8]) -> Response<Body> {
     };
     let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": review["spec"], "status": status});
     full(201, answer.to_string())
+}
+
+/// A GET forwarded to `to` (HTTP/1.0, the whole answer), as the API server's pod proxy does.
+async fn forward_get(to: SocketAddr, path: &str) -> Response<Body> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        let mut s = tokio::net::TcpStream::connect(to).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: pod\r\n\r\n").as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        std::io::Result::Ok(out)
+    };
+    match answer.await {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(502);
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            full(code, body)
+        }
+        Err(e) => full(503, status(503, "ServiceUnavailable", &format!("error trying to reach service: {e}"))),
+    }
+}
+
+/// `/api/v1/namespaces/NS/configmaps[/NAME]`: GET, create (POST) and replace (PUT, with the resourceVersion
+/// read: 409 when it changed), as the API server does; a reader's write is a 403 naming the verb.
+async fn configmaps(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let body: Value =
+        serde_json::from_slice(&req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+            .unwrap_or_default();
+    let mut w = world.lock().unwrap();
+    w.requests.push(format!("{method} {path}"));
+    let rest = path.strip_prefix("/api/v1/namespaces/").unwrap_or("");
+    let (ns, name) = match rest.split('/').collect::<Vec<_>>()[..] {
+        [ns, "configmaps"] => (ns.to_string(), body["metadata"]["name"].as_str().unwrap_or("").to_string()),
+        [ns, "configmaps", name] => (ns.to_string(), name.to_string()),
+        _ => return full(404, status(404, "NotFound", &format!("the server could not find {path}"))),
+    };
+    let verb = match method {
+        hyper::Method::GET => "get",
+        hyper::Method::POST => "create",
+        hyper::Method::PUT => "update",
+        _ => return full(405, status(405, "MethodNotAllowed", "method not allowed")),
+    };
+    if verb != "get" {
+        if let Some(user) = w.readers.get(&bearer) {
+            let message = format!(
+                "configmaps \"{name}\" is forbidden: User \"{user}\" cannot {verb} resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+            );
+            return full(403, status(403, "Forbidden", &message));
+        }
+    }
+    let key = (ns.clone(), name.clone());
+    let not_found = || full(404, status(404, "NotFound", &format!("configmaps \"{name}\" not found")));
+    match verb {
+        "get" => match w.configmaps.get(&key) {
+            Some(cm) => full(200, cm.to_string()),
+            None => not_found(),
+        },
+        "create" if w.configmaps.contains_key(&key) => {
+            full(409, status(409, "AlreadyExists", &format!("configmaps \"{name}\" already exists")))
+        }
+        _ => {
+            let current = w.configmaps.get(&key).map(|c| c["metadata"]["resourceVersion"].clone());
+            if verb == "update" {
+                match current {
+                    None => return not_found(),
+                    Some(rv) if rv != body["metadata"]["resourceVersion"] => {
+                        return full(409, status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            w.version += 1;
+            let mut cm = body;
+            cm["metadata"]["resourceVersion"] = json!(w.version.to_string());
+            cm["metadata"]["namespace"] = json!(ns);
+            w.configmaps.insert(key, cm.clone());
+            full(if verb == "create" { 201 } else { 200 }, cm.to_string())
+        }
+    }
 }
 
 fn route(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
