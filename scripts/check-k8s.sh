@@ -183,8 +183,54 @@ check_fails "chart rejects gateway.config.listen (gateway.port sets it)" "gatewa
 check_fails "schema rejects a gateway namespace that is no namespace name" "/gateway/namespaces/0" \
   render "$WORK/x.yaml" 1.33.0 "${gateway_args[@]}" --set 'gateway.namespaces={Shop_1}'
 
+# --- control plane (control.enabled, on by default: the renders above have it on, and
+# deploy/values/control.yaml sets overrides and editors; check_k8s_render.py checks inject.yaml's control, the
+# overrides ConfigMap and the editor Role in every render). Off: without budgets, the injector may no
+# longer watch pods or review tokens; with budgets, it still may. -------------------------------------
+for variant in control-off control-off-budgets; do
+  if [[ "$variant" == control-off ]]; then
+    args=(--set control.enabled=false)
+    label="control.enabled=false"
+  else
+    args=(-f deploy/values/budgets.yaml --set control.enabled=false)
+    label="deploy/values/budgets.yaml,control.enabled=false"
+  fi
+  check "helm lint --strict ($label)" helm lint --strict --quiet "$CHART" --namespace "$NAMESPACE" "${args[@]}"
+  for version in "${KUBE_VERSIONS[@]}"; do
+    out="$WORK/render-$variant-$version.yaml"
+    check "helm template ($label, k8s $version)" render "$out" "$version" "${args[@]}"
+    if $last_ok; then
+      check "kubernetes-validate --strict -k $version ($label)" validate "$version" "$out"
+      rendered+=("$out")
+    fi
+  done
+done
+check "control plane on by default: overrides ConfigMap without entries, editor Role bound to nobody" \
+  python3 scripts/check_k8s_render.py --control "$NAMESPACE" "$WORK/render-default-1.33.0.yaml" 0 0
+check "control plane (deploy/values/control.yaml): 3 overrides entries, editor Role bound to 2 subjects" \
+  python3 scripts/check_k8s_render.py --control "$NAMESPACE" "$WORK/render-control-1.33.0.yaml" 3 2
+check "control plane off: no control objects, injector ClusterRole without pods and TokenReviews" \
+  python3 scripts/check_k8s_render.py --control "$NAMESPACE" "$WORK/render-control-off-1.33.0.yaml" off
+check "control plane off, budgets on: injector ClusterRole keeps pods and TokenReviews" \
+  python3 scripts/check_k8s_render.py --control "$NAMESPACE" "$WORK/render-control-off-budgets-1.33.0.yaml" off
+check_fails "no overrides ConfigMap with control.enabled=false" "could not find template" \
+  render "$WORK/x.yaml" 1.33.0 --set control.enabled=false --show-only templates/overrides-configmap.yaml
+sed 's/verbs: \["get", "update", "patch"\]/verbs: ["get", "update", "patch", "delete"]/' \
+  "$WORK/render-default-1.33.0.yaml" >"$WORK/editor-delete.yaml"
+check_fails "render check rejects an editor Role that may delete the overrides ConfigMap" \
+  "want exactly ['get', 'patch', 'update'] on configmaps" \
+  python3 scripts/check_k8s_render.py --control "$NAMESPACE" "$WORK/editor-delete.yaml" 0 0
+check_fails "schema rejects an unknown key in an overrides entry" "'max_connection' not allowed" \
+  render "$WORK/x.yaml" 1.33.0 --set control.overrides.shop.defaults.max_connection=4
+check_fails "schema rejects an overrides key that is no NAMESPACE or NAMESPACE.WORKLOAD" "/control/overrides" \
+  render "$WORK/x.yaml" 1.33.0 --set control.overrides.Shop_1.enforce=false
+check_fails "schema rejects a cap of 0 connections" "/control/overrides/shop/cap/connections" \
+  render "$WORK/x.yaml" 1.33.0 --set control.overrides.shop.cap.connections=0
+check_fails "schema rejects an editor of no RBAC subject kind" "/control/editors/0/kind" \
+  render "$WORK/x.yaml" 1.33.0 --set 'control.editors[0].kind=Team' --set 'control.editors[0].name=sre'
+
 if ((${#rendered[@]})); then
-  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config, gateway, RBAC${PGWARDEN_BIN:+ (+ pgwarden check-config)}" \
+  check "rendered chart: metrics vs SPEC, webhook TLS chain, selectors, injector config, gateway, control plane, RBAC${PGWARDEN_BIN:+ (+ pgwarden check-config)}" \
     python3 scripts/check_k8s_render.py "$NAMESPACE" "${rendered[@]}"
 fi
 

@@ -23,8 +23,15 @@ and knows nothing about what pgwarden needs, so this script checks:
   and PodDisruptionBudget select its pods; RBAC is list+watch on pods and nothing else, a ClusterRole
   when pod_identity.namespaces is empty, else a Role and RoleBinding in each of those namespaces.
 - Workload budgets: inject.yaml's `budgets` keys; when enabled, `url` is the injector Service's, `caFile`
-  is /tls/ca.crt mounted from the TLS Secret, the injector's ClusterRole adds pods get/list/watch and
-  tokenreviews create (exactly, and only then), and the PrometheusRule has the budget alerts.
+  is /tls/ca.crt mounted from the TLS Secret, and the PrometheusRule has the budget alerts. The injector's
+  ClusterRole adds pods get/list/watch and tokenreviews create (exactly) when budgets or the control plane
+  are on, and only then.
+- Control plane (control.enabled; objects labelled app.kubernetes.io/component=control): inject.yaml's
+  `control` keys; when enabled, `url` and `caFile` as for budgets, overridesNamespace the release
+  namespace, overridesName the one overrides ConfigMap rendered there, whose every data key is NAMESPACE
+  or NAMESPACE.WORKLOAD and every value a policy patch with known keys only; the Role
+  <fullname>-overrides-editor may get, update and patch that ConfigMap and nothing else, and a RoleBinding
+  (at most one) binds it to subjects. When off, none of these objects.
 - Fleet reader ClusterRole (component fleet-reader): exactly pods list and pods/proxy get, bound by no
   binding of the chart.
 - Grafana dashboard ConfigMaps (a `*.json` data key): the JSON parses, its panels query through the
@@ -35,10 +42,12 @@ With --env-configs, checks instead that every PGWARDEN_CONFIG_YAML in the given 
 `$PGWARDEN_BIN check-config`. With --gateway-configs, that the gateway's proxy.yaml in each rendered file
 passes `$PGWARDEN_BIN check-config`. With --gateway-rbac RELEASE_NAMESPACE FILE [NS...], that FILE grants the gateway list+watch
 on pods through a Role and RoleBinding in exactly the namespaces NS, or (no NS) through one ClusterRole
-and ClusterRoleBinding. With --fleet-reader FILE, that FILE has the fleet-reader ClusterRole. With --spec-metrics, prints the SPEC metric names, one a line (a
+and ClusterRoleBinding. With --fleet-reader FILE, that FILE has the fleet-reader ClusterRole. With --control
+RELEASE_NAMESPACE FILE off|ENTRIES EDITORS, that FILE's control plane is off, or on with ENTRIES overrides
+entries and an editor RoleBinding to EDITORS subjects (0: no RoleBinding). With --spec-metrics, prints the SPEC metric names, one a line (a
 histogram once, without _bucket/_sum/_count), for `dashboard_metrics.py --names-file`.
 
-Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml... | --gateway-configs RENDERED.yaml... | --gateway-rbac RELEASE_NAMESPACE RENDERED.yaml [NS...] | --fleet-reader RENDERED.yaml | --spec-metrics
+Usage: check_k8s_render.py RELEASE_NAMESPACE RENDERED.yaml... | --env-configs MANIFEST.yaml... | --gateway-configs RENDERED.yaml... | --gateway-rbac RELEASE_NAMESPACE RENDERED.yaml [NS...] | --fleet-reader RENDERED.yaml | --control RELEASE_NAMESPACE RENDERED.yaml off|ENTRIES EDITORS | --spec-metrics
 Exit status 0 when every file passes, 1 otherwise.
 """
 
@@ -122,12 +131,30 @@ SPEC_CONFIG_KEYS = {
     "defaults.transaction_timeout", "defaults.query_timeout",
 }
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
-INJECTOR_KEYS = {"image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "budgets", "proxy"}
+INJECTOR_KEYS = {
+    "image", "imagePullPolicy", "nativeSidecar", "listenPort", "adminPort", "resources", "budgets", "control", "proxy",
+}
 # inject.yaml `budgets`: always these keys; url and caFile too when enabled.
 BUDGET_KEYS = {"enabled", "audience", "keepLast", "fallbackMaxConnections", "maxConnections", "entries"}
-# The injector's ClusterRole: the pgwarden.io/config ConfigMaps; with budgets, the coordinator's needs too.
+# inject.yaml `control`: always `enabled`; these too when enabled.
+CONTROL_KEYS = {"enabled"}
+CONTROL_ON_KEYS = {"url", "caFile", "overridesNamespace", "overridesName"}
+# The injector's ClusterRole: the pgwarden.io/config ConfigMaps (and the overrides ConfigMap); with budgets or the
+# control plane, watching pods and reviewing sidecars' tokens too.
 INJECTOR_RULES = {("", "configmaps", "get")}
 BUDGET_RULES = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("authentication.k8s.io", "tokenreviews", "create")}
+# The overrides ConfigMap (livepolicy::PolicyPatch): a data key is NAMESPACE or NAMESPACE.WORKLOAD, a value a patch
+# of these keys; defaults and leak take the config file's keys of the same name.
+OVERRIDES_KEY_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-.a-z0-9]*[a-z0-9])?)?")
+PATCH_KEYS = {"enforce", "max_total_connections", "defaults", "leak", "rules", "cap", "reclaim"}
+PATCH_SUBKEYS = {
+    section: {k.split(".", 1)[1] for k in SPEC_CONFIG_KEYS if k.startswith(section + ".")}
+    for section in ("defaults", "leak")
+}
+PATCH_SUBKEYS.update({"cap": {"connections", "until"}, "reclaim": {"at", "idle_over", "by"}})
+PATCH_REQUIRED = {"cap": "connections", "reclaim": "at"}
+# The Role of `pgwarden fleet cap|reclaim`: these verbs on the overrides ConfigMap, by name, and nothing else.
+OVERRIDES_EDITOR_VERBS = {"get", "update", "patch"}
 
 # The gateway's proxy.yaml: the SPEC keys plus pod_identity (gateway mode); the chart always sets these.
 GATEWAY_CONFIG_KEYS = SPEC_CONFIG_KEYS | {"pod_identity", "pod_identity.from", "pod_identity.namespaces"}
@@ -613,9 +640,24 @@ class Checker:
     def budgets_enabled(self) -> bool:
         return bool((self.inject_config().get("budgets") or {}).get("enabled"))
 
+    def control_enabled(self) -> bool:
+        return bool((self.inject_config().get("control") or {}).get("enabled"))
+
+    def injector_url(self) -> str | None:
+        """The URL sidecars reach the injector's Service at (budgets and the control plane)."""
+        svc = next(iter(self.of_component("injector", "Service")), None)
+        return f"https://{svc['metadata']['name']}.{self.release_ns}.svc:443" if svc else None
+
+    def injector_tls_items(self) -> list[str]:
+        """The keys of the TLS Secret the injector mounts."""
+        deploys = self.of_component("injector", "Deployment")
+        volumes = deploys[0]["spec"]["template"]["spec"].get("volumes", []) if deploys else []
+        return [i.get("key") for v in volumes if v.get("name") == "tls" for i in (v.get("secret") or {}).get("items", [])]
+
     def check_budgets(self) -> None:
         """inject.yaml's budgets: its keys; on, the URL is the injector Service's and the CA file is mounted
-        from the TLS Secret; the injector's ClusterRole grants the coordinator's needs exactly when on."""
+        from the TLS Secret; the injector's ClusterRole grants the coordinator's needs (which the control plane
+        shares) exactly when budgets or the control plane are on."""
         budgets = self.inject_config().get("budgets")
         if budgets is None:
             return  # check_injector_config reports the missing key
@@ -624,24 +666,22 @@ class Checker:
         want = BUDGET_KEYS | ({"url", "caFile"} if on else set())
         if keys != want:
             self.error(f"inject.yaml budgets keys {sorted(keys)} != {sorted(want)}")
-        deploys = self.of_component("injector", "Deployment")
-        volumes = deploys[0]["spec"]["template"]["spec"].get("volumes", []) if deploys else []
-        tls_items = [i.get("key") for v in volumes if v.get("name") == "tls" for i in (v.get("secret") or {}).get("items", [])]
+        tls_items = self.injector_tls_items()
+        control_on = self.control_enabled()
         if on:
-            svc = next(iter(self.of_component("injector", "Service")), None)
-            want_url = f"https://{svc['metadata']['name']}.{self.release_ns}.svc:443" if svc else None
+            want_url = self.injector_url()
             if budgets.get("url") != want_url:
                 self.error(f"budgets.url {budgets.get('url')!r}, want the injector Service {want_url!r}")
             if budgets.get("caFile") != "/tls/ca.crt" or "ca.crt" not in tls_items:
                 self.error(f"budgets.caFile {budgets.get('caFile')!r} must be /tls/ca.crt from the mounted TLS Secret (items {tls_items})")
-        elif "ca.crt" in tls_items:
-            self.error("the injector mounts ca.crt although budgets are off (an existing Secret may lack it)")
+        elif "ca.crt" in tls_items and not control_on:
+            self.error("the injector mounts ca.crt although budgets and the control plane are off (an existing Secret may lack it)")
         sa = self.injector_service_account()
         croles = [r for r in self.of_component("injector", "ClusterRole")]
         if len(croles) != 1:
             self.error(f"injector: {len(croles)} ClusterRole(s), want 1")
             return
-        for e in rule_errors(croles[0], INJECTOR_RULES | (BUDGET_RULES if on else set())):
+        for e in rule_errors(croles[0], INJECTOR_RULES | (BUDGET_RULES if on or control_on else set())):
             self.error(f"injector ClusterRole: {e}")
         bound = [b for b in self.of_component("injector", "ClusterRoleBinding")
                  if (b.get("roleRef") or {}).get("name") == croles[0]["metadata"]["name"]]
@@ -650,6 +690,113 @@ class Checker:
             self.error(f"injector ClusterRole must be bound to its ServiceAccount {want_sa}")
         if on:
             self.notes.append(f"budgets on: {len(budgets.get('entries') or [])} entr(ies), coordinator URL, CA mount, TokenReview RBAC")
+
+    # --- Control plane ---------------------------------------------------------------------
+    def check_control(self) -> None:
+        """inject.yaml's control: its keys; on, the URL and CA as budgets', the overrides ConfigMap it names
+        rendered in the release namespace with well-formed entries, and the editor Role (get, update, patch on
+        that ConfigMap only) with at most one RoleBinding to it; off, no control objects at all."""
+        control = self.inject_config().get("control")
+        if control is None:
+            return  # check_injector_config reports the missing key
+        on = bool(control.get("enabled"))
+        keys = set(control)
+        want = CONTROL_KEYS | (CONTROL_ON_KEYS if on else set())
+        if keys != want:
+            self.error(f"inject.yaml control keys {sorted(keys)} != {sorted(want)}")
+        objects = self.of_component("control")
+        if not on:
+            if objects:
+                self.error(f"control plane off but rendered {sorted(o['kind'] + ' ' + o['metadata']['name'] for o in objects)}")
+            return
+        want_url = self.injector_url()
+        if control.get("url") != want_url:
+            self.error(f"control.url {control.get('url')!r}, want the injector Service {want_url!r}")
+        tls_items = self.injector_tls_items()
+        if control.get("caFile") != "/tls/ca.crt" or "ca.crt" not in tls_items:
+            self.error(f"control.caFile {control.get('caFile')!r} must be /tls/ca.crt from the mounted TLS Secret (items {tls_items})")
+        if control.get("overridesNamespace") != self.release_ns:
+            self.error(f"control.overridesNamespace {control.get('overridesNamespace')!r}, want the release namespace {self.release_ns!r}")
+        name = control.get("overridesName")
+        kinds = sorted({o["kind"] for o in objects} - {"ConfigMap", "Role", "RoleBinding"})
+        if kinds:
+            self.error(f"control objects of kinds {kinds}: only the overrides ConfigMap, its editor Role and RoleBinding are expected")
+        for o in objects:
+            if o["metadata"].get("namespace") != self.release_ns:
+                self.error(f"control {o['kind']} {o['metadata']['name']} in namespace {o['metadata'].get('namespace')}, not the release namespace")
+
+        cm = self.one_of("control", "ConfigMap")
+        entries = {}
+        if cm:
+            if cm["metadata"]["name"] != name:
+                self.error(f"overrides ConfigMap is {cm['metadata']['name']!r}, but inject.yaml control.overridesName is {name!r}")
+            entries = cm.get("data") or {}
+            for key, text in entries.items():
+                self.check_override_entry(key, text)
+
+        role = self.one_of("control", "Role")
+        if role:
+            rules = role.get("rules") or []
+            rule = rules[0] if len(rules) == 1 else {}
+            if (
+                len(rules) != 1
+                or set(rule) != {"apiGroups", "resources", "resourceNames", "verbs"}
+                or rule.get("apiGroups") != [""]
+                or rule.get("resources") != ["configmaps"]
+                or rule.get("resourceNames") != [name]
+                or set(rule.get("verbs") or []) != OVERRIDES_EDITOR_VERBS
+            ):
+                self.error(
+                    f"Role {role['metadata']['name']}: rules {rules}, want exactly {sorted(OVERRIDES_EDITOR_VERBS)}"
+                    f" on configmaps named [{name!r}]"
+                )
+        bindings = self.of_component("control", "RoleBinding")
+        if len(bindings) > 1:
+            self.error(f"{len(bindings)} control RoleBindings, want at most 1")
+        for b in bindings:
+            want_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"] if role else None}
+            if b.get("roleRef") != want_ref:
+                self.error(f"RoleBinding {b['metadata']['name']} refers to {b.get('roleRef')}, want {want_ref}")
+            if not b.get("subjects"):
+                self.error(f"RoleBinding {b['metadata']['name']} has no subjects (the chart renders it only for control.editors)")
+        editors = sum(len(b.get("subjects") or []) for b in bindings)
+        self.notes.append(
+            f"control plane on: ConfigMap {name} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}), "
+            f"editor Role bound to {editors} subject(s), URL, CA mount, TokenReview RBAC"
+        )
+
+    def check_override_entry(self, key: str, text: str) -> None:
+        """One entry of the overrides ConfigMap: NAMESPACE[.WORKLOAD] -> a non-empty policy patch of known keys."""
+        where = f"overrides ConfigMap key {key!r}"
+        if not OVERRIDES_KEY_RE.fullmatch(key) or len(key) > 253:
+            self.error(f"{where}: not NAMESPACE or NAMESPACE.WORKLOAD")
+        try:
+            patch = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            self.error(f"{where}: does not parse: {e}")
+            return
+        if not isinstance(patch, dict) or not patch:
+            self.error(f"{where}: {patch!r} is no policy patch (a non-empty mapping)")
+            return
+        unknown = sorted(set(patch) - PATCH_KEYS)
+        for section, subkeys in PATCH_SUBKEYS.items():
+            if section not in patch:
+                continue
+            value = patch[section]
+            if not isinstance(value, dict):
+                self.error(f"{where}: {section} is {value!r}, want a mapping")
+                continue
+            unknown += sorted(f"{section}.{k}" for k in set(value) - subkeys)
+            required = PATCH_REQUIRED.get(section)
+            if required and required not in value:
+                self.error(f"{where}: {section} lacks {required}")
+        if unknown:
+            self.error(f"{where}: unknown keys {unknown}")
+        if "rules" in patch and not isinstance(patch["rules"], list):
+            self.error(f"{where}: rules is {patch['rules']!r}, want a list")
+        for path, value in walk(patch):
+            if value is True and path != "enforce":
+                self.error(f"{where}: {path} is the boolean true: a bare `on` in YAML 1.1?")
 
     # --- Fleet reader ----------------------------------------------------------------------
     def check_fleet_reader(self) -> None:
@@ -692,6 +839,7 @@ class Checker:
         self.check_gateway()
         self.check_fleet_reader()
         self.check_budgets()
+        self.check_control()
         self.check_dashboards()
         return not self.errors
 
@@ -816,6 +964,34 @@ def check_fleet_reader_only(f: str) -> bool:
     return not c.errors
 
 
+def check_control_only(f: str, release_ns: str, want: list[str]) -> bool:
+    """FILE's control plane is off (WANT ["off"]), or on with ENTRIES overrides entries and an editor RoleBinding
+    to EDITORS subjects (WANT [ENTRIES, EDITORS]; 0 editors: no RoleBinding)."""
+    c = Checker(Path(f), release_ns)
+    c.check_control()
+    c.check_budgets()  # the injector's ClusterRole, with or without the pods and TokenReview rules
+    if want == ["off"]:
+        if c.control_enabled():
+            c.error("control plane on, want off")
+    else:
+        entries, editors = (int(n) for n in want)
+        if not c.control_enabled():
+            c.error("control plane off, want on")
+        cm = next(iter(c.of_component("control", "ConfigMap")), None)
+        got = len((cm or {}).get("data") or {})
+        if got != entries:
+            c.error(f"overrides ConfigMap has {got} entries, want {entries}")
+        bindings = c.of_component("control", "RoleBinding")
+        got = sum(len(b.get("subjects") or []) for b in bindings)
+        if got != editors or (editors == 0 and bindings):
+            c.error(f"editor RoleBinding(s) {len(bindings)} with {got} subject(s), want {editors} subject(s)")
+    for e in c.errors:
+        print(f"FAIL {f}: {e}")
+    if not c.errors:
+        print(f"ok   {f}: {'; '.join(c.notes) or 'control plane off, no control objects, no pods/TokenReview RBAC'}")
+    return not c.errors
+
+
 def walk(d: dict, prefix: str = ""):
     for k, v in d.items():
         path = f"{prefix}{k}"
@@ -843,6 +1019,8 @@ def main(argv: list[str]) -> int:
         return 0 if check_gateway_rbac_only(argv[3], argv[2], argv[4:]) else 1
     if argv[1] == "--fleet-reader":
         return 0 if check_fleet_reader_only(argv[2]) else 1
+    if argv[1] == "--control" and (len(argv) == 5 and argv[4] == "off" or len(argv) == 6):
+        return 0 if check_control_only(argv[3], argv[2], argv[4:]) else 1
     release_ns, files = argv[1], argv[2:]
     ok = True
     for f in files:

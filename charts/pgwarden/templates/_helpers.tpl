@@ -50,6 +50,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-injector" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Where sidecars reach the injector's Service: the budget coordinator and the control plane (budgets.enabled, control.enabled). */}}
+{{- define "pgwarden.injectorURL" -}}
+{{- printf "https://%s.%s.svc:443" (include "pgwarden.injectorServiceName" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The Role (and RoleBinding to control.editors) that may change the control plane's overrides ConfigMap. */}}
+{{- define "pgwarden.overridesEditorName" -}}
+{{- printf "%s-overrides-editor" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The gateway's Deployment, Service, ServiceAccount, ConfigMap and RBAC objects (gateway.enabled). */}}
 {{- define "pgwarden.gatewayName" -}}
 {{- printf "%s-gateway" (include "pgwarden.fullname" .) | trunc 63 | trimSuffix "-" }}

@@ -5,7 +5,7 @@
 //! user, the pod name the API server binds into the token), and what spares the API server: a token is read
 //! locally first ([`super::jwt::precheck`]: not a JWT for our audience, expired, or naming no pod: refused
 //! without a review); answers are cached by the token's SHA-256 (the token itself is never kept), good
-//! ones for a minute and refusals for ten seconds, in two caches of [`MAX_CACHED`] each so refusals never
+//! ones for ten minutes and refusals for ten seconds, in two caches of [`MAX_CACHED`] each so refusals never
 //! push out a good sidecar's answer (the least recently used goes when one is full); concurrent requests
 //! with one token share one review; and at most [`NEW_REVIEWS_PER_SECOND`] reviews of tokens not cached
 //! start each second (a burst of [`NEW_REVIEWS_BURST`]); past that the answer is 503 (the sidecar asks again
@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OnceCell;
 
 pub const MAX_CACHED: usize = 10_000;
-const GOOD_FOR: Duration = Duration::from_secs(60);
+/// A good answer is kept this long: a pod that is gone meanwhile is refused anyway (the coordinator answers
+/// only pods it sees, by uid), and a fleet of N sidecars costs N reviews per this period, not per minute.
+const GOOD_FOR: Duration = Duration::from_secs(600);
 const REFUSED_FOR: Duration = Duration::from_secs(10);
 pub const NEW_REVIEWS_PER_SECOND: f64 = 20.0;
 pub const NEW_REVIEWS_BURST: f64 = 100.0;
