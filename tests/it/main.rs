@@ -11,6 +11,7 @@ mod budget;
 mod client_tls;
 mod config_cli;
 mod control;
+mod control_scale;
 mod deadpeer;
 mod demo;
 mod dropin;
