@@ -42,9 +42,31 @@ pub struct LiveView {
     pub policy: super::PolicyKeys,
 }
 
-#[derive(Default)]
 pub struct Status {
     inner: Mutex<Inner>,
+    /// 1 while the last ask of the control plane failed (the policy in force holds).
+    pub failing: prometheus::IntGauge,
+    /// Policies applied that changed the settings.
+    pub applied_total: prometheus::IntCounter,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        let opts = |name: &str, help: &str| prometheus::Opts::new(name, help).namespace("pgwarden");
+        Status {
+            inner: Mutex::default(),
+            failing: prometheus::IntGauge::with_opts(opts(
+                "control_plane_failing",
+                "1 while the control plane (the injector) does not answer; the policy in force holds",
+            ))
+            .expect("valid gauge"),
+            applied_total: prometheus::IntCounter::with_opts(opts(
+                "live_policy_applied_total",
+                "policies from the control plane that changed this sidecar's settings",
+            ))
+            .expect("valid counter"),
+        }
+    }
 }
 
 impl Status {
@@ -70,8 +92,12 @@ impl Status {
         }
     }
 
-    /// A policy was applied.
-    pub fn applied(&self, policy: LivePolicy, tag: String, sources: Vec<String>, now: Instant) {
+    /// A policy was applied (`changed`: the settings changed with it).
+    pub fn applied(&self, policy: LivePolicy, tag: String, sources: Vec<String>, changed: bool, now: Instant) {
+        self.failing.set(0);
+        if changed {
+            self.applied_total.inc();
+        }
         let mut i = self.lock();
         i.policy = Some(policy);
         i.tag = Some(tag);
@@ -83,12 +109,17 @@ impl Status {
 
     /// An answer that changed nothing arrived.
     pub fn answered(&self, now: Instant) {
+        self.failing.set(0);
         let mut i = self.lock();
         i.answered_at = Some(now);
         i.error = None;
     }
 
-    pub fn failed(&self, error: String) {
+    /// Asking failed (`unreachable`) or the answer could not apply.
+    pub fn failed(&self, error: String, unreachable: bool) {
+        if unreachable {
+            self.failing.set(1);
+        }
         self.lock().error = Some(error);
     }
 

@@ -67,3 +67,23 @@ fn the_latest_reclaim_is_the_one() {
     let r = l.reclaim().unwrap();
     assert_eq!((r.at.as_str(), r.idle_over), ("2026-12-07T10:05:00Z", Some(Timeout(Some(Duration::from_secs(60))))));
 }
+
+#[test]
+fn a_reload_keeps_the_live_policy_laid_over_the_file() {
+    let status = status::Status::default();
+    let file = Config::from_yaml("defaults: {max_connections: 50}", "t").unwrap();
+    assert_eq!(status.overlay(file.clone()), file, "no live policy: the file as it is");
+    let l = live(None, &[("wl", "cap: {connections: 3}")]);
+    let (applied, sources) = l.apply(&file).unwrap();
+    status.applied(l.clone(), l.tag(), sources, true, std::time::Instant::now());
+    // The file changes (a reload): the live policy stays on top of the new content.
+    let edited = Config::from_yaml("defaults: {max_connections: 40}", "t").unwrap();
+    let c = status.overlay(edited);
+    assert_eq!((c.defaults.max_connections, c.max_total_connections), (Limit(Some(40)), Limit(Some(3))));
+    assert_eq!(applied.max_total_connections, Limit(Some(3)));
+    assert_eq!(status.applied_total.get(), 1);
+    // A reclaim is acted on once.
+    let r = Reclaim { at: "2026-12-07T10:00:00Z".into(), idle_over: None, by: None };
+    assert!(status.take_reclaim(&r));
+    assert!(!status.take_reclaim(&r));
+}

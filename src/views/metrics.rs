@@ -105,6 +105,10 @@ impl Exporter {
         r.register(Box::new(state.local.client_keys_refused.clone())).expect("unique metric");
         r.register(Box::new(state.detector().closed_dropped())).expect("unique metric");
         r.register(Box::new(state.local.awaiting_startup.clone())).expect("unique metric");
+        if state.settings().config.control.url.is_some() {
+            r.register(Box::new(state.live.failing.clone())).expect("unique metric");
+            r.register(Box::new(state.live.applied_total.clone())).expect("unique metric");
+        }
         let client = &["client"];
         let client_reason = &["client", "reason"];
         let build = register!(r, IntGaugeVec::new(opts("build_info", "pgwarden build (value 1)"), &["version"]));

@@ -193,6 +193,15 @@ async fn a_workload_cap_and_reclaim_reach_exactly_its_sidecars_and_outlive_the_i
         assert!(log.contains("max_total_connections: off -> 2"), "{log}");
     }
     assert!(!api.log().contains("live policy applied"), "{}", api.log());
+    // An annotation edited on a running pod applies live, to that pod only.
+    let mut annotated = pod("shop", "api-5f7c9d8b4-a", "api", "10.0.0.2", "2026-12-01T10:00:02Z");
+    annotated["metadata"]["annotations"] = serde_json::json!({"pgwarden.io/idle-timeout": "5m"});
+    kube.add_pod(annotated);
+    let (p, _) = api
+        .wait_policy("idle_timeout 5m", Duration::from_secs(5), |p| p["policy"]["defaults"]["idle_timeout"] == "5m")
+        .await;
+    assert_eq!(cap_of(&p), None, "{p:#}");
+    assert_eq!(images_a.policy().await["policy"]["defaults"]["idle_timeout"], "off");
     // `fleet policy` shows what each pod applies, and from where.
     let (ok, out, err) = fleet(&kubeconfig, &["policy", "images"]).await;
     assert!(ok, "{err}");
@@ -239,6 +248,9 @@ async fn a_workload_cap_and_reclaim_reach_exactly_its_sidecars_and_outlive_the_i
         s.wait_policy("failing", Duration::from_secs(30), |p| p["error"].is_string()).await;
         assert_eq!(cap_of(&s.policy().await), Some(2), "the last policy holds");
     }
+    let metrics = crate::support::http::get(&format!("127.0.0.1:{}", images_a.admin), "/metrics").await;
+    assert!(metrics.contains("pgwarden_control_plane_failing 1"), "{metrics}");
+    assert!(metrics.contains("pgwarden_live_policy_applied_total 1"), "{metrics}");
     let refused = images_a.connect("worker").await.err().expect("still capped without the injector");
     assert_eq!(sqlstate(&refused).as_deref(), Some("53300"));
     // Back, it serves the same policy: nothing changes, nothing is logged again.

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 const SIDECARS: usize = 1000;
 
+/// Each tag a simulated sidecar received, and when.
+type Seen = Arc<Mutex<Vec<(String, Instant)>>>;
+
 fn injector_bin() -> Command {
     match std::env::var_os("PGWARDEN_BIN") {
         Some(p) if !p.is_empty() => Command::new(p),
@@ -52,7 +55,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// One simulated sidecar: asks as the real control client does (at once, then long polls with `known`)
 /// and records when each tag first arrived.
-async fn sidecar(target: Target, token: String, pod: String, seen: Arc<Mutex<Vec<(String, Instant)>>>) {
+async fn sidecar(target: Target, token: String, pod: String, seen: Seen) {
     let mut channel = Channel::new(target);
     let mut known: Option<String> = None;
     loop {
@@ -103,7 +106,7 @@ async fn control_scale_propagation_to_1000_sidecars() {
         ..Default::default()
     })
     .unwrap();
-    let seen: Vec<Arc<Mutex<Vec<(String, Instant)>>>> = (0..SIDECARS).map(|_| Arc::default()).collect();
+    let seen: Vec<Seen> = (0..SIDECARS).map(|_| Arc::default()).collect();
     let started = Instant::now();
     let (cpu0, _) = (cpu_seconds(pid), ());
     let mut tasks = Vec::new();

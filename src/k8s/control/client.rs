@@ -63,7 +63,7 @@ impl Poller {
                             Err(e) => {
                                 // Keep the policy in force; ask again when the served one changes.
                                 warn!(error = %e, "control plane: the served policy cannot apply; keeping the one in force");
-                                self.state.live.failed(e);
+                                self.state.live.failed(e, false);
                                 known = Some(tag);
                             }
                         }
@@ -78,7 +78,7 @@ impl Poller {
                     if !failing {
                         warn!(error, control_plane = %self.channel.authority(), "control plane: no answer; the policy in force holds");
                     }
-                    self.state.live.failed(error);
+                    self.state.live.failed(error, true);
                     failing = true;
                     tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -120,7 +120,7 @@ pub async fn apply(state: &Arc<State>, policy: LivePolicy, tag: String) -> Resul
             .map_err(|e| e.to_string())?
     };
     let reclaim = policy.reclaim().cloned();
-    state.live.applied(policy, tag.clone(), sources.clone(), Instant::now());
+    state.live.applied(policy, tag.clone(), sources.clone(), !what.is_empty(), Instant::now());
     if !what.is_empty() {
         state.update_settings(built);
         info!(tag, changes = %what.join("; "), sources = %sources.join(" < "), "live policy applied");
