@@ -37,6 +37,8 @@ const CLIENT_FIELDS: &[&str] = &[
     "abandoned_total",
     "would_refuse_total",
     "would_close_total",
+    "queries_canceled_total",
+    "would_cancel_total",
     "oldest_idle_seconds",
     "oldest_idle_in_transaction_seconds",
     "leak_suspected",
