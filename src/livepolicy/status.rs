@@ -23,6 +23,7 @@ struct Inner {
     error: Option<String>,
     reclaims_done: VecDeque<String>,
     reclaim_in_force: Option<Reclaim>,
+    connections_opened: u64,
 }
 
 /// What `/policy` shows.
@@ -38,6 +39,9 @@ pub struct LiveView {
     pub last_answer_seconds_ago: Option<f64>,
     /// The last failure to ask or to apply; `null` once an answer was applied again.
     pub error: Option<String>,
+    /// TLS connections opened to the control plane so far (one, while it stays reachable: polls share it).
+    #[serde(default)]
+    pub connections_opened: u64,
     /// The policy keys in force now.
     pub policy: super::PolicyKeys,
 }
@@ -123,6 +127,11 @@ impl Status {
         self.lock().error = Some(error);
     }
 
+    /// How many connections the control client has opened so far.
+    pub fn set_connections_opened(&self, n: u64) {
+        self.lock().connections_opened = n;
+    }
+
     /// Whether `r` is new here: true once per reclaim (then it is the one in force for the close messages).
     pub fn take_reclaim(&self, r: &Reclaim) -> bool {
         let mut i = self.lock();
@@ -157,6 +166,7 @@ impl Status {
             applied_seconds_ago: ago(i.applied_at),
             last_answer_seconds_ago: ago(i.answered_at),
             error: i.error.clone(),
+            connections_opened: i.connections_opened,
             policy: super::PolicyKeys::of(config),
         }
     }

@@ -242,6 +242,10 @@ async fn a_workload_cap_and_reclaim_reach_exactly_its_sidecars_and_outlive_the_i
         c.simple_query("select 1").await.expect("busy and non-suspect connections stay");
     }
 
+    // Every answer so far (the first, the cap, the annotation, the reclaim) came over one TLS connection.
+    for s in &sidecars {
+        assert_eq!(s.policy().await["connections_opened"], 1, "{}: one kept-alive connection", s.pod);
+    }
     // The injector goes away: the sidecars keep the policy in force and say the control plane is failing.
     drop(injector);
     for s in [images_a, images_b] {

@@ -51,7 +51,9 @@ impl Poller {
         let mut failing = false;
         loop {
             let waiting_for_change = if failing { None } else { known.as_deref() };
-            match self.ask(waiting_for_change).await {
+            let asked = self.ask(waiting_for_change).await;
+            self.state.live.set_connections_opened(self.channel.handshakes);
+            match asked {
                 Ok(policy) => {
                     let tag = policy.tag();
                     if failing {
