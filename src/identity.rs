@@ -167,7 +167,11 @@ impl ClientId {
     pub fn from_startup(key: &[Field], params: &StartupParams, pod: &PodIdentity, peer: &Peer) -> Self {
         let value = |f: Field| -> String {
             match f {
-                Field::ApplicationName => clean_name(params.get("application_name").unwrap_or_default()),
+                // A traceparent at the end (OpenTelemetry's instrumentations) is the request, not the client:
+                // the key keeps the name before it (empty if there is none), never one key per trace.
+                Field::ApplicationName => {
+                    clean_name(crate::text::traceparent::split(params.get("application_name").unwrap_or_default()).0)
+                }
                 Field::User => clean_name(params.get("user").unwrap_or_default()),
                 Field::Database => clean_name(params.get("database").unwrap_or_default()),
                 Field::Pod => pod.pod.clone().unwrap_or_default(),

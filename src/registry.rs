@@ -53,6 +53,9 @@ pub struct Conn {
     /// The text last executed (bounded by `stats.statement_max_length`), shared with the relay's tracker:
     /// publishing a statement executed again is a pointer comparison, not a copy.
     last_statement: Mutex<Option<Arc<[u8]>>>,
+    /// The W3C trace id the session last carried in `application_name` (at startup, or set by
+    /// `SET application_name` as OpenTelemetry's instrumentations do): the trace that last used it.
+    trace_id: Mutex<Option<Arc<str>>>,
     pub queries: AtomicU64,
     /// When the session first became idle (ready for queries) and first became active (nanoseconds since
     /// the epoch, plus one; 0 until then): a connection used right after it was ready was opened on demand.
@@ -170,6 +173,15 @@ impl Conn {
         drop(old); // freed outside the lock
     }
 
+    /// The trace id the session's `application_name` last carried.
+    pub fn set_trace_id(&self, id: Arc<str>) {
+        *self.trace_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    pub fn trace_id(&self) -> Option<Arc<str>> {
+        self.trace_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The text last executed, as text (invalid UTF-8 replaced): converted here, for the views, and not on the
     /// relay's path.
     pub fn last_statement(&self) -> String {
@@ -205,6 +217,7 @@ impl Registry {
             backend_pid: AtomicI32::new(0),
             cancel: OnceLock::new(),
             last_statement: Mutex::default(),
+            trace_id: Mutex::default(),
             queries: AtomicU64::new(0),
             ready_at: AtomicU64::new(0),
             first_active_at: AtomicU64::new(0),

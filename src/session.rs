@@ -64,6 +64,9 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
     let client_id = Arc::new(ClientId::from_startup(&settings.config.client_key, &params, &pod, &peer));
     let guard = state.registry.register(client_id.clone(), peer, accepted);
     let conn = guard.conn().clone();
+    if let (_, Some(trace)) = crate::text::traceparent::split(params.get("application_name").unwrap_or_default()) {
+        conn.set_trace_id(Arc::from(trace));
+    }
     let span =
         info_span!("conn", id = conn.id, client = %client_id, %peer, backend_pid = field::Empty, pod = field::Empty);
     if let Some(pod) = &pod.pod {

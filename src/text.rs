@@ -6,6 +6,8 @@
 //! and the names that form client keys are cleaned where they enter, as PostgreSQL cleans
 //! `application_name` and cuts identifiers to 63 bytes.
 
+pub mod traceparent;
+
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 

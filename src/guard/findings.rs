@@ -84,6 +84,9 @@ pub struct Evidence {
     pub state_seconds: f64,
     /// Redacted (or not) as `stats.statement_text` says.
     pub last_statement: Option<String>,
+    /// The W3C trace id the session's `application_name` last carried (OpenTelemetry), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// How it ended, if pgwarden closed it (e.g. `idle_in_transaction_timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_reason: Option<String>,
@@ -98,6 +101,7 @@ impl Evidence {
             age_seconds: c.age_seconds,
             state_seconds: c.state_seconds,
             last_statement: c.last_statement.clone(),
+            trace_id: c.trace_id.clone(),
             closed_reason: c.closed_reason.clone(),
         }
     }
@@ -204,6 +208,7 @@ mod tests {
             age_seconds: state_seconds + 1.0,
             state_seconds,
             last_statement: Some("SELECT $1".into()),
+            trace_id: None,
             queries: 1,
             bytes_in: 0,
             bytes_out: 0,

@@ -322,6 +322,7 @@ impl Detector {
                         reason = oldest.verdict.reason.as_str(),
                         backend_pid = oldest.conn.backend_pid(),
                         last_statement = statement.as_deref().unwrap_or(""),
+                        trace_id = oldest.conn.trace_id().as_deref().unwrap_or(""),
                         confidence = oldest.verdict.confidence.as_str(),
                         evidence = %oldest.verdict.evidence,
                         "leak suspected: client {key} holds {} suspect connection{}",

@@ -402,6 +402,9 @@ impl Relay<'_, '_> {
         if let Some(text) = self.tracker.take_statement() {
             conn.set_last_statement(text);
         }
+        if let Some(trace) = self.tracker.take_trace() {
+            conn.set_trace_id(trace);
+        }
         if self.tracker.listening != conn.listening() {
             conn.set_listening(self.tracker.listening);
         }

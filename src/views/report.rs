@@ -200,13 +200,14 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
         for (c, state) in l.suspects.iter().zip(&states) {
             let _ = writeln!(
                 out,
-                "  {:>8} {:<24} {:<w$} {:>7.0}s {:>7.0}s  {}",
+                "  {:>8} {:<24} {:<w$} {:>7.0}s {:>7.0}s  {}{}",
                 c.backend_pid.map_or("-".to_string(), |p| p.to_string()),
                 c.leak_reason.as_deref().unwrap_or("-"),
                 state,
                 c.state_seconds,
                 c.age_seconds,
-                c.last_statement.as_deref().unwrap_or("-").replace('\n', " ")
+                c.last_statement.as_deref().unwrap_or("-").replace('\n', " "),
+                c.trace_id.as_deref().map(|t| format!("  (trace {t})")).unwrap_or_default()
             );
         }
         // The evidence of the longest-idle suspect, with how sure it is.
@@ -334,6 +335,7 @@ mod tests {
             age_seconds: 60.0,
             state_seconds: 55.0,
             last_statement: Some("select * from images where id = ?".into()),
+            trace_id: None,
             queries: 1,
             bytes_in: 10,
             bytes_out: 10,

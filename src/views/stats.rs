@@ -128,6 +128,9 @@ pub struct ConnectionStats {
     pub age_seconds: f64,
     pub state_seconds: f64,
     pub last_statement: Option<String>,
+    /// The W3C trace id the session's `application_name` last carried (OpenTelemetry), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub queries: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -280,6 +283,7 @@ impl Snapshot {
             age_seconds: secs(self.now.saturating_duration_since(c.opened)),
             state_seconds: secs(self.now.saturating_duration_since(c.state_since())),
             last_statement: redact::render(&c.last_statement(), self.statement.0, self.statement.1),
+            trace_id: c.trace_id().map(|t| t.to_string()),
             queries: c.queries.load(Relaxed),
             bytes_in: c.bytes_in.load(Relaxed),
             bytes_out: c.bytes_out.load(Relaxed),

@@ -32,6 +32,7 @@ mod reload;
 mod startup;
 mod state;
 mod timeouts;
+mod traces;
 mod tracking;
 mod unix;
 mod upstream;

@@ -17,6 +17,42 @@ pub enum Command {
     DiscardAll,
 }
 
+/// `SET [SESSION | LOCAL] application_name {= | TO} '...'` whose value is or ends in a W3C traceparent, as
+/// the first statement of `text`: the trace id and the rest of `text` after that statement (often empty).
+/// OpenTelemetry's instrumentations send it before a command; it is the trace, not the evidence statement.
+pub fn traced_set(text: &[u8]) -> Option<(&str, &[u8])> {
+    let t = skip_comments(text);
+    let (w, t) = word(t)?;
+    if !is(w, "set") {
+        return None;
+    }
+    let (mut w, mut t) = word(t)?;
+    if is(w, "session") || is(w, "local") {
+        (w, t) = word(t)?;
+    }
+    if !is(w, "application_name") {
+        return None;
+    }
+    let t = t.trim_ascii_start();
+    let t = match t.strip_prefix(b"=") {
+        Some(rest) => rest,
+        None => {
+            let (w, rest) = word(t)?;
+            if !is(w, "to") {
+                return None;
+            }
+            rest
+        }
+    };
+    let t = t.trim_ascii_start().strip_prefix(b"'")?;
+    let end = t.iter().position(|&c| c == b'\'')?;
+    let value = std::str::from_utf8(&t[..end]).ok()?;
+    let trace = crate::text::traceparent::split(value).1?;
+    let rest = t[end + 1..].trim_ascii_start();
+    let rest = rest.strip_prefix(b";").unwrap_or(rest).trim_ascii();
+    Some((trace, rest))
+}
+
 /// The commands of interest in `text`, in order.
 pub fn commands(text: &[u8]) -> impl Iterator<Item = Command> + '_ {
     text.split(|&c| c == b';').filter_map(|stmt| command(skip_comments(stmt)))
@@ -104,6 +140,24 @@ fn command(stmt: &[u8]) -> Option<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_of_a_traceparent_is_the_trace() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for sql in [
+            format!("SET application_name = '{tp}'"),
+            format!("set session application_name to 'checkout {tp}';"),
+            format!("/* otel */ SET LOCAL application_name='{tp}'  "),
+        ] {
+            assert_eq!(traced_set(sql.as_bytes()), Some((id, &b""[..])), "{sql}");
+        }
+        let batched = format!("SET application_name = '{tp}'; select * from images where id = 7");
+        assert_eq!(traced_set(batched.as_bytes()), Some((id, &b"select * from images where id = 7"[..])));
+        for not in ["SET application_name = 'checkout'", "SET search_path = 'x'", "select 1", "SET application_name"] {
+            assert_eq!(traced_set(not.as_bytes()), None, "{not}");
+        }
+    }
 
     fn all(text: &str) -> Vec<Command> {
         commands(text.as_bytes()).collect()

@@ -4,7 +4,7 @@
 //! transaction status, COPY IN mode, the backend key, Terminate, LISTEN, and the text last executed (with
 //! the named prepared statements, see `statements`, that give Bind/Execute of a cached statement its text).
 
-use super::commands::{commands, Command};
+use super::commands::{commands, traced_set, Command};
 use super::statements::Statements;
 use crate::protocol::messages::{self, backend, frontend, TxStatus};
 use crate::protocol::{error_response, scanner::Frame};
@@ -36,6 +36,8 @@ pub struct Tracker {
     /// The text last executed, shared with the registry once published.
     last_statement: Option<Arc<[u8]>>,
     statement_changed: bool,
+    /// A trace id a `SET application_name` just carried (taken by the relay for the registry).
+    new_trace: Option<Arc<str>>,
     pub queries: u64,
     pub terminated: bool,
     pub server_fatal: bool,
@@ -69,6 +71,7 @@ impl Tracker {
             bound: None,
             last_statement: None,
             statement_changed: false,
+            new_trace: None,
             queries: 0,
             terminated: false,
             server_fatal: false,
@@ -258,9 +261,28 @@ impl Tracker {
         }
     }
 
+    /// The trace id a `SET application_name` carried since the last call.
+    pub fn take_trace(&mut self) -> Option<Arc<str>> {
+        self.new_trace.take()
+    }
+
+    /// A `SET application_name` to a traceparent is the trace, not the evidence statement: its trace id is
+    /// kept and the statement before it stays the last one (or what follows it in the same Query is).
+    fn traced<'t>(&mut self, text: &'t [u8]) -> Option<&'t [u8]> {
+        let (trace, rest) = traced_set(text)?;
+        self.new_trace = Some(Arc::from(trace));
+        Some(rest)
+    }
+
     /// A Query's text: kept (bounded) unless it is the one already kept, so a statement sent again costs a
     /// comparison, not an allocation and a copy.
-    fn set_statement_text(&mut self, text: &[u8]) {
+    fn set_statement_text(&mut self, mut text: &[u8]) {
+        if let Some(rest) = self.traced(text) {
+            if rest.is_empty() {
+                return;
+            }
+            text = rest;
+        }
         if self.statement_cap == 0 {
             return;
         }
@@ -273,6 +295,13 @@ impl Tracker {
 
     /// A prepared statement's text (already bounded, shared with the statement cache).
     fn set_statement(&mut self, text: Arc<[u8]>) {
+        if let Some(rest) = self.traced(&text) {
+            if !rest.is_empty() {
+                let rest = Arc::from(rest);
+                self.set_statement(rest);
+            }
+            return;
+        }
         let same = match &self.last_statement {
             Some(last) => Arc::ptr_eq(last, &text) || **last == *text,
             None => false,
