@@ -129,6 +129,8 @@ SPEC_CONFIG_KEYS = {
     "max_clients",
     # Beyond SPEC's list (bounded transactions, issue 28).
     "defaults.transaction_timeout", "defaults.query_timeout",
+    # Beyond SPEC's list (query tags, issue 29).
+    "stats.query_tag_keys",
 }
 # The injector's own keys in inject.yaml (besides `proxy`). Keep in sync with the Rust injector.
 INJECTOR_KEYS = {

@@ -169,6 +169,8 @@ pub struct Stats {
     pub statement_text: StatementText,
     /// At most [`MAX_STATEMENT_LENGTH`].
     pub statement_max_length: u32,
+    /// Query tag keys read beside the built-in ones (`redact::tags::KEYS`).
+    pub query_tag_keys: Vec<String>,
 }
 
 /// The per-client policy: `defaults`, overridden field by field by the first matching rule.
@@ -280,7 +282,7 @@ impl Default for Config {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { statement_text: StatementText::Redacted, statement_max_length: 1024 }
+        Stats { statement_text: StatementText::Redacted, statement_max_length: 1024, query_tag_keys: Vec::new() }
     }
 }
 
@@ -523,6 +525,12 @@ impl Config {
         }
         if self.stats.statement_max_length == 0 || self.stats.statement_max_length > MAX_STATEMENT_LENGTH {
             return fail("stats.statement_max_length", &format!("must be between 1 and {MAX_STATEMENT_LENGTH}"));
+        }
+        let tag_key = |k: &String| {
+            (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if self.stats.query_tag_keys.len() > 32 || !self.stats.query_tag_keys.iter().all(tag_key) {
+            return fail("stats.query_tag_keys", "at most 32 keys of 1-64 letters, digits, `_` or `-`");
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}]{}{k}", if k.is_empty() { "" } else { "." });

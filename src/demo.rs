@@ -186,6 +186,12 @@ fn verdict(
         s.suspect_connections,
         s.leak_reasons.join(", ")
     );
+    match &image.tags {
+        Some(tags) => {
+            let _ = writeln!(out, "  The code that leaked them, from the statements' query tags: {tags}.");
+        }
+        None => anyhow::bail!("{out}\nimage-processor's suspects carry no query tags"),
+    }
     for c in image.suspects.iter().take(5) {
         let _ = writeln!(
             out,

@@ -10,6 +10,8 @@
 //! which pgwarden does not see. Where the two readings disagree (a plain string whose closing quote follows
 //! an odd run of backslashes), everything from that string to the end is redacted.
 
+pub mod tags;
+
 use crate::config::StatementText;
 
 /// Renders `text` per `mode`, cut to `max_len` bytes (at a character boundary). `None` for `off`.
@@ -35,15 +37,43 @@ fn truncate(mut s: String, max_len: usize) -> String {
 
 /// Replaces every literal in `sql` with `?`.
 pub fn redact(sql: &str) -> String {
-    let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
     // Start of the current run of bytes copied unchanged.
     let mut copy_from = 0;
-    let push_lit = |out: &mut String, from: usize, start: usize| {
-        out.push_str(&sql[from..start]);
-        out.push('?');
-    };
+    lex(
+        sql,
+        |start, end| {
+            out.push_str(&sql[copy_from..start]);
+            out.push('?');
+            copy_from = end;
+        },
+        |_, _| {},
+    );
+    out.push_str(&sql[copy_from.min(sql.len())..]);
+    out
+}
+
+/// The block comments of `sql` outside its literals, innermost delimiters included in nesting (each as the
+/// text between its outer `/*` and `*/`). Fails closed as redaction does: nothing after a string whose end
+/// the two readings of backslashes disagree on.
+pub fn comments(sql: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    lex(
+        sql,
+        |_, _| {},
+        |start, end| {
+            let inner = &sql[start + 2..end];
+            found.push(inner.strip_suffix("*/").unwrap_or(inner));
+        },
+    );
+    found
+}
+
+/// The lexer: `literal(start, end)` for each literal (string, dollar-quoted or numeric constant; an
+/// unterminated or ambiguous one runs to the end), `comment(start, end)` for each block comment.
+fn lex(sql: &str, mut literal: impl FnMut(usize, usize), mut comment: impl FnMut(usize, usize)) {
+    let b = sql.as_bytes();
+    let mut i = 0;
     while i < b.len() {
         let c = b[i];
         let prev_ident = i > 0 && is_ident(b[i - 1]);
@@ -71,8 +101,7 @@ pub fn redact(sql: &str) -> String {
                     Some(_) => i += 1,
                 }
             }
-            push_lit(&mut out, copy_from, start);
-            copy_from = i.min(b.len());
+            literal(start, i.min(b.len()));
         } else if c == b'"' {
             // Quoted identifier: copy as is.
             i += 1;
@@ -82,6 +111,7 @@ pub fn redact(sql: &str) -> String {
             i += 1;
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
             // Block comment (they nest in PostgreSQL): kept as is, quotes inside it open nothing.
+            let start = i;
             let mut depth = 0;
             while i < b.len() {
                 if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
@@ -97,6 +127,7 @@ pub fn redact(sql: &str) -> String {
                     i += 1;
                 }
             }
+            comment(start, i.min(b.len()));
         } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
@@ -109,8 +140,7 @@ pub fn redact(sql: &str) -> String {
                     let body = i + tag_len;
                     let end = b[body..].windows(tag_len).position(|w| w == tag).map(|p| body + p + tag_len);
                     i = end.unwrap_or(b.len());
-                    push_lit(&mut out, copy_from, start);
-                    copy_from = i;
+                    literal(start, i);
                 }
                 None => {
                     // `$1` parameter: keep.
@@ -131,14 +161,11 @@ pub fn redact(sql: &str) -> String {
                 }
                 i += 1;
             }
-            push_lit(&mut out, copy_from, start);
-            copy_from = i;
+            literal(start, i.min(b.len()));
         } else {
             i += 1;
         }
     }
-    out.push_str(&sql[copy_from.min(sql.len())..]);
-    out
 }
 
 /// The string contents before a closing quote end in an odd run of backslashes.

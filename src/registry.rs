@@ -56,6 +56,9 @@ pub struct Conn {
     /// The W3C trace id the session last carried in `application_name` (at startup, or set by
     /// `SET application_name` as OpenTelemetry's instrumentations do): the trace that last used it.
     trace_id: Mutex<Option<Arc<str>>>,
+    /// The first statement since the session was last idle: where its pool lent it out (its query tags
+    /// name the code that borrowed it).
+    borrowed: Mutex<Option<Arc<[u8]>>>,
     pub queries: AtomicU64,
     /// When the session first became idle (ready for queries) and first became active (nanoseconds since
     /// the epoch, plus one; 0 until then): a connection used right after it was ready was opened on demand.
@@ -173,6 +176,18 @@ impl Conn {
         drop(old); // freed outside the lock
     }
 
+    /// The statement the session runs first since it was idle: where it was borrowed (once per transaction).
+    pub fn set_borrowed(&self, text: Arc<[u8]>) {
+        let old = self.borrowed.lock().unwrap_or_else(|e| e.into_inner()).replace(text);
+        drop(old); // freed outside the lock
+    }
+
+    /// The statement the session was last borrowed with (see [`Conn::set_borrowed`]), as text.
+    pub fn borrowed_statement(&self) -> String {
+        let text = self.borrowed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        text.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default()
+    }
+
     /// The trace id the session's `application_name` last carried.
     pub fn set_trace_id(&self, id: Arc<str>) {
         *self.trace_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
@@ -218,6 +233,7 @@ impl Registry {
             cancel: OnceLock::new(),
             last_statement: Mutex::default(),
             trace_id: Mutex::default(),
+            borrowed: Mutex::default(),
             queries: AtomicU64::new(0),
             ready_at: AtomicU64::new(0),
             first_active_at: AtomicU64::new(0),

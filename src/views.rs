@@ -8,3 +8,4 @@ pub mod admin;
 pub mod metrics;
 pub mod report;
 pub mod stats;
+pub mod tags;

@@ -75,7 +75,11 @@ pub async fn image_processor(addr: SocketAddr, stop: CancellationToken, tally: A
             tally.record(&c);
             if let Ok(mut c) = c {
                 image += 1;
-                let _ = c.query(&format!("SELECT id, data FROM images WHERE id = {image} AND format = 'webp'")).await;
+                // Tagged as sqlcommenter writes it (Django, Rails, Spring, Node): the evidence names the code.
+                let tags = "/*action='resize',controller='uploads',route='%2Fupload%2F%3Cid%3E'*/";
+                let _ = c
+                    .query(&format!("SELECT id, data FROM images WHERE id = {image} AND format = 'webp' {tags}"))
+                    .await;
                 leaked.push(c); // never returned to the pool
             }
         }

@@ -87,6 +87,9 @@ pub struct Evidence {
     /// The W3C trace id the session's `application_name` last carried (OpenTelemetry), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Where it was borrowed, else what it ran last, from the statements' query tags (`borrowed at k=v …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// How it ended, if pgwarden closed it (e.g. `idle_in_transaction_timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_reason: Option<String>,
@@ -102,6 +105,7 @@ impl Evidence {
             state_seconds: c.state_seconds,
             last_statement: c.last_statement.clone(),
             trace_id: c.trace_id.clone(),
+            code: crate::views::tags::code_of(c),
             closed_reason: c.closed_reason.clone(),
         }
     }
@@ -209,6 +213,8 @@ mod tests {
             state_seconds,
             last_statement: Some("SELECT $1".into()),
             trace_id: None,
+            query_tags: Default::default(),
+            borrowed_tags: Default::default(),
             queries: 1,
             bytes_in: 0,
             bytes_out: 0,
@@ -240,6 +246,7 @@ mod tests {
         let mut found = Collector::default();
         let leaks = |state_seconds| LeaksResponse {
             leaks: vec![LeakReport {
+                tags: None,
                 stats: client(0, 0),
                 suspects: vec![conn(1, "idle in transaction", Some("idle_in_transaction"), state_seconds)],
             }],

@@ -178,6 +178,9 @@ fn details(f: &Finding) -> String {
             let _ = writeln!(out, "closed by pgwarden: {why}");
         }
         let _ = writeln!(out, "last statement: {}", c.last_statement.as_deref().unwrap_or("-"));
+        if let Some(code) = &c.code {
+            let _ = writeln!(out, "code: {code}");
+        }
         if let Some(trace) = &c.trace_id {
             let _ = writeln!(out, "trace id: {trace}");
         }
@@ -223,6 +226,7 @@ mod tests {
                     state_seconds: 7.0,
                     last_statement: Some("UPDATE t SET a = $1 WHERE \"id\" = $2 & 'x'\u{1}".into()),
                     trace_id: None,
+                    code: None,
                     closed_reason: None,
                 }),
                 refused: None,

@@ -39,6 +39,12 @@ pub struct Evidence {
     pub state_seconds: f64,
     pub age_seconds: f64,
     pub last_statement: Option<String>,
+    /// The query tags of where it was borrowed, else of its last statement (`k=v k=v`; absent from older
+    /// sidecars and untagged statements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub leak_reason: Option<String>,
     /// Set when pgwarden already reclaimed it: how it ended.
     pub closed_reason: Option<String>,
@@ -98,6 +104,8 @@ impl PodReport {
                 state_seconds: s.state_seconds,
                 age_seconds: s.age_seconds,
                 last_statement: s.last_statement.clone(),
+                tags: crate::views::tags::code_of(s),
+                trace_id: s.trace_id.clone(),
                 leak_reason: s.leak_reason.clone(),
                 closed_reason: s.closed_reason.clone(),
             })

@@ -315,9 +315,15 @@ impl Detector {
                         stats.statement_text,
                         stats.statement_max_length as usize,
                     );
+                    let keys = &stats.query_tag_keys;
+                    let mut tags = crate::redact::tags::extract(&oldest.conn.borrowed_statement(), keys);
+                    if tags.is_empty() {
+                        tags = crate::redact::tags::extract(&oldest.conn.last_statement(), keys);
+                    }
                     warn!(
                         client = %key,
                         suspects = suspects.len(),
+                        tags = %crate::redact::tags::line(&tags),
                         oldest_idle_seconds = now.saturating_duration_since(oldest.conn.state_since()).as_secs(),
                         reason = oldest.verdict.reason.as_str(),
                         backend_pid = oldest.conn.backend_pid(),

@@ -121,6 +121,7 @@ pub async fn run(
         transaction_since: None,
         transaction_timer_spent: false,
         query_timer_spent: false,
+        borrow_pending: false,
         drain_deadline: None,
         violation: None,
     };
@@ -167,6 +168,8 @@ struct Relay<'a, 'c> {
     transaction_since: Option<Instant>,
     /// `transaction_timeout` fired in this transaction (report-only: reported once per transaction).
     transaction_timer_spent: bool,
+    /// The statement the session was borrowed with was a bare BEGIN: the next one names the borrower.
+    borrow_pending: bool,
     /// `query_timeout` fired for the running query (it was cancelled, or reported): once per query.
     query_timer_spent: bool,
     drain_deadline: Option<Instant>,
@@ -382,6 +385,7 @@ impl Relay<'_, '_> {
     /// Scans the `n` new client bytes pending in `to_server.flow`; they are written to the server by the I/O poll.
     fn client_bytes(&mut self, n: usize) -> Result<(), Fatal> {
         let cap = self.statement_cap;
+        let queries_before = self.tracker.queries;
         let tracker = &mut self.tracker;
         let Direction { flow, scanner, chunk_starts_at_boundary } = &mut self.to_server;
         *chunk_starts_at_boundary = scanner.at_boundary();
@@ -404,6 +408,14 @@ impl Relay<'_, '_> {
         }
         if let Some(trace) = self.tracker.take_trace() {
             conn.set_trace_id(trace);
+        }
+        // The first statement since the session was idle is where it was borrowed (past a bare BEGIN).
+        let from_idle = matches!(self.published, ConnState::Idle | ConnState::Startup);
+        if self.tracker.queries != queries_before && (from_idle || self.borrow_pending) {
+            if let Some(text) = self.tracker.current_statement() {
+                self.borrow_pending = commands::opens_transaction_only(&text);
+                conn.set_borrowed(text);
+            }
         }
         if self.tracker.listening != conn.listening() {
             conn.set_listening(self.tracker.listening);

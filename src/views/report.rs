@@ -186,6 +186,9 @@ pub fn leaks_report(r: &LeaksResponse) -> String {
                 s.client
             );
         }
+        if let Some(tags) = &l.tags {
+            let _ = writeln!(out, "code: {tags}");
+        }
         let states: Vec<String> = l
             .suspects
             .iter()
@@ -336,6 +339,8 @@ mod tests {
             state_seconds: 55.0,
             last_statement: Some("select * from images where id = ?".into()),
             trace_id: None,
+            query_tags: Default::default(),
+            borrowed_tags: Default::default(),
             queries: 1,
             bytes_in: 10,
             bytes_out: 10,
@@ -349,13 +354,18 @@ mod tests {
         let mut closed = conn.clone();
         closed.closed_seconds_ago = Some(3.0);
         closed.closed_reason = Some("idle_in_transaction_timeout".into());
-        let r =
-            LeaksResponse { leaks: vec![LeakReport { stats: client("leaky", 5, 1), suspects: vec![conn, closed] }] };
+        let r = LeaksResponse {
+            leaks: vec![LeakReport { tags: None, stats: client("leaky", 5, 1), suspects: vec![conn, closed] }],
+        };
         let text = leaks_report(&r);
         assert!(text.starts_with("LEAK SUSPECTED: client leaky holds 5 connections (cap 5), 1 suspect;"), "{text}");
         assert!(!text.contains("(s)"), "{text}");
         let only_live = LeaksResponse {
-            leaks: vec![LeakReport { stats: client("leaky", 5, 1), suspects: vec![r.leaks[0].suspects[0].clone()] }],
+            leaks: vec![LeakReport {
+                tags: None,
+                stats: client("leaky", 5, 1),
+                suspects: vec![r.leaks[0].suspects[0].clone()],
+            }],
         };
         let live_text = leaks_report(&only_live);
         let row = live_text.lines().nth(2).unwrap();
@@ -365,8 +375,9 @@ mod tests {
         // A client whose suspects were all reclaimed is no live leak: the report says so.
         let mut gone = client("leaky", 0, 0);
         gone.leak_reasons = vec!["idle_in_transaction".into()];
-        let r =
-            LeaksResponse { leaks: vec![LeakReport { stats: gone, suspects: vec![r.leaks[0].suspects[1].clone()] }] };
+        let r = LeaksResponse {
+            leaks: vec![LeakReport { tags: None, stats: gone, suspects: vec![r.leaks[0].suspects[1].clone()] }],
+        };
         let text = leaks_report(&r);
         assert!(
             text.starts_with(

@@ -14,7 +14,7 @@ use crate::registry::Conn;
 use crate::state::State;
 use crate::vocab::{CloseReason, ConnState};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,6 +131,12 @@ pub struct ConnectionStats {
     /// The W3C trace id the session's `application_name` last carried (OpenTelemetry), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Query tags (sqlcommenter, Rails) of the last statement, and of the first statement since the
+    /// connection was last idle (where it was borrowed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub borrowed_tags: BTreeMap<String, String>,
     pub queries: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -190,6 +196,9 @@ pub struct ConnectionsResponse {
 pub struct LeakReport {
     #[serde(flatten)]
     pub stats: ClientStats,
+    /// The most common code location among the suspects, from their query tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
     pub suspects: Vec<ConnectionStats>,
 }
 
@@ -213,6 +222,8 @@ pub struct Snapshot {
     closed_reasons: HashMap<String, BTreeSet<LeakReason>>,
     pools: HashMap<String, PoolsSeen>,
     statement: (crate::config::StatementText, usize),
+    /// Query tag keys read beside the built-in ones.
+    tag_keys: Vec<String>,
     /// Indices into `conns` by client, so a view is O(connections + clients), not their product.
     by_client: HashMap<String, Vec<usize>>,
     pub budget: Option<BudgetStats>,
@@ -260,6 +271,7 @@ impl Snapshot {
             closed,
             pools,
             statement: (settings.config.stats.statement_text, settings.config.stats.statement_max_length as usize),
+            tag_keys: settings.config.stats.query_tag_keys.clone(),
         }
     }
 
@@ -284,6 +296,8 @@ impl Snapshot {
             state_seconds: secs(self.now.saturating_duration_since(c.state_since())),
             last_statement: redact::render(&c.last_statement(), self.statement.0, self.statement.1),
             trace_id: c.trace_id().map(|t| t.to_string()),
+            query_tags: super::tags::of(&c.last_statement(), &self.tag_keys),
+            borrowed_tags: super::tags::of(&c.borrowed_statement(), &self.tag_keys),
             queries: c.queries.load(Relaxed),
             bytes_in: c.bytes_in.load(Relaxed),
             bytes_out: c.bytes_out.load(Relaxed),
@@ -407,7 +421,8 @@ impl Snapshot {
                         .cmp(&b.closed_seconds_ago.is_some())
                         .then(b.state_seconds.total_cmp(&a.state_seconds))
                 });
-                Some(LeakReport { stats: self.client(e), suspects })
+                let tags = super::tags::summary(&suspects);
+                Some(LeakReport { stats: self.client(e), tags, suspects })
             })
             .collect();
         leaks.sort_by(|a, b| {

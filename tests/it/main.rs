@@ -31,6 +31,7 @@ mod relay;
 mod reload;
 mod startup;
 mod state;
+mod tags;
 mod timeouts;
 mod traces;
 mod tracking;

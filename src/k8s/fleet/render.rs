@@ -83,7 +83,8 @@ fn evidence_line(e: &Evidence) -> String {
         e.age_seconds,
         e.leak_reason.as_deref().unwrap_or("-"),
         e.last_statement.as_deref().unwrap_or("(none)")
-    )
+    ) + &e.tags.as_deref().map(|t| format!("\n      code: {t}")).unwrap_or_default()
+        + &e.trace_id.as_deref().map(|t| format!("\n      trace id: {t}")).unwrap_or_default()
 }
 
 fn workload_verdict(out: &mut String, w: &WorkloadSummary) {
@@ -160,6 +161,8 @@ mod tests {
                 state_seconds: 61.0,
                 age_seconds: 70.0,
                 last_statement: Some("SELECT * FROM images WHERE id = ?".into()),
+                tags: None,
+                trace_id: None,
                 leak_reason: Some("idle_while_client_grew".into()),
                 closed_reason: None,
             })

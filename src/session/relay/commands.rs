@@ -53,6 +53,14 @@ pub fn traced_set(text: &[u8]) -> Option<(&str, &[u8])> {
     Some((trace, rest))
 }
 
+/// `text` only opens a transaction (`BEGIN …` or `START TRANSACTION …`, one statement): the code that borrowed
+/// the connection speaks in the statement after it.
+pub fn opens_transaction_only(text: &[u8]) -> bool {
+    let mut statements = text.split(|&c| c == b';').filter(|s| !skip_comments(s).is_empty());
+    let first = statements.next().and_then(|s| word(skip_comments(s)));
+    first.is_some_and(|(w, _)| is(w, "begin") || is(w, "start")) && statements.next().is_none()
+}
+
 /// The commands of interest in `text`, in order.
 pub fn commands(text: &[u8]) -> impl Iterator<Item = Command> + '_ {
     text.split(|&c| c == b';').filter_map(|stmt| command(skip_comments(stmt)))
@@ -140,6 +148,16 @@ fn command(stmt: &[u8]) -> Option<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_openers() {
+        for yes in ["BEGIN", "begin isolation level serializable;", "/* x */ START TRANSACTION READ ONLY"] {
+            assert!(opens_transaction_only(yes.as_bytes()), "{yes}");
+        }
+        for no in ["BEGIN; select 1", "select 1", "", "COMMIT"] {
+            assert!(!opens_transaction_only(no.as_bytes()), "{no}");
+        }
+    }
 
     #[test]
     fn a_set_of_a_traceparent_is_the_trace() {

@@ -261,6 +261,11 @@ impl Tracker {
         }
     }
 
+    /// The statement text kept now (shared, no copy).
+    pub fn current_statement(&self) -> Option<Arc<[u8]>> {
+        self.last_statement.clone()
+    }
+
     /// The trace id a `SET application_name` carried since the last call.
     pub fn take_trace(&mut self) -> Option<Arc<str>> {
         self.new_trace.take()

@@ -21,6 +21,8 @@ fn evidence(pod: &str, client: &str, pid: i32, state_seconds: f64) -> Evidence {
         state_seconds,
         age_seconds: state_seconds + 1.0,
         last_statement: Some("UPDATE images SET status = ? WHERE id = ?".into()),
+        tags: None,
+        trace_id: None,
         leak_reason: Some("idle_in_transaction".into()),
         closed_reason: None,
     }
