@@ -145,6 +145,8 @@ CONTROL_ON_KEYS = {"url", "caFile", "overridesNamespace", "overridesName"}
 # control plane, watching pods and reviewing sidecars' tokens too.
 INJECTOR_RULES = {("", "configmaps", "get")}
 BUDGET_RULES = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("authentication.k8s.io", "tokenreviews", "create")}
+# control.enabled: the sidecars' Events posted on their pods (created, then patched to count repeats).
+EVENT_RULES = {("", "events", "create"), ("", "events", "patch")}
 # The overrides ConfigMap (livepolicy::PolicyPatch): a data key is NAMESPACE or NAMESPACE.WORKLOAD, a value a patch
 # of these keys; defaults and leak take the config file's keys of the same name.
 OVERRIDES_KEY_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-.a-z0-9]*[a-z0-9])?)?")
@@ -683,7 +685,8 @@ class Checker:
         if len(croles) != 1:
             self.error(f"injector: {len(croles)} ClusterRole(s), want 1")
             return
-        for e in rule_errors(croles[0], INJECTOR_RULES | (BUDGET_RULES if on or control_on else set())):
+        want_rules = INJECTOR_RULES | (BUDGET_RULES if on or control_on else set()) | (EVENT_RULES if control_on else set())
+        for e in rule_errors(croles[0], want_rules):
             self.error(f"injector ClusterRole: {e}")
         bound = [b for b in self.of_component("injector", "ClusterRoleBinding")
                  if (b.get("roleRef") or {}).get("name") == croles[0]["metadata"]["name"]]

@@ -287,6 +287,7 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
             let poller = crate::k8s::control::client::Poller::new(state.clone(), config.control.clone())
                 .map_err(|e| ConfigError::invalid("control", format!("{e:#}")))?;
             server.supervise("control client", poller.run());
+            server.supervise("pod events", crate::k8s::control::events::send(state.clone(), config.control.clone()));
         }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);
@@ -360,18 +361,27 @@ fn run_inject(
             if budgets.enabled {
                 info!(entries = budgets.entries.len(), audience = %budgets.audience, "budget coordinator on: GET /v1/share");
             }
+            let recorder = crate::k8s::control::events::Recorder::new(client.clone());
+            let events = inject_config.control.enabled.then(|| recorder.clone());
             let policy = if inject_config.control.enabled {
                 let control = &inject_config.control;
                 let holder = std::sync::Arc::new(crate::k8s::control::overrides::Holder::default());
                 let namespace = control.overrides_namespace.clone().unwrap_or_default();
                 info!(overrides = %format!("{namespace}/{}", control.overrides_name), "control plane on: GET /v1/policy");
                 tokio::spawn(holder.clone().run(client.clone(), namespace, control.overrides_name.clone()));
+                tokio::spawn(recorder.clone().run());
                 Some(crate::k8s::control::served::PolicyServer { base: inject_config.proxy.clone(), overrides: holder })
             } else {
                 None
             };
             let reviewer = crate::k8s::budget::review::Reviewer::new(client, budgets.audience.clone());
-            Some(crate::k8s::budget::coordinator::Coordinator { members, reviewer, budgets: budgets.enabled, policy })
+            Some(crate::k8s::budget::coordinator::Coordinator {
+                members,
+                reviewer,
+                budgets: budgets.enabled,
+                policy,
+                events,
+            })
         } else {
             None
         };

@@ -14,7 +14,8 @@
 //!    (pure rules and timers), `leak` (the detector), `tls` (TLS configurations from the config),
 //!    `http_server` (the limits both HTTP servers run under), `pods` (gateway mode: peer address → pod),
 //!    `budget` (workload budgets: the share function, budget entries, a sidecar's lease), `livepolicy`
-//!    (the policy the control plane serves a sidecar, its overrides, laying them over a config);
+//!    (the policy the control plane serves a sidecar, its overrides, laying them over a config), `events`
+//!    (the pod's Kubernetes Events waiting for the control plane);
 //! 2. **shared state**: `state` (settings, the parts above, dial metrics, pod identity, draining);
 //! 3. **connection pipeline**: `session` (startup → identify → admit → dial → relay → close);
 //! 4. **views** (`views`: stats JSON, metrics, admin HTTP, CLI reports) and **Kubernetes** (`k8s`: the
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod guard;
 pub mod http_server;
 pub mod identity;

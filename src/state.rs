@@ -211,6 +211,8 @@ pub struct State {
     pub local: LocalMetrics,
     /// This pod's share of its workload budget (`budget.coordinator`), written by the budget poller.
     pub budget: Arc<Lease>,
+    /// Kubernetes Events for this pod, waiting for the control plane to post them.
+    pub events: crate::events::Outbox,
     /// The live policy from the control plane (`control.url`): what was served, applied and reclaimed.
     pub live: crate::livepolicy::status::Status,
     /// Read once per connection (and on reload), never per message.
@@ -224,9 +226,11 @@ impl State {
         let peers = (settings.config.pod_identity.from == PodIdentityFrom::PeerAddress).then(Arc::default);
         let b = &settings.config.budget;
         let budget = Arc::new(Lease::new(b.coordinator.is_some(), b.keep_last.0, b.fallback_max_connections.0));
+        let events = crate::events::Outbox::new(settings.config.control.url.is_some());
         let live = crate::livepolicy::status::Status::default();
         live.set_started(settings.config.clone());
         Arc::new(State {
+            events,
             live,
             registry: Arc::default(),
             clients: Arc::default(),
@@ -347,6 +351,19 @@ impl State {
             for c in &chosen {
                 c.signal(signal::RECLAIM);
             }
+            if !chosen.is_empty() {
+                let clients: std::collections::BTreeSet<&str> = chosen.iter().map(|c| c.client.display()).collect();
+                let clients: Vec<&str> = clients.into_iter().collect();
+                self.events.push(
+                    crate::events::Reason::LeakReclaimed,
+                    format!(
+                        "pgwarden fleet reclaim: closing {} idle suspect connection{} of {}",
+                        chosen.len(),
+                        if chosen.len() == 1 { "" } else { "s" },
+                        clients.join(", ")
+                    ),
+                );
+            }
         }
         chosen.len()
     }
@@ -359,7 +376,13 @@ impl State {
         let settings = self.settings();
         let conns = self.registry.snapshot();
         let clients = self.clients.entries();
-        self.detector().tick(now, &conns, &clients, &settings.config.leak, &settings.config.stats);
+        let mut detector = self.detector();
+        detector.tick(now, &conns, &clients, &settings.config.leak, &settings.config.stats);
+        let flagged = detector.take_flagged();
+        drop(detector);
+        for (_, message) in flagged {
+            self.events.push(crate::events::Reason::ConnectionLeak, message);
+        }
     }
 
     /// How often housekeeping runs: often enough for the leak thresholds, at most once a second.

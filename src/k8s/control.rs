@@ -9,5 +9,6 @@
 pub mod channel;
 pub mod client;
 pub mod edit;
+pub mod events;
 pub mod overrides;
 pub mod served;

@@ -123,6 +123,8 @@ pub struct Detector {
     closed: VecDeque<ClosedSuspect>,
     /// Closed suspects let go before their time for the caps above.
     closed_dropped: prometheus::IntCounter,
+    /// Clients newly flagged since the last [`Detector::take_flagged`]: (client key, what the WARN line says).
+    flagged: Vec<(String, String)>,
 }
 
 impl Default for Detector {
@@ -135,7 +137,13 @@ impl Default for Detector {
             .namespace("pgwarden"),
         )
         .expect("valid counter");
-        Detector { clients: HashMap::new(), live: HashMap::new(), closed: VecDeque::new(), closed_dropped }
+        Detector {
+            clients: HashMap::new(),
+            live: HashMap::new(),
+            closed: VecDeque::new(),
+            closed_dropped,
+            flagged: Vec::new(),
+        }
     }
 }
 
@@ -161,6 +169,11 @@ impl Detector {
             self.closed.pop_front();
             self.closed_dropped.inc();
         }
+    }
+
+    /// Clients flagged since the last call, with what was said (for the pod's Events).
+    pub fn take_flagged(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.flagged)
     }
 
     /// The live suspect connections.
@@ -320,6 +333,19 @@ impl Detector {
                     if tags.is_empty() {
                         tags = crate::redact::tags::extract(&oldest.conn.last_statement(), keys);
                     }
+                    let code = crate::redact::tags::line(&tags);
+                    self.flagged.push((
+                        key.clone(),
+                        format!(
+                            "client {key} holds {} suspect connection{} ({}; oldest idle {} s{}): {}",
+                            suspects.len(),
+                            if suspects.len() == 1 { "" } else { "s" },
+                            oldest.verdict.reason.as_str(),
+                            now.saturating_duration_since(oldest.conn.state_since()).as_secs(),
+                            if code.is_empty() { String::new() } else { format!("; code: {code}") },
+                            oldest.verdict.evidence
+                        ),
+                    ));
                     warn!(
                         client = %key,
                         suspects = suspects.len(),

@@ -70,6 +70,9 @@ pub async fn admit(
                 warn!(reason, rule, suppressed, %message, "report-only: would refuse connection");
             } else {
                 warn!(reason, rule, suppressed, %message, "connection refused");
+                let more =
+                    if suppressed > 0 { format!(" ({suppressed} more refused since the last)") } else { String::new() };
+                state.events.push(crate::events::Reason::ConnectionCapReached, format!("{message}{more}"));
             }
         }
     };

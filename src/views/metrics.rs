@@ -108,6 +108,7 @@ impl Exporter {
         if state.settings().config.control.url.is_some() {
             r.register(Box::new(state.live.failing.clone())).expect("unique metric");
             r.register(Box::new(state.live.applied_total.clone())).expect("unique metric");
+            r.register(Box::new(state.events.dropped.clone())).expect("unique metric");
         }
         let client = &["client"];
         let client_reason = &["client", "reason"];

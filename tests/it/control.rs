@@ -242,6 +242,54 @@ async fn a_workload_cap_and_reclaim_reach_exactly_its_sidecars_and_outlive_the_i
         c.simple_query("select 1").await.expect("busy and non-suspect connections stay");
     }
 
+    // Kubernetes Events on the right pods, posted by the injector for the sidecars: the leaks (images-b,
+    // api), the refusal at the cap (images-a), the reclaim (images-b).
+    let wanted = [
+        ("images-5f7c9d8b4-b", "ConnectionLeak"),
+        ("api-5f7c9d8b4-a", "ConnectionLeak"),
+        ("images-5f7c9d8b4-a", "ConnectionCapReached"),
+        ("images-5f7c9d8b4-b", "LeakReclaimed"),
+    ];
+    let event = |pod: &str, reason: &str| {
+        kube.events()
+            .into_iter()
+            .filter(|e| e["involvedObject"]["name"] == pod && e["reason"] == reason)
+            .collect::<Vec<_>>()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while !wanted.iter().all(|(pod, reason)| !event(pod, reason).is_empty()) {
+        assert!(Instant::now() < until, "events missing: {:#?}", kube.events());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leak = &event("images-5f7c9d8b4-b", "ConnectionLeak")[0];
+    assert!(leak["message"].as_str().unwrap().contains("worker/postgres"), "{leak:#}");
+    assert_eq!((leak["type"].as_str(), leak["count"].as_i64()), (Some("Warning"), Some(1)), "{leak:#}");
+    assert_eq!(leak["involvedObject"]["kind"], "Pod");
+    let cap = &event("images-5f7c9d8b4-a", "ConnectionCapReached")[0];
+    assert!(
+        cap["message"].as_str().unwrap().contains("53300")
+            || cap["message"].as_str().unwrap().contains("max_total_connections"),
+        "{cap:#}"
+    );
+    assert_eq!(kube.events().len(), 4, "one object per pod and reason: {:#?}", kube.events());
+    // A second leak reclaimed on the same pod: the same object, its count 2.
+    let mut leaked_again = Raw::connect(b_addr, "postgres", "worker").await;
+    leaked_again.send(&query("begin; select 2")).await;
+    leaked_again.until_ready().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // a suspect, and a reclaim asked in another second
+    let (ok, out, err) = fleet(&kubeconfig, &["reclaim", "images"]).await;
+    assert!(ok, "{out}\n{err}");
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reclaimed = event("images-5f7c9d8b4-b", "LeakReclaimed");
+        assert_eq!(reclaimed.len(), 1, "one object: {reclaimed:#?}");
+        if reclaimed[0]["count"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "the count never grew: {reclaimed:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Every answer so far (the first, the cap, the annotation, the reclaim) came over one TLS connection.
     for s in &sidecars {
         assert_eq!(s.policy().await["connections_opened"], 1, "{}: one kept-alive connection", s.pod);

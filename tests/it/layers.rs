@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
     &["vocab", "protocol", "config", "identity", "redact", "logging", "text"],
-    &["registry", "clients", "policy", "leak", "tls", "http_server", "pods", "budget", "livepolicy"],
+    &["registry", "clients", "policy", "leak", "tls", "http_server", "pods", "budget", "livepolicy", "events"],
     &["state"],
     &["session"],
     &["views", "k8s"],

@@ -24,6 +24,8 @@ pub struct Coordinator {
     pub budgets: bool,
     /// `control.enabled`: `/v1/policy` answers (else 404).
     pub policy: Option<crate::k8s::control::served::PolicyServer>,
+    /// `control.enabled`: `POST /v1/events` posts the sidecars' Events on their pods.
+    pub events: Option<std::sync::Arc<crate::k8s::control::events::Recorder>>,
 }
 
 /// A status and a body (JSON on 200, plain text otherwise).

@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl Target {
 /// A kept-alive connection to the injector (opened on first use and after a failure).
 pub struct Channel {
     target: Target,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<Full<Bytes>>>,
     /// TLS handshakes made so far (one per connection).
     pub handshakes: u64,
 }
@@ -58,7 +58,7 @@ impl Channel {
         &self.target.authority
     }
 
-    async fn connect(&mut self) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    async fn connect(&mut self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let t = &self.target;
         let connect = async {
             let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
@@ -84,17 +84,28 @@ impl Channel {
         limit: Duration,
         max_answer: usize,
     ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-        let result = self.exchange(path, token, limit, max_answer).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
+        self.send(hyper::Method::GET, path, token, Bytes::new(), limit, max_answer).await
     }
 
-    async fn exchange(
+    /// POST `body` (JSON) to `path`, as [`Channel::get`].
+    pub async fn post(
         &mut self,
         path: &str,
         token: &str,
+        body: Bytes,
+        limit: Duration,
+        max_answer: usize,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        self.send(hyper::Method::POST, path, token, body, limit, max_answer).await
+    }
+
+    /// One request; any failure drops the connection, so the next request starts afresh.
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        token: &str,
+        body: Bytes,
         limit: Duration,
         max_answer: usize,
     ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
@@ -106,10 +117,15 @@ impl Channel {
             Some(s) => s,
             None => self.connect().await?,
         };
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", &self.target.authority)
-            .header("authorization", format!("Bearer {}", token.trim()))
-            .body(Empty::<Bytes>::new())?;
+            .header("authorization", format!("Bearer {}", token.trim()));
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(body))?;
         let exchange = async {
             let resp = sender.send_request(req).await?;
             let status = resp.status();

@@ -52,6 +52,33 @@ impl PolicyServer {
     }
 }
 
+/// Answers one `POST /v1/events` (`body`: the sidecar's events, JSON): 202 once counted.
+pub async fn events(c: &Coordinator, authorization: Option<&str>, raw_query: &str, body: &[u8]) -> Reply {
+    let Some(recorder) = &c.events else {
+        return text(404, "the control plane is not enabled in this injector (control.enabled)");
+    };
+    let asked = match c.authenticate(authorization, raw_query, "/v1/events").await {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    let events: Vec<crate::events::PodEvent> = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(e) => return text(400, format!("not a list of pod events: {e}")),
+    };
+    match c.members.member(&asked.namespace, &asked.pod) {
+        Ok(m) => match asked.check_uid(&m.key.uid) {
+            Ok(()) => {
+                // Messages come from the pod: kept printable and bounded, as the sidecar made them.
+                let events = events.into_iter().map(|e| crate::events::PodEvent::new(e.reason, e.message)).collect();
+                recorder.record(&m, events);
+                text(202, "counted")
+            }
+            Err(reply) => reply,
+        },
+        Err(e) => crate::k8s::budget::coordinator::no_answer(e, &asked.namespace, &asked.pod),
+    }
+}
+
 /// Answers one `GET /v1/policy`.
 pub async fn policy(c: &Coordinator, authorization: Option<&str>, raw_query: &str) -> Reply {
     let Some(server) = &c.policy else {

@@ -226,13 +226,34 @@ async fn route(injector: &Injector, req: Request<Incoming>, body_timeout: Durati
                 reply(StatusCode::NOT_FOUND, "text/plain", "the control plane is not enabled in this injector\n".into())
             }
         },
-        (_, "/healthz" | "/mutate" | "/v1/share" | "/v1/policy") => {
+        (&Method::POST, "/v1/events") => match &injector.coordinator {
+            Some(coordinator) => {
+                let auth =
+                    req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let query = req.uri().query().unwrap_or("").to_string();
+                let limited = Limited::new(req.into_body(), crate::k8s::control::events::MAX_REPORT).collect();
+                let body = match tokio::time::timeout(body_timeout, limited).await {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    Ok(Err(e)) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("{e}\n").into()),
+                    Err(_) => {
+                        return reply(StatusCode::REQUEST_TIMEOUT, "text/plain", "request body too slow\n".into())
+                    }
+                };
+                let r = crate::k8s::control::served::events(coordinator, auth.as_deref(), &query, &body).await;
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                reply(status, "text/plain", r.body.into_bytes())
+            }
+            None => {
+                reply(StatusCode::NOT_FOUND, "text/plain", "the control plane is not enabled in this injector\n".into())
+            }
+        },
+        (_, "/healthz" | "/mutate" | "/v1/share" | "/v1/policy" | "/v1/events") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; endpoints: POST /mutate, GET /healthz, GET /v1/share, GET /v1/policy\n".into(),
+            "not found; endpoints: POST /mutate, GET /healthz, GET /v1/share, GET /v1/policy, POST /v1/events\n".into(),
         ),
     }
 }

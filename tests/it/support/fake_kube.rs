@@ -28,8 +28,8 @@ struct World {
     requests: Vec<String>,
     /// TokenReview: bound ServiceAccount tokens → (namespace, pod, audience).
     tokens: HashMap<String, (String, String, String)>,
-    /// ConfigMaps by (namespace, name).
-    configmaps: HashMap<(String, String), Value>,
+    /// ConfigMaps and Events by (resource, namespace, name).
+    objects: HashMap<(String, String, String), Value>,
     /// Users (bearer tokens) that may read ConfigMaps but not write them: 403 as RBAC answers.
     readers: HashMap<String, String>,
     /// Pod proxy prefixes (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/`) forwarded to a real admin server.
@@ -117,8 +117,8 @@ impl FakeKube {
                                 let rest = req.uri().path()[prefix.len()..].to_string();
                                 return Ok::<_, Infallible>(forward_get(to, &format!("/{rest}")).await);
                             }
-                            if req.uri().path().contains("/configmaps") {
-                                return Ok::<_, Infallible>(configmaps(&w, req).await);
+                            if req.uri().path().contains("/configmaps") || req.uri().path().contains("/events") {
+                                return Ok::<_, Infallible>(objects(&w, req).await);
                             }
                             Ok::<_, Infallible>(route(&w, req))
                         }
@@ -187,12 +187,20 @@ impl FakeKube {
         w.version += 1;
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace, "resourceVersion": w.version.to_string()}, "data": data});
-        w.configmaps.insert((namespace.into(), name.into()), cm);
+        w.objects.insert(("configmaps".into(), namespace.into(), name.into()), cm);
+    }
+
+    /// The Events posted so far.
+    pub fn events(&self) -> Vec<Value> {
+        let w = self.world();
+        let mut v: Vec<Value> = w.objects.iter().filter(|(k, _)| k.0 == "events").map(|(_, e)| e.clone()).collect();
+        v.sort_by_key(|e| e["metadata"]["name"].as_str().unwrap_or("").to_string());
+        v
     }
 
     /// ConfigMap `namespace/name`, if it exists.
     pub fn configmap(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.world().configmaps.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.world().objects.get(&("configmaps".to_string(), namespace.to_string(), name.to_string())).cloned()
     }
 
     /// A kubeconfig like [`FakeKube::kubeconfig`] (file `name`) for user `user`, who may read ConfigMaps but
@@ -351,9 +359,10 @@ async fn forward_get(to: SocketAddr, path: &str) -> Response<Body> {
     }
 }
 
-/// `/api/v1/namespaces/NS/configmaps[/NAME]`: GET, create (POST) and replace (PUT, with the resourceVersion
-/// read: 409 when it changed), as the API server does; a reader's write is a 403 naming the verb.
-async fn configmaps(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+/// `/api/v1/namespaces/NS/{configmaps,events}[/NAME]`: GET, create (POST), replace (PUT, with the
+/// resourceVersion read: 409 when it changed) and merge PATCH, as the API server does; a reader's write is a
+/// 403 naming the verb.
+async fn objects(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let bearer = req
@@ -369,37 +378,50 @@ async fn configmaps(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incomin
     let mut w = world.lock().unwrap();
     w.requests.push(format!("{method} {path}"));
     let rest = path.strip_prefix("/api/v1/namespaces/").unwrap_or("");
-    let (ns, name) = match rest.split('/').collect::<Vec<_>>()[..] {
-        [ns, "configmaps"] => (ns.to_string(), body["metadata"]["name"].as_str().unwrap_or("").to_string()),
-        [ns, "configmaps", name] => (ns.to_string(), name.to_string()),
+    let (ns, resource, name) = match rest.split('/').collect::<Vec<_>>()[..] {
+        [ns, res] => (ns.to_string(), res.to_string(), body["metadata"]["name"].as_str().unwrap_or("").to_string()),
+        [ns, res, name] => (ns.to_string(), res.to_string(), name.to_string()),
         _ => return full(404, status(404, "NotFound", &format!("the server could not find {path}"))),
     };
     let verb = match method {
         hyper::Method::GET => "get",
         hyper::Method::POST => "create",
         hyper::Method::PUT => "update",
+        hyper::Method::PATCH => "patch",
         _ => return full(405, status(405, "MethodNotAllowed", "method not allowed")),
     };
     if verb != "get" {
         if let Some(user) = w.readers.get(&bearer) {
             let message = format!(
-                "configmaps \"{name}\" is forbidden: User \"{user}\" cannot {verb} resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+                "{resource} \"{name}\" is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"\" in the namespace \"{ns}\""
             );
             return full(403, status(403, "Forbidden", &message));
         }
     }
-    let key = (ns.clone(), name.clone());
-    let not_found = || full(404, status(404, "NotFound", &format!("configmaps \"{name}\" not found")));
+    let key = (resource.clone(), ns.clone(), name.clone());
+    let not_found = || full(404, status(404, "NotFound", &format!("{resource} \"{name}\" not found")));
     match verb {
-        "get" => match w.configmaps.get(&key) {
-            Some(cm) => full(200, cm.to_string()),
+        "get" => match w.objects.get(&key) {
+            Some(o) => full(200, o.to_string()),
             None => not_found(),
         },
-        "create" if w.configmaps.contains_key(&key) => {
-            full(409, status(409, "AlreadyExists", &format!("configmaps \"{name}\" already exists")))
+        "create" if w.objects.contains_key(&key) => {
+            full(409, status(409, "AlreadyExists", &format!("{resource} \"{name}\" already exists")))
+        }
+        "patch" => {
+            w.version += 1;
+            let version = w.version;
+            let Some(o) = w.objects.get_mut(&key) else { return not_found() };
+            if let (Some(o), Some(patch)) = (o.as_object_mut(), body.as_object()) {
+                for (k, v) in patch {
+                    o.insert(k.clone(), v.clone());
+                }
+            }
+            o["metadata"]["resourceVersion"] = json!(version.to_string());
+            full(200, o.to_string())
         }
         _ => {
-            let current = w.configmaps.get(&key).map(|c| c["metadata"]["resourceVersion"].clone());
+            let current = w.objects.get(&key).map(|c| c["metadata"]["resourceVersion"].clone());
             if verb == "update" {
                 match current {
                     None => return not_found(),
@@ -410,11 +432,11 @@ async fn configmaps(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incomin
                 }
             }
             w.version += 1;
-            let mut cm = body;
-            cm["metadata"]["resourceVersion"] = json!(w.version.to_string());
-            cm["metadata"]["namespace"] = json!(ns);
-            w.configmaps.insert(key, cm.clone());
-            full(if verb == "create" { 201 } else { 200 }, cm.to_string())
+            let mut o = body;
+            o["metadata"]["resourceVersion"] = json!(w.version.to_string());
+            o["metadata"]["namespace"] = json!(ns);
+            w.objects.insert(key, o.clone());
+            full(if verb == "create" { 201 } else { 200 }, o.to_string())
         }
     }
 }
