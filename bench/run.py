@@ -152,6 +152,13 @@ def orm_statement():
     return head + ", ".join(cols) + tail
 
 
+# A sqlcommenter comment as Django, Rails 7.1+, Spring or OpenTelemetry append to every statement (issue 29):
+# the "tagged" rows run the select-only and ORM-sized statements with it.
+SQLCOMMENTER = ("/*action='show',controller='accounts',db_driver='psycopg',framework='django%3A4.2',"
+                "route='%2Faccounts%2F%3Caid%3E',"
+                "traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/")
+
+
 def cpu_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -299,6 +306,10 @@ class Bench:
         """The ORM-sized pgbench script; logs the statement's and its row's size once, checked against direct."""
         sql = orm_statement()
         (self.tmp / "orm.sql").write_text(f"\\set aid random(1, 100000 * :scale)\n{sql};\n")
+        (self.tmp / "tagged-orm.sql").write_text(f"\\set aid random(1, 100000 * :scale)\n{sql} {SQLCOMMENTER};\n")
+        (self.tmp / "tagged-select.sql").write_text(
+            "\\set aid random(1, 100000 * :scale)\n"
+            f"SELECT abalance FROM pgbench_accounts WHERE aid = :aid {SQLCOMMENTER};\n")
         row = self.psql(self.ports["direct"], "postgres", sql.replace(":aid", "1"))
         columns = row.count("|") + 1
         log(f"ORM-sized statement: {len(sql)} bytes of SQL text; its row: {len(row) - columns + 1} bytes of values in {columns} columns")
@@ -431,6 +442,9 @@ class Bench:
                 throughput(f"select-only {clients:>2} clients {mode}", ["-S", "-c", str(clients), "-j", str(min(clients, 2)), "-M", mode])
         throughput("select-only -C (connect per transaction) 8 clients", ["-S", "-C", "-c", "8", "-j", "2"])
         throughput("ORM-sized  8 clients prepared", [*orm, "-c", "8", "-j", "2"])
+        tagged = ["-s", self.scale, "-c", "8", "-j", "2"]
+        throughput("tagged select-only  8 clients simple", ["-f", str(self.tmp / "tagged-select.sql"), "-M", "simple", *tagged])
+        throughput("tagged ORM-sized  8 clients prepared", ["-f", str(self.tmp / "tagged-orm.sql"), "-M", "prepared", *tagged])
         for mode in ("simple", "prepared"):
             throughput(f"Unix socket select-only  8 clients {mode}", ["-S", "-c", "8", "-j", "2", "-M", mode], UNIX_TARGETS, unix=True)
         throughput("Unix socket ORM-sized  8 clients prepared", [*orm, "-c", "8", "-j", "2"], UNIX_TARGETS, unix=True)
