@@ -122,6 +122,7 @@ pub async fn run(
         transaction_timer_spent: false,
         query_timer_spent: false,
         borrow_pending: false,
+        borrowed: None,
         drain_deadline: None,
         violation: None,
     };
@@ -170,6 +171,8 @@ struct Relay<'a, 'c> {
     transaction_timer_spent: bool,
     /// The statement the session was borrowed with was a bare BEGIN: the next one names the borrower.
     borrow_pending: bool,
+    /// The borrowing statement last published to the registry.
+    borrowed: Option<std::sync::Arc<[u8]>>,
     /// `query_timeout` fired for the running query (it was cancelled, or reported): once per query.
     query_timer_spent: bool,
     drain_deadline: Option<Instant>,
@@ -414,7 +417,11 @@ impl Relay<'_, '_> {
         if self.tracker.queries != queries_before && (from_idle || self.borrow_pending) {
             if let Some(text) = self.tracker.current_statement() {
                 self.borrow_pending = commands::opens_transaction_only(&text);
-                conn.set_borrowed(text);
+                // A prepared statement borrowed again is the same shared text: nothing to publish.
+                if !self.borrowed.as_ref().is_some_and(|b| std::sync::Arc::ptr_eq(b, &text)) {
+                    self.borrowed = Some(text.clone());
+                    conn.set_borrowed(text);
+                }
             }
         }
         if self.tracker.listening != conn.listening() {
