@@ -37,6 +37,9 @@ fuzz_target!(|data: &[u8]| {
                     drain_deadline: config.shutdown_grace.0.and_then(|d| now.checked_add(d)),
                     policy: &policy,
                     idle_timers_spent: spent,
+                    transaction_since: Some(now),
+                    transaction_timer_spent: spent,
+                    query_timer_spent: spent,
                 };
                 if let Some((at, _)) = next_timer(&input) {
                     assert!(at >= now, "a timer in the past");

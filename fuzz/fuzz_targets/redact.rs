@@ -2,10 +2,12 @@
 //! identifiers, comments, operators) and literals of every kind PostgreSQL has ('…', E'…', $$…$$,
 //! $tag$…$tag$, U&'…', numbers), each literal holding a secret, must come out with no secret left, whichever
 //! way `standard_conforming_strings` reads backslashes. A property, not a snapshot. And any text at all is
-//! redacted and truncated without a panic.
+//! redacted and truncated without a panic. Query tags are read from comments outside literals only: no secret
+//! of a literal ever becomes a tag.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pgwarden::config::StatementText;
+use pgwarden::redact::tags::extract;
 use pgwarden::redact::{redact, render};
 
 const SECRET: &str = "SECRET";
@@ -33,7 +35,7 @@ fn content(input: &mut &[u8], pieces: &[&str]) -> String {
 }
 
 fn token(input: &mut &[u8]) -> String {
-    match next(input) % 14 {
+    match next(input) % 15 {
         0 => "select".into(),
         1 => " ".into(),
         2 => ", ".into(),
@@ -49,6 +51,7 @@ fn token(input: &mut &[u8]) -> String {
         10 => format!(" $q${}$q$", content(input, &["a", "'", "\\", "$", " ", SECRET])),
         11 => format!(" U&'{}'", content(input, &["a", "''", " ", SECRET])),
         12 => format!(" {SECRET_NUMBER}{} ", [".5", "e3", "", ".0e-2"][next(input) as usize % 4]),
+        13 => " /*route='%2Fup%27load',action:resize*/ ".into(),
         _ => [" = ", "(", ")", "::text", " and ", ";"][next(input) as usize % 6].into(),
     }
 }
@@ -56,6 +59,8 @@ fn token(input: &mut &[u8]) -> String {
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = redact(&text);
+    let _ = extract(&text, &["tenant".to_string()]);
+    let _ = pgwarden::text::traceparent::split(&text);
     for max in [0, 1, 7, 64] {
         if let Some(out) = render(&text, StatementText::Redacted, max) {
             assert!(out.len() <= max);
@@ -69,5 +74,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let out = redact(&sql);
     assert!(!out.contains(SECRET), "a literal survived: {sql:?} -> {out:?}");
+    // Query tags come from comments outside literals only: no literal's secret becomes a tag.
+    for (k, v) in extract(&sql, &[]) {
+        assert!(!v.contains(SECRET) && !v.contains(SECRET_NUMBER), "a literal became tag {k}: {sql:?}");
+    }
     assert!(!out.contains(SECRET_NUMBER), "a number survived: {sql:?} -> {out:?}");
 });
