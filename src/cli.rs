@@ -286,8 +286,8 @@ fn run_proxy(source: ConfigSource) -> Result<(), Failure> {
         if config.control.url.is_some() {
             let poller = crate::k8s::control::client::Poller::new(state.clone(), config.control.clone())
                 .map_err(|e| ConfigError::invalid("control", format!("{e:#}")))?;
+            server.supervise("pod events", poller.events());
             server.supervise("control client", poller.run());
-            server.supervise("pod events", crate::k8s::control::events::send(state.clone(), config.control.clone()));
         }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(1);

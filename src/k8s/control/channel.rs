@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the injector is, and how it is trusted.
+#[derive(Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,

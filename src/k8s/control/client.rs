@@ -27,6 +27,8 @@ pub struct Poller {
     state: Arc<State>,
     settings: ControlClient,
     channel: Channel,
+    /// The same injector, for the pod's Events (a connection of their own: the poll holds this one).
+    events: Target,
     namespace: String,
     pod: String,
 }
@@ -36,12 +38,21 @@ impl Poller {
     pub fn new(state: Arc<State>, settings: ControlClient) -> anyhow::Result<Poller> {
         let url = settings.url.as_deref().context("control.url is not set")?;
         let tls = crate::tls::control_client_config(&settings)?;
-        let channel = Channel::new(Target::new(url, "control.url", tls)?);
+        let channel = Channel::new(Target::new(url, "control.url", tls.clone())?);
+        let events = Target::new(url, "control.url", tls)?;
         let (namespace, pod) = match (&state.pod.namespace, &state.pod.pod) {
             (Some(ns), Some(pod)) => (ns.clone(), pod.clone()),
             _ => bail!("control.url needs this pod's name and namespace (PGWARDEN_POD_NAME, PGWARDEN_POD_NAMESPACE)"),
         };
-        Ok(Poller { state, settings, channel, namespace, pod })
+        Ok(Poller { state, settings, channel, events, namespace, pod })
+    }
+
+    /// The sender of this pod's Events (`events::send`), on the URL, TLS and identity checked here.
+    pub fn events(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let enc = crate::k8s::fleet::prometheus::encode;
+        let path = format!("/v1/events?namespace={}&pod={}", enc(&self.namespace), enc(&self.pod));
+        let channel = Channel::new(self.events.clone());
+        super::events::send(self.state.clone(), channel, self.settings.token_file.clone(), path)
     }
 
     /// Asks for ever; the config the sidecar started with holds until the first answer.

@@ -8,7 +8,7 @@
 //! API write per pod × reason every [`WRITE_EVERY`] (repeats in between are counted and written with the
 //! next), so a storm of refusals is one object and a write every few seconds.
 
-use crate::config::control::ControlClient;
+use super::channel::Channel;
 use crate::events::{PodEvent, Reason, MAX_QUEUED};
 use crate::k8s::budget::members::Member;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -28,26 +29,15 @@ pub const MAX_TRACKED: usize = 10_000;
 /// A sidecar's report: at most this many bytes.
 pub const MAX_REPORT: usize = 128 * 1024;
 
-/// The sidecar side: sends queued events to the injector for ever (one kept-alive connection, retried with
-/// backoff; events wait, bounded, meanwhile).
-pub async fn send(state: Arc<crate::state::State>, settings: ControlClient) {
-    let Some(url) = settings.url.clone() else { return };
-    let (Some(namespace), Some(pod)) = (state.pod.namespace.clone(), state.pod.pod.clone()) else { return };
-    let tls = match crate::tls::control_client_config(&settings) {
-        Ok(t) => t,
-        Err(e) => return warn!(error = %e, "pod events: no TLS to the control plane"),
-    };
-    let mut channel = match super::channel::Target::new(&url, "control.url", tls) {
-        Ok(t) => super::channel::Channel::new(t),
-        Err(e) => return warn!(error = %e, "pod events: bad control.url"),
-    };
-    let enc = crate::k8s::fleet::prometheus::encode;
-    let path = format!("/v1/events?namespace={}&pod={}", enc(&namespace), enc(&pod));
+/// The sidecar side: sends queued events to the injector at `path` for ever, on `channel` (its own
+/// kept-alive connection, built with the control client's checked URL and TLS: `client::Poller::events`),
+/// retried with backoff; events wait, bounded, meanwhile.
+pub async fn send(state: Arc<crate::state::State>, mut channel: Channel, token_file: PathBuf, path: String) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let events = state.events.take().await;
         let sent = async {
-            let token = tokio::fs::read_to_string(&settings.token_file).await?;
+            let token = tokio::fs::read_to_string(&token_file).await?;
             let body = bytes::Bytes::from(serde_json::to_vec(&events)?);
             let (status, answer) = channel.post(&path, &token, body, Duration::from_secs(10), 4096).await?;
             if !status.is_success() {
