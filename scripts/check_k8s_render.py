@@ -32,7 +32,7 @@ and knows nothing about what pgwarden needs, so this script checks:
   or NAMESPACE.WORKLOAD and every value a policy patch with known keys only; the Role
   <fullname>-overrides-editor may get, update and patch that ConfigMap and nothing else, and a RoleBinding
   (at most one) binds it to subjects. When off, none of these objects.
-- Fleet reader ClusterRole (component fleet-reader): exactly pods list and pods/proxy get, bound by no
+- Fleet reader ClusterRole (component fleet-reader): exactly pods get and list and pods/proxy get, bound by no
   binding of the chart.
 - Grafana dashboard ConfigMaps (a `*.json` data key): the JSON parses, its panels query through the
   `${datasource}` variable, and every expression passes the PrometheusRule checks above (SPEC
@@ -173,7 +173,7 @@ GATEWAY_ENV = {
 }
 # RBAC rules as (apiGroup, resource, verb) triples; the code uses these and no more.
 GATEWAY_RULES = {("", "pods", "list"), ("", "pods", "watch")}
-FLEET_READER_RULES = {("", "pods", "list"), ("", "pods/proxy", "get")}
+FLEET_READER_RULES = {("", "pods", "get"), ("", "pods", "list"), ("", "pods/proxy", "get")}
 COMPONENT = "app.kubernetes.io/component"
 
 # Alerts the chart must define, and what their annotations must name.
@@ -815,7 +815,7 @@ class Checker:
             for b in self.by_kind.get("ClusterRoleBinding", []) + self.by_kind.get("RoleBinding", []):
                 if (b.get("roleRef") or {}).get("name") == name:
                     self.error(f"{b['kind']} {b['metadata']['name']} binds {name}; the chart binds it to nobody")
-            self.notes.append(f"ClusterRole {name}: pods list, pods/proxy get")
+            self.notes.append(f"ClusterRole {name}: pods get and list, pods/proxy get")
 
     # --- Grafana dashboard ----------------------------------------------------------------
     def check_dashboards(self) -> None:

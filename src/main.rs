@@ -1,11 +1,10 @@
-//! The `pgwarden` binary: parse the command line, run the command, map failures to exit codes
-//! (64 bad usage or config, 1 runtime failure).
+//! The `pgwarden` binary (also `kubectl pgwarden` when run as `kubectl-pgwarden`): parse the command line,
+//! run the command, map failures to exit codes (64 bad usage or config, 1 runtime failure).
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match pgwarden::cli::Cli::try_parse() {
+    let cli = match pgwarden::cli::invocation::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

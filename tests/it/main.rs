@@ -26,6 +26,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod memory;
+mod plugin;
 mod policy;
 mod relay;
 mod reload;

@@ -107,11 +107,16 @@ impl FakeKube {
                                 return Ok::<_, Infallible>(token_review(&w, &body));
                             }
                             let forward = {
-                                let w = w.lock().unwrap();
-                                w.forwards
+                                let mut w = w.lock().unwrap();
+                                let found = w
+                                    .forwards
                                     .iter()
                                     .find(|(p, _)| req.uri().path().starts_with(p.as_str()))
-                                    .map(|(p, a)| (p.clone(), *a))
+                                    .map(|(p, a)| (p.clone(), *a));
+                                if found.is_some() {
+                                    w.requests.push(req.uri().to_string());
+                                }
+                                found
                             };
                             if let Some((prefix, to)) = forward {
                                 let rest = req.uri().path()[prefix.len()..].to_string();
@@ -458,6 +463,15 @@ fn route(world: &Arc<Mutex<World>>, req: Request<hyper::body::Incoming>) -> Resp
                 503,
                 status(503, "ServiceUnavailable", "error trying to reach service: dial tcp: connection refused"),
             );
+        }
+        // One pod: `/api/v1/namespaces/NS/pods/NAME`.
+        let one = path.strip_prefix("/api/v1/namespaces/").and_then(|r| r.split_once("/pods/"));
+        if let Some((ns, name)) = one.filter(|(_, name)| !name.contains('/')) {
+            let found = w.pods.iter().find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name);
+            return match found {
+                Some(pod) => full(200, pod.to_string()),
+                None => full(404, status(404, "NotFound", &format!("pods \"{name}\" not found"))),
+            };
         }
         return full(404, status(404, "NotFound", &format!("the server could not find {path}")));
     }
