@@ -52,7 +52,11 @@ def find_bindir():
 
 
 def ensure_packages():
-    missing = [pkg for pkg, binary in [("pgbouncer", "pgbouncer"), ("haproxy", "haproxy")] if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists()]
+    # perf (Debian linux-perf) counts each proxy's syscalls; without it those rows say n/a and nothing else changes.
+    wanted = [("pgbouncer", "pgbouncer"), ("haproxy", "haproxy"), ("linux-perf", "perf")]
+    missing = [pkg for pkg, binary in wanted if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists()]
+    if missing == ["linux-perf"] and os.geteuid() != 0:
+        return
     if not missing:
         return
     if os.geteuid() != 0:
@@ -63,7 +67,8 @@ def ensure_packages():
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
     # The packages start system services of their own; the benchmark starts its own instances.
     for svc in missing:
-        subprocess.run(["service", svc, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if svc != "linux-perf":
+            subprocess.run(["service", svc, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Runner:
@@ -133,6 +138,14 @@ def percentile(sorted_values, q):
     return sorted_values[min(len(sorted_values), rank) - 1]
 
 
+def commented_orm_statement():
+    """The other ORM shape: a short SELECT carrying a ~1.4 KB comment (an ORM's or APM's annotations, a query
+    builder's provenance), returning one row whose ~4 KB is one column."""
+    comment = "/* " + " ".join(f"app.module{i:02d}.Repository.find_by_id line={100 + i} caller=service.Handler.handle" for i in range(20)) + " */"
+    return ('SELECT "a"."aid", "a"."bid", "a"."abalance", repeat(md5("a"."aid"::text), 125) AS "document" '
+            'FROM "pgbench_accounts" AS "a" WHERE "a"."aid" = :aid ' + comment[:1400].rstrip() + " */")
+
+
 def orm_statement():
     """One ORM-shaped SELECT (explicit, aliased column list; a join; LIMIT 1) of ~1.5 KB of SQL text, for a pgbench
     script run with -M prepared: one row of ~4 KB back, most of it a document column, every column depending on
@@ -163,6 +176,53 @@ def cpu_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of every thread of the process so far (/proc/PID/task/*/status)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
+class SyscallCounter:
+    """Counts one process's system calls (all its threads) with `perf stat -e raw_syscalls:sys_enter` while a
+    measurement runs; `None` when perf is missing or not allowed (the rows then say n/a)."""
+
+    def __init__(self, pid, workdir):
+        self.out = workdir / f"perf-stat-{pid}-{time.monotonic_ns()}.csv"
+        self.proc = None
+        perf = shutil.which("perf")
+        if perf:
+            self.proc = subprocess.Popen([perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", str(pid), "-o", str(self.out)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)  # attached before the measurement starts
+            if self.proc.poll() is not None:
+                self.proc = None
+
+    def stop(self):
+        if not self.proc:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        try:
+            for line in self.out.read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("raw_syscalls:sys_enter") and fields[0].isdigit():
+                    return int(fields[0])
+        finally:
+            self.out.unlink(missing_ok=True)
+        return None
 
 
 def rss_bytes(pid):
@@ -307,6 +367,12 @@ class Bench:
         sql = orm_statement()
         (self.tmp / "orm.sql").write_text(f"\\set aid random(1, 100000 * :scale)\n{sql};\n")
         (self.tmp / "tagged-orm.sql").write_text(f"\\set aid random(1, 100000 * :scale)\n{sql} {SQLCOMMENTER};\n")
+        commented = commented_orm_statement()
+        (self.tmp / "commented-orm.sql").write_text(f"\\set aid random(1, 100000 * :scale)\n{commented};\n")
+        crow = self.psql(self.ports["direct"], "postgres", commented.replace(":aid", "1"))
+        log(f"ORM-sized commented statement: {len(commented)} bytes of SQL text; its row: {len(crow) - crow.count('|')} bytes in {crow.count('|') + 1} columns")
+        if not (1400 <= len(commented) <= 1700 and 3900 <= len(crow) <= 4200):
+            raise RuntimeError(f"ORM-sized commented statement is {len(commented)} bytes and its row {len(crow)}")
         (self.tmp / "tagged-select.sql").write_text(
             "\\set aid random(1, 100000 * :scale)\n"
             f"SELECT abalance FROM pgbench_accounts WHERE aid = :aid {SQLCOMMENTER};\n")
@@ -321,24 +387,30 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- measurements ------------------------------------------------------------------------
-    def pgbench(self, target, extra, duration=None, transactions=None, unix=False):
-        """One pgbench run; returns its tps, the transactions it processed, and the CPU the target's proxy process
-        spent meanwhile per transaction (utime + stime from /proc, read just before and after; not for direct)."""
+    def pgbench(self, target, extra, duration=None, transactions=None, unix=False, count_syscalls=False):
+        """One pgbench run; returns its tps, the transactions it processed, and per transaction what the target's
+        proxy process spent meanwhile: CPU (utime + stime from /proc, read just before and after), context switches
+        of all its threads (/proc), and with `count_syscalls` its system calls (perf stat); none for direct."""
         host = str(self.tmp) if unix else "127.0.0.1"
         cmd = [self.bindir / "pgbench", "-n", "-h", host, "-p", str(self.ports[target]), "-U", "postgres", *extra]
         cmd += ["-T", str(duration)] if duration else ["-t", str(transactions)]
         cmd.append("postgres")
         pid = self.pids[target] if target != "direct" else None
+        syscalls = SyscallCounter(pid, self.tmp) if pid and count_syscalls else None
         cpu_before = cpu_seconds(pid) if pid else 0.0
+        cs_before = context_switches(pid) if pid else 0
         out = self.runner.run(cmd, capture_output=True, text=True)
         cpu = cpu_seconds(pid) - cpu_before if pid else None
+        cs = context_switches(pid) - cs_before if pid else None
+        calls = syscalls.stop() if syscalls else None
         if out.returncode != 0:
             raise RuntimeError(f"pgbench {extra} against {target} failed: {out.stderr.strip()[-500:]}")
         m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout) or re.search(r"tps = ([0-9.]+)", out.stdout)
         n = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
         if n == 0:
             raise RuntimeError(f"pgbench {extra} against {target} processed no transaction: {out.stdout.strip()[-300:]}")
-        return {"tps": float(m.group(1)), "transactions": n, "cpu_us_per_tx": cpu * 1e6 / n if pid else None}
+        return {"tps": float(m.group(1)), "transactions": n, "cpu_us_per_tx": cpu * 1e6 / n if pid else None,
+                "cs_per_tx": cs / n if pid else None, "syscalls_per_tx": calls / n if calls is not None else None}
 
     def once(self, key, target, measure):
         """One measurement per round, key and target, shared by the rows that report different numbers of it (the
@@ -421,11 +493,19 @@ class Bench:
         tests = []
 
         def throughput(name, extra, targets=TARGETS, unix=False):
-            """A tps row and, from the same pgbench runs, the CPU per transaction of each proxy process."""
+            """A tps row and, from the same pgbench runs, what each proxy process spent per transaction: CPU,
+            context switches and system calls. The syscalls are counted (perf stat) in a second, shorter run of
+            the same workload, so counting them does not weigh on the CPU figure."""
             def run(t):
                 return self.once(name, t, lambda: self.pgbench(t, extra, duration=dur, unix=unix))
+
+            def counted(t):
+                return self.once(f"{name} syscalls", t, lambda: self.pgbench(t, extra, duration=max(2, dur // 3), unix=unix, count_syscalls=True))
+            proxies = [t for t in targets if t != "direct"]
             tests.append((name, "tps", lambda t: run(t)["tps"], targets, "direct"))
-            tests.append((f"{name} CPU/tx", "cpu µs", lambda t: run(t)["cpu_us_per_tx"], [t for t in targets if t != "direct"], "pgbouncer"))
+            tests.append((f"{name} CPU/tx", "cpu µs", lambda t: run(t)["cpu_us_per_tx"], proxies, "pgbouncer"))
+            tests.append((f"{name} cs/tx", "cs", lambda t: run(t)["cs_per_tx"], proxies, "pgbouncer"))
+            tests.append((f"{name} syscalls/tx", "calls", lambda t: counted(t)["syscalls_per_tx"], proxies, "pgbouncer"))
 
         def latency(label, extra):
             """p50 and p99 per transaction at 1 client, then the same minus direct's of the same round."""
@@ -437,17 +517,20 @@ class Bench:
                 tests.append((f"latency {q} added, 1 client {label}", "µs", lambda t, q=q: run(t)[q] - run("direct")[q], PROXIES, "pgbouncer"))
 
         orm = ["-f", str(self.tmp / "orm.sql"), "-M", "prepared", "-s", self.scale]  # -s: :scale of a custom script
+        commented = ["-f", str(self.tmp / "commented-orm.sql"), "-M", "prepared", "-s", self.scale]
         for clients in (1, 8, 64):
             for mode in ("simple", "prepared"):
                 throughput(f"select-only {clients:>2} clients {mode}", ["-S", "-c", str(clients), "-j", str(min(clients, 2)), "-M", mode])
         throughput("select-only -C (connect per transaction) 8 clients", ["-S", "-C", "-c", "8", "-j", "2"])
         throughput("ORM-sized  8 clients prepared", [*orm, "-c", "8", "-j", "2"])
+        throughput("ORM-sized commented  8 clients prepared", [*commented, "-c", "8", "-j", "2"])
         tagged = ["-s", self.scale, "-c", "8", "-j", "2"]
         throughput("tagged select-only  8 clients simple", ["-f", str(self.tmp / "tagged-select.sql"), "-M", "simple", *tagged])
         throughput("tagged ORM-sized  8 clients prepared", ["-f", str(self.tmp / "tagged-orm.sql"), "-M", "prepared", *tagged])
         for mode in ("simple", "prepared"):
             throughput(f"Unix socket select-only  8 clients {mode}", ["-S", "-c", "8", "-j", "2", "-M", mode], UNIX_TARGETS, unix=True)
         throughput("Unix socket ORM-sized  8 clients prepared", [*orm, "-c", "8", "-j", "2"], UNIX_TARGETS, unix=True)
+        throughput("Unix socket ORM-sized commented  8 clients prepared", [*commented, "-c", "8", "-j", "2"], UNIX_TARGETS, unix=True)
         latency("select-only simple", ["-S", "-M", "simple"])
         latency("ORM-sized", orm)
         tests.append(("COPY OUT throughput", "MB/s", self.copy_out, TARGETS, "direct"))
@@ -465,7 +548,7 @@ class Bench:
                 for t in order:
                     v = fn(t)
                     results[name][t].append(v)
-                    log(f"round {r + 1}/{rounds} {name} {t}: {v:.2f} {unit}")
+                    log(f"round {r + 1}/{rounds} {name} {t}: {'n/a' if v is None else f'{v:.2f}'} {unit}")
         return tests, results
 
 
@@ -478,7 +561,8 @@ def render(tests, results):
     summary = {}
     for name, unit, _, targets, baseline in tests:
         row = f"{name:<{w}} {unit:>6} "
-        med = {t: statistics.median(v) for t, v in results[name].items()}
+        # A figure this machine cannot give (syscalls without perf) is None in every round: n/a.
+        med = {t: (statistics.median(v) if v and None not in v else None) for t, v in results[name].items()}
         base = med.get(baseline) if baseline else None
         summary[name] = {"unit": unit, "baseline": baseline, "targets": {}}
         for t in TARGETS:
@@ -486,7 +570,11 @@ def render(tests, results):
                 row += f"{'-':>27} "
                 continue
             vals = results[name][t]
-            d = 1 if unit == "cpu µs" else 0  # CPU per transaction is tens of µs
+            if med[t] is None:
+                row += f"{'n/a':>27} "
+                summary[name]["targets"][t] = {"median": None, "values": vals}
+                continue
+            d = {"cpu µs": 1, "cs": 2, "calls": 2}.get(unit, 0)  # per-transaction figures are small
             cell = f"{med[t]:.{d}f} ({min(vals):.{d}f}-{max(vals):.{d}f})"
             summary[name]["targets"][t] = {"median": med[t], "min": min(vals), "max": max(vals), "values": vals}
             if base and base > 0:
@@ -503,6 +591,9 @@ def render(tests, results):
         "for CPU/tx and 'added' latency rows (n/a when PgBouncer's added latency is 0 or below).",
         "CPU/tx: utime + stime of the proxy's process over the pgbench run of the tps row above it, in µs per transaction pgbench",
         "processed (no direct cell: nothing runs between pgbench and PostgreSQL there; PostgreSQL's CPU is not counted).",
+        "cs/tx: context switches (voluntary + involuntary) of all the proxy's threads in that run, per transaction.",
+        "syscalls/tx: the proxy's system calls per transaction (perf stat -e raw_syscalls:sys_enter) in a second run of a third of",
+        "the duration (at least 2 s), so the count does not weigh on CPU/tx; n/a without perf.",
         "Unix socket rows: pgbench -> proxy over the proxy's Unix socket, proxy -> PostgreSQL over loopback TCP; direct is",
         "PostgreSQL's own socket; no HAProxy. ORM-sized: one prepared ~1.5 KB SELECT per transaction returning one ~4 KB row.",
         "Latency rows: 1 client, pgbench's per-transaction log, in µs. 'added' = the target's percentile minus direct's of the",
@@ -558,8 +649,13 @@ def main():
         args.json.write_text(json.dumps(doc, indent=2))
     # The harness must produce every number; a zero means something did not run. (RSS growth may be 0, and a latency
     # "added" over direct may be 0 or below within noise: the absolute latency rows it comes from must be positive.)
+    # Syscalls need perf: without it those rows are n/a, said once here.
+    perf = shutil.which("perf") is not None
+    if not perf:
+        log("perf not found: the syscalls/tx rows are n/a (apt-get install linux-perf)")
     missing = [n for n, s in summary.items() for t, v in s["targets"].items()
-               if (v["median"] is None or v["median"] <= 0) and "RSS" not in n and " added" not in n]
+               if (v["median"] is None or v["median"] <= 0) and "RSS" not in n and " added" not in n
+               and (perf or not n.endswith("syscalls/tx"))]
     if missing:
         sys.exit(f"bench: no result for {missing}")
 
