@@ -2,7 +2,7 @@
 """pgwarden side-by-side benchmark: direct PostgreSQL, pgwarden, PgBouncer (session mode) and HAProxy (TCP mode)
 on one machine, alternating targets round by round so machine drift hits all alike.
 
-    bench/run.py              # the full run (~27 min on 2 cores): the table in BENCHMARKS.md
+    bench/run.py              # the full run (~40 min on 2 cores, estimated): the table in BENCHMARKS.md
     bench/run.py --quick      # seconds per measurement; what CI runs so the harness never rots
     bench/run.py --only views # only the admin views at scale (examples/views_at_scale.rs)
 
@@ -52,23 +52,24 @@ def find_bindir():
 
 
 def ensure_packages():
-    # perf (Debian linux-perf) counts each proxy's syscalls; without it those rows say n/a and nothing else changes.
-    wanted = [("pgbouncer", "pgbouncer"), ("haproxy", "haproxy"), ("linux-perf", "perf")]
-    missing = [pkg for pkg, binary in wanted if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists()]
-    if missing == ["linux-perf"] and os.geteuid() != 0:
-        return
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"bench: missing {missing}; install them with apt-get")
-    log(f"installing {' '.join(missing)}")
+    required = [pkg for pkg, binary in [("pgbouncer", "pgbouncer"), ("haproxy", "haproxy")] if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists()]
+    if required and os.geteuid() != 0:
+        sys.exit(f"bench: missing {required}; install them with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
-    # The packages start system services of their own; the benchmark starts its own instances.
-    for svc in missing:
-        if svc != "linux-perf":
+    if required:
+        log(f"installing {' '.join(required)}")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *required], check=True, env=env, stdout=subprocess.DEVNULL)
+        # The packages start system services of their own; the benchmark starts its own instances.
+        for svc in required:
             subprocess.run(["service", svc, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # perf (Debian linux-perf) counts each proxy's syscalls; without it those rows say n/a and nothing else changes.
+    if not shutil.which("perf") and os.geteuid() == 0:
+        log("installing linux-perf (for the syscalls/tx rows)")
+        if not required:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "linux-perf"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Runner:
@@ -191,6 +192,9 @@ def context_switches(pid):
     return total
 
 
+PERF_FAILED = []  # pids perf stat could not attach to: the syscalls rows are n/a then, not an error
+
+
 class SyscallCounter:
     """Counts one process's system calls (all its threads) with `perf stat -e raw_syscalls:sys_enter` while a
     measurement runs; `None` when perf is missing or not allowed (the rows then say n/a)."""
@@ -203,8 +207,9 @@ class SyscallCounter:
             self.proc = subprocess.Popen([perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", str(pid), "-o", str(self.out)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.2)  # attached before the measurement starts
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None:  # not allowed here (perf_event_paranoid, a seccomp profile)
                 self.proc = None
+                PERF_FAILED.append(pid)
 
     def stop(self):
         if not self.proc:
@@ -649,10 +654,12 @@ def main():
         args.json.write_text(json.dumps(doc, indent=2))
     # The harness must produce every number; a zero means something did not run. (RSS growth may be 0, and a latency
     # "added" over direct may be 0 or below within noise: the absolute latency rows it comes from must be positive.)
-    # Syscalls need perf: without it those rows are n/a, said once here.
-    perf = shutil.which("perf") is not None
-    if not perf:
+    # Syscalls need perf: without it (or where it may not attach) those rows are n/a, said once here.
+    perf = shutil.which("perf") is not None and not PERF_FAILED
+    if not shutil.which("perf"):
         log("perf not found: the syscalls/tx rows are n/a (apt-get install linux-perf)")
+    elif PERF_FAILED:
+        log("perf stat could not attach to the proxies (perf_event_paranoid or a seccomp profile): the syscalls/tx rows are n/a")
     missing = [n for n, s in summary.items() for t, v in s["targets"].items()
                if (v["median"] is None or v["median"] <= 0) and "RSS" not in n and " added" not in n
                and (perf or not n.endswith("syscalls/tx"))]

@@ -72,15 +72,21 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
     if let Some(pod) = &pod.pod {
         span.record("pod", pod.as_str());
     }
-    async move {
+    // Admission and the dial run inside the connection's span. The relay does not: an instrumented future
+    // enters and leaves its span on every wake-up, which cost a tenth of the relay's own user-space time per
+    // transaction (BENCHMARKS.md, issue 31); the relay names the span as the parent of each line it logs.
+    let prepared = async {
         let config = &settings.config;
         debug!(user = params.get("user"), database = params.get("database"), "startup");
         let (policy, rule) = crate::policy::effective(config, &client_id);
         let started_wait = Instant::now();
         let slot = match admit::admit(&state, &mut client, &conn, &policy, rule.as_deref(), &shutdown).await {
             Ok(slot) => slot,
-            Err(Some(fatal)) => return refuse(&mut client, &fatal).await,
-            Err(None) => return,
+            Err(Some(fatal)) => {
+                refuse(&mut client, &fatal).await;
+                return None;
+            }
+            Err(None) => return None,
         };
         // Time spent waiting for a slot does not count against client_login_timeout.
         let waited = started_wait.elapsed();
@@ -90,7 +96,8 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
             dialed = upstream::dial(&settings) => dialed,
             _ = shutdown.cancelled() => {
                 admitted.reason = CloseReason::Shutdown;
-                return refuse(&mut client, &Fatal::shutdown("pgwarden is shutting down")).await;
+                refuse(&mut client, &Fatal::shutdown("pgwarden is shutting down")).await;
+                return None;
             }
         };
         // Out of file descriptors is pgwarden's own limit, not an upstream error: counted apart.
@@ -114,51 +121,54 @@ pub async fn run(state: Arc<State>, mut client: ClientStream, peer: Peer, shutdo
                      connect to upstream {}",
                     config.upstream
                 );
-                return refuse(
-                    &mut client,
-                    &Fatal::closed(CloseReason::Error, SqlState::INSUFFICIENT_RESOURCES, message),
-                )
-                .await;
+                refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::INSUFFICIENT_RESOURCES, message))
+                    .await;
+                return None;
             }
             Err(e) => {
                 if let Some(held_back) = state.dials.unreachable_lines.hit(Instant::now()) {
                     warn!(upstream = %config.upstream, error = %e, held_back, "upstream unreachable");
                 }
                 let message = format!("pgwarden: could not connect to upstream {}: {e}", config.upstream);
-                return refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::UNABLE_TO_CONNECT, message))
-                    .await;
+                refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::UNABLE_TO_CONNECT, message)).await;
+                return None;
             }
         };
         if let Err(e) = upstream.stream.write_all(&inbuf[..used]).await {
             warn!(error = %e, "upstream closed during startup");
             let message = format!("pgwarden: upstream {} closed the connection: {e}", config.upstream);
-            return refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::UNABLE_TO_CONNECT, message)).await;
+            refuse(&mut client, &Fatal::closed(CloseReason::Error, SqlState::UNABLE_TO_CONNECT, message)).await;
+            return None;
         }
-        let ctx = RelayContext {
-            conn: &conn,
-            state: &state,
-            entry: &admitted.entry,
-            policy,
-            upstream_addr: upstream.addr,
-            shutdown: &shutdown,
-            login_deadline: login_timeout.and_then(|d| accepted.checked_add(d)?.checked_add(waited)),
-        };
         // The startup bytes are forwarded: only what followed them goes on, and the buffer goes now.
         let early = inbuf.split_off(used);
         drop(inbuf);
-        let reason = relay::run(&ctx, &mut client, &mut upstream.stream, early).await;
-        admitted.reason = reason;
-        conn.mark_closed(Instant::now(), reason.as_str());
-        state.session_closed(&conn);
-        match reason {
-            CloseReason::Client | CloseReason::Server | CloseReason::Abandoned => {
-                debug!(reason = reason.as_str(), "closed")
-            }
-            _ => info!(reason = reason.as_str(), "closed by pgwarden"),
-        }
-        drop(admitted);
-        drop(guard);
+        Some((admitted, upstream, policy, waited, early))
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    let Some((mut admitted, mut upstream, policy, waited, early)) = prepared else { return };
+    let ctx = RelayContext {
+        conn: &conn,
+        state: &state,
+        entry: &admitted.entry,
+        policy,
+        upstream_addr: upstream.addr,
+        shutdown: &shutdown,
+        login_deadline: login_timeout.and_then(|d| accepted.checked_add(d)?.checked_add(waited)),
+        span: &span,
+    };
+    let reason = relay::run(&ctx, &mut client, &mut upstream.stream, early).await;
+    let _in_span = span.enter();
+    admitted.reason = reason;
+    conn.mark_closed(Instant::now(), reason.as_str());
+    state.session_closed(&conn);
+    match reason {
+        CloseReason::Client | CloseReason::Server | CloseReason::Abandoned => {
+            debug!(reason = reason.as_str(), "closed")
+        }
+        _ => info!(reason = reason.as_str(), "closed by pgwarden"),
+    }
+    drop(admitted);
+    drop(guard);
 }

@@ -54,6 +54,8 @@ pub struct RelayContext<'a> {
     pub upstream_addr: SocketAddr,
     pub shutdown: &'a CancellationToken,
     pub login_deadline: Option<Instant>,
+    /// The connection's span: the parent of every line the relay logs (entered only to log, never per poll).
+    pub span: &'a Span,
 }
 
 /// One direction of the relay: the bytes in flight and the scanner that finds message boundaries in them.
@@ -260,11 +262,11 @@ impl Relay<'_, '_> {
                 Ok(Io::ClientClosed) => return self.client_gone(server).await,
                 Ok(Io::ServerClosed(error)) => return self.server_gone(client, error).await,
                 Err((Side::Client, e)) => {
-                    debug!(error = %e, "client write failed");
+                    debug!(parent: self.ctx.span, error = %e, "client write failed");
                     return self.client_gone(server).await;
                 }
                 Err((Side::Server, e)) => {
-                    debug!(error = %e, "upstream write failed");
+                    debug!(parent: self.ctx.span, error = %e, "upstream write failed");
                     return self.server_gone(client, Some(e)).await;
                 }
             };
@@ -435,6 +437,7 @@ impl Relay<'_, '_> {
     /// Passes the `n` new server bytes through the authentication filter: the bytes to forward replace them
     /// in the buffer (an incomplete message is held back); returns how many there are now.
     fn filter_auth(&mut self, n: usize) -> Result<usize, Fatal> {
+        let span = self.ctx.span;
         let Some(filter) = &mut self.auth else { return Ok(n) };
         let flow = &mut self.to_client.flow;
         let mut out = Vec::with_capacity(n);
@@ -445,6 +448,7 @@ impl Relay<'_, '_> {
         }
         if filter.take_refusal() {
             tracing::info!(
+                parent: span,
                 "login refused: the client asked for SCRAM channel binding, which cannot pass a proxy (the client \
                  was told how to turn it off)"
             );
@@ -461,11 +465,12 @@ impl Relay<'_, '_> {
         if self.auth.is_some() {
             n = self.filter_auth(n)?;
         }
+        let span = self.ctx.span;
         let tracker = &mut self.tracker;
         let had_key = tracker.backend_key.is_some();
         let Direction { flow, scanner, .. } = &mut self.to_client;
         if let Err(e) = scanner.feed(&flow.pending()[..n], Tracker::server_want, |f| tracker.on_server(f)) {
-            tracing::warn!(error = %e, "protocol violation from upstream");
+            tracing::warn!(parent: span, error = %e, "protocol violation from upstream");
             flow.discard();
             let message = format!("pgwarden: protocol violation by the upstream server: {e}");
             return Err(Fatal::closed(CloseReason::Error, SqlState::CONNECTION_FAILURE, message));
@@ -477,7 +482,7 @@ impl Relay<'_, '_> {
                     key: key.clone(),
                     addr: self.ctx.upstream_addr,
                 });
-                Span::current().record("backend_pid", pid);
+                self.ctx.span.record("backend_pid", pid);
                 self.ctx.entry.logged_in.store(true, Relaxed);
             }
         }

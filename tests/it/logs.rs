@@ -7,6 +7,16 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
+/// Stops the proxy (SIGTERM, a clean exit) and returns its stderr and each line of it as JSON.
+fn stop_for_json_lines(child: &mut std::process::Child) -> (String, Vec<serde_json::Value>) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines = stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    (stderr, lines)
+}
+
 #[tokio::test]
 async fn one_warn_per_transition_in_report_only_mode() {
     let yaml =
@@ -21,12 +31,7 @@ async fn one_warn_per_transition_in_report_only_mode() {
     c.send(&raw::query("commit")).await;
     assert_eq!(c.until_ready().await.1, b'I');
     tokio::time::sleep(Duration::from_secs(1)).await;
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(child.wait().unwrap().success());
-    let lines: Vec<serde_json::Value> =
-        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    let (stderr, lines) = stop_for_json_lines(&mut child);
     let msg = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or_default().to_string();
     let warns: Vec<&serde_json::Value> = lines.iter().filter(|l| msg(l).starts_with("leak suspected")).collect();
     assert_eq!(warns.len(), 1, "one WARN per transition:\n{stderr}");
@@ -146,4 +151,33 @@ async fn a_stderr_nobody_reads_never_stops_the_relay_or_the_probes() {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
     drop(unread);
+}
+
+/// The relay logs outside its span (entering it on every wake-up cost too much, issue 31) but names it as each
+/// line's parent: a relay line still says which connection, client and backend it is about.
+#[tokio::test]
+async fn relay_lines_carry_the_connection_span() {
+    let yaml =
+        "upstream_tls: disable\nenforce: false\nlog_format: json\ndefaults:\n  idle_in_transaction_timeout: 500ms\n";
+    let (mut child, port, _) = spawn_proxy_binary(yaml, &[("RUST_LOG", "info")], Stdio::piped()).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = Raw::connect(addr, "postgres", "span-app").await;
+    c.send(&raw::query("begin; select pg_backend_pid()")).await;
+    let (rows, status) = c.until_ready().await;
+    assert_eq!(status, b'T');
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(&raw::query("commit")).await;
+    assert_eq!(c.until_ready().await.1, b'I');
+    let (stderr, lines) = stop_for_json_lines(&mut child);
+    let msg = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or_default().to_string();
+    let would: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| msg(l).starts_with("report-only: would close connection")).collect();
+    assert_eq!(would.len(), 1, "{stderr}");
+    let span = &would[0]["span"];
+    assert_eq!(span["name"], "conn", "{stderr}");
+    assert_eq!(span["client"], "span-app/postgres", "{stderr}");
+    // The DataRow of pg_backend_pid(): one column, its length, then the pid as text.
+    let row = rows.iter().find(|(tag, _)| *tag == b'D').map(|(_, body)| body.clone()).expect("a row");
+    let pid: i64 = String::from_utf8_lossy(&row[6..]).parse().expect("a pid");
+    assert_eq!(span["backend_pid"], pid, "{span}");
 }

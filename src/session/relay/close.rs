@@ -58,7 +58,7 @@ impl Relay<'_, '_> {
                 None => "pgwarden: the server closed the connection unexpectedly".to_string(),
             };
             if let Some(e) = &error {
-                tracing::warn!(error = %e, "upstream connection failed");
+                tracing::warn!(parent: self.ctx.span, error = %e, "upstream connection failed");
             }
             let e = error_response::fatal(SqlState::CONNECTION_FAILURE.code(), &message);
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, client.write_all(&e)).await;
@@ -121,12 +121,12 @@ impl Relay<'_, '_> {
             return;
         }
         if let Some(target) = self.ctx.conn.cancel_target() {
-            debug!(pid = target.pid, "cancelling the running query");
+            debug!(parent: self.ctx.span, pid = target.pid, "cancelling the running query");
             if let Err(e) =
                 crate::session::upstream::send_cancel(target.addr, target.pid, &target.key, Duration::from_secs(2))
                     .await
             {
-                debug!(error = %e, "cancel request failed");
+                debug!(parent: self.ctx.span, error = %e, "cancel request failed");
             }
         }
     }

@@ -129,17 +129,23 @@ impl Relay<'_, '_> {
         let counters = &self.ctx.entry.counters;
         if !self.enforce {
             counters.would_cancel.fetch_add(1, Relaxed);
-            tracing::warn!(client, last_statement = last, "report-only: would cancel a query at query_timeout");
+            tracing::warn!(
+                parent: self.ctx.span,
+                client,
+                last_statement = last,
+                "report-only: would cancel a query at query_timeout"
+            );
             return;
         }
         let Some(target) = self.ctx.conn.cancel_target().cloned() else { return };
         counters.canceled.fetch_add(1, Relaxed);
-        tracing::warn!(client, pid = target.pid, last_statement = last, "cancelling a query at query_timeout");
+        let span = self.ctx.span.clone();
+        tracing::warn!(parent: &span, client, pid = target.pid, last_statement = last, "cancelling a query at query_timeout");
         // On its own task: the relay goes on moving bytes (the server's 57014 among them) meanwhile.
         tokio::spawn(async move {
             let sent = crate::session::upstream::send_cancel(target.addr, target.pid, &target.key, CANCEL_TIMEOUT);
             if let Err(e) = sent.await {
-                tracing::warn!(error = %e, pid = target.pid, "query_timeout: the cancel request failed");
+                tracing::warn!(parent: &span, error = %e, pid = target.pid, "query_timeout: the cancel request failed");
             }
         });
     }
@@ -155,6 +161,7 @@ impl Relay<'_, '_> {
             stats.statement_max_length as usize,
         );
         tracing::warn!(
+            parent: self.ctx.span,
             reason = reason.as_str(),
             state = self.published.as_str(),
             last_statement = last.as_deref().unwrap_or(""),

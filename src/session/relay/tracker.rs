@@ -35,6 +35,9 @@ pub struct Tracker {
     bound: Option<Arc<[u8]>>,
     /// The text last executed, shared with the registry once published.
     last_statement: Option<Arc<[u8]>>,
+    /// The prepared statement text last executed that carries no command of interest: executing it again
+    /// (the same shared text) needs no second look (issue 31: the per-transaction path).
+    quiet_sql: Option<Arc<[u8]>>,
     statement_changed: bool,
     /// A trace id a `SET application_name` just carried (taken by the relay for the registry).
     new_trace: Option<Arc<str>>,
@@ -70,6 +73,7 @@ impl Tracker {
             unnamed: None,
             bound: None,
             last_statement: None,
+            quiet_sql: None,
             statement_changed: false,
             new_trace: None,
             queries: 0,
@@ -149,7 +153,9 @@ impl Tracker {
                 self.syncs_after_execute = 0;
                 self.queries += 1;
                 if let Some(text) = self.bound.clone() {
-                    self.on_sql(&text);
+                    if !self.quiet_sql.as_ref().is_some_and(|q| Arc::ptr_eq(q, &text)) && !self.on_sql(&text) {
+                        self.quiet_sql = Some(text.clone());
+                    }
                     self.set_statement(text);
                 }
             }
@@ -188,8 +194,11 @@ impl Tracker {
     }
 
     /// What an executed statement does to the session: LISTEN and its undoing, dropped prepared statements.
-    fn on_sql(&mut self, text: &[u8]) {
+    /// Whether it carried any such command.
+    fn on_sql(&mut self, text: &[u8]) -> bool {
+        let mut any = false;
         for command in commands(text) {
+            any = true;
             match command {
                 Command::Listen => self.listening = true,
                 Command::Unlisten { all: true } => self.listening = false,
@@ -202,6 +211,7 @@ impl Tracker {
                 Command::Deallocate(Some(name)) => self.statements.remove(&name),
             }
         }
+        any
     }
 
     pub fn on_server(&mut self, f: Frame<'_>) {
@@ -300,6 +310,10 @@ impl Tracker {
 
     /// A prepared statement's text (already bounded, shared with the statement cache).
     fn set_statement(&mut self, text: Arc<[u8]>) {
+        // Executed again (the same shared text): already kept, and not a traced SET (that is never kept).
+        if self.last_statement.as_ref().is_some_and(|last| Arc::ptr_eq(last, &text)) {
+            return;
+        }
         if let Some(rest) = self.traced(&text) {
             if !rest.is_empty() {
                 let rest = Arc::from(rest);

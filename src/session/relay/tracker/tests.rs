@@ -220,3 +220,32 @@ fn a_statement_sent_again_is_neither_copied_nor_published_again() {
     assert_eq!(t.take_statement(), None, "executed again: nothing to publish");
     assert!(Arc::ptr_eq(&shared, t.last_statement.as_ref().unwrap()), "one copy, shared");
 }
+
+#[test]
+fn a_quiet_prepared_statement_is_looked_at_once_and_a_listen_one_every_time() {
+    let mut t = Tracker::new(4096);
+    let mut t = ready(&mut t);
+    client(
+        &mut t,
+        &[(b'P', b"q\0select $1::int\0\0\0"), (b'P', b"l\0listen jobs\0\0\0"), (b'P', b"u\0unlisten *\0\0\0")],
+    );
+    client(&mut t, &[(b'S', b"")]);
+    server(&mut t, &[(b'1', b""), (b'1', b""), (b'1', b""), (b'Z', b"I")]);
+    let exec = |name: &str| -> Vec<u8> { format!("\0{name}\0\0\0\0\0\0\0").into_bytes() };
+    let run = |t: &mut Tracker, name: &str| {
+        client(t, &[(b'B', &exec(name)), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
+        server(t, &[(b'2', b""), (b'C', b"SELECT 1\0"), (b'Z', b"I")]);
+    };
+    run(&mut t, "q");
+    assert!(t.quiet_sql.is_some(), "no command of interest: remembered");
+    run(&mut t, "q");
+    run(&mut t, "l");
+    assert!(t.listening, "another statement is looked at");
+    run(&mut t, "u");
+    assert!(!t.listening);
+    run(&mut t, "l");
+    assert!(t.listening, "a statement with a command is looked at each time it runs");
+    run(&mut t, "q");
+    assert!(t.listening, "the quiet one changes nothing");
+    assert_eq!(t.take_statement().as_deref(), Some(&b"select $1::int"[..]));
+}
