@@ -47,7 +47,9 @@ impl Source {
         let namespace = pod.namespace.unwrap_or(default_ns);
         let found = tokio::time::timeout(READ_TIMEOUT, Api::<Pod>::namespaced(client.clone(), &namespace).get(&name))
             .await
-            .map_err(|_| anyhow::anyhow!("pod {namespace}/{name}: the API server did not answer in 10 s"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("pod {namespace}/{name}: the API server did not answer in {READ_TIMEOUT:?}")
+            })?;
         let pod = found.map_err(|e| match &e {
             kube::Error::Api(s) if s.code == 404 => {
                 anyhow::anyhow!("no pod {name} in namespace {namespace} (-n NAMESPACE names another)")
@@ -79,7 +81,7 @@ impl Source {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(reason)) => Err(anyhow::anyhow!("pod {}/{}: {reason}", target.namespace, target.pod)),
                     Err(_) => Err(anyhow::anyhow!(
-                        "pod {}/{}: /{endpoint} through the API server timed out after 10 s",
+                        "pod {}/{}: /{endpoint} through the API server timed out after {READ_TIMEOUT:?}",
                         target.namespace,
                         target.pod
                     )),

@@ -38,8 +38,8 @@ impl Poller {
     pub fn new(state: Arc<State>, settings: ControlClient) -> anyhow::Result<Poller> {
         let url = settings.url.as_deref().context("control.url is not set")?;
         let tls = crate::tls::control_client_config(&settings)?;
-        let channel = Channel::new(Target::new(url, "control.url", tls.clone())?);
         let events = Target::new(url, "control.url", tls)?;
+        let channel = Channel::new(events.clone());
         let (namespace, pod) = match (&state.pod.namespace, &state.pod.pod) {
             (Some(ns), Some(pod)) => (ns.clone(), pod.clone()),
             _ => bail!("control.url needs this pod's name and namespace (PGWARDEN_POD_NAME, PGWARDEN_POD_NAMESPACE)"),
