@@ -26,3 +26,6 @@ bash scripts/fuzz.sh "${PGWARDEN_FUZZ_SECONDS:-30}"
 # The benchmark harness in quick mode (seconds per measurement), so it never rots.
 python3 bench/run.py --quick --json target/bench-quick.json > target/bench-quick.txt
 echo "bench --quick: ok ($(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["results"]))' target/bench-quick.json) rows in target/bench-quick.txt)"
+# The instruction counter (valgrind's callgrind, from apt when missing) on one shape and few transactions.
+python3 bench/instructions.py --shapes simple -n 100 > target/bench-instructions.txt
+echo "bench/instructions.py: ok ($(tail -1 target/bench-instructions.txt))"

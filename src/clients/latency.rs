@@ -109,16 +109,22 @@ impl Recorder {
         }
     }
 
-    fn window_number(&self, now: Instant) -> u64 {
+    /// The recent view's window that `now` falls in (the same for every [`Recorder`] of one [`Latencies`]).
+    pub fn window_number(&self, now: Instant) -> u64 {
         (now.saturating_duration_since(self.base).as_secs() / WINDOW.as_secs()) + 1
     }
 
     /// Records one duration that ended at `now`.
     pub fn record(&self, d: Duration, now: Instant) {
+        self.record_in(d, self.window_number(now));
+    }
+
+    /// Records one duration that ended in window `n` (from [`Recorder::window_number`]): the relay records a
+    /// query and its transaction at one instant and works the window out once (issue 31).
+    pub fn record_in(&self, d: Duration, n: u64) {
         let b = bucket_of(d);
         self.total[b].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
-        let n = self.window_number(now);
         let w = &self.windows[(n % 2) as usize];
         let held = w.number.load(Relaxed);
         if held != n && w.number.compare_exchange(held, n, Relaxed, Relaxed).is_ok() {

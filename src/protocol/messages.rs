@@ -46,7 +46,7 @@ impl TxStatus {
 
 /// Splits a NUL-terminated string off the front; a truncated body yields everything left.
 pub fn cstr(body: &[u8]) -> (&[u8], &[u8]) {
-    match body.iter().position(|&b| b == 0) {
+    match memchr::memchr(0, body) {
         Some(n) => (&body[..n], &body[n + 1..]),
         None => (body, &[]),
     }

@@ -119,6 +119,7 @@ pub async fn run(
         would_closed: false,
         would_close_counted: false,
         published: ConnState::Startup,
+        published_at: None,
         busy_since: None,
         transaction_since: None,
         transaction_timer_spent: false,
@@ -166,6 +167,8 @@ struct Relay<'a, 'c> {
     /// Report-only: this connection was counted in `would_close` (SPEC: once per connection).
     would_close_counted: bool,
     published: ConnState,
+    /// When `published` was (what the registry holds as the state's start, without converting it back).
+    published_at: Option<Instant>,
     /// When the session last became busy (for the query latency) and left idle (the transaction's start).
     busy_since: Option<Instant>,
     transaction_since: Option<Instant>,
@@ -342,6 +345,7 @@ impl Relay<'_, '_> {
         }
         let now = Instant::now();
         self.ctx.conn.set_state(state, now);
+        self.published_at = Some(now);
         self.record_latency(self.published, state, now);
         self.published = state;
         // A new idle period: report-only counts each connection once, but a used connection starts afresh.
@@ -361,10 +365,13 @@ impl Relay<'_, '_> {
     /// transaction ends the transaction that began when the session left idle.
     fn record_latency(&mut self, from: ConnState, to: ConnState, now: Instant) {
         let latency = &self.ctx.entry.latency;
+        // The recent view's window, worked out once for both records (the three recorders share a base).
+        let mut window = None;
+        let mut window_at = || *window.get_or_insert_with(|| latency.query.window_number(now));
         match (from, to) {
             (ConnState::Active, _) => {
                 if let Some(since) = self.busy_since.take() {
-                    latency.query.record(now.saturating_duration_since(since), now);
+                    latency.query.record_in(now.saturating_duration_since(since), window_at());
                 }
             }
             (_, ConnState::Active) => {}
@@ -380,7 +387,7 @@ impl Relay<'_, '_> {
             }
             (_, ConnState::Idle) => {
                 if let Some(since) = self.transaction_since.take() {
-                    latency.transaction.record(now.saturating_duration_since(since), now);
+                    latency.transaction.record_in(now.saturating_duration_since(since), window_at());
                 }
             }
             _ => {}
