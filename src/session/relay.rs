@@ -119,7 +119,7 @@ pub async fn run(
         would_closed: false,
         would_close_counted: false,
         published: ConnState::Startup,
-        published_at: None,
+        published_at: ctx.conn.state_since(),
         busy_since: None,
         transaction_since: None,
         transaction_timer_spent: false,
@@ -167,8 +167,8 @@ struct Relay<'a, 'c> {
     /// Report-only: this connection was counted in `would_close` (SPEC: once per connection).
     would_close_counted: bool,
     published: ConnState,
-    /// When `published` was (what the registry holds as the state's start, without converting it back).
-    published_at: Option<Instant>,
+    /// When `published` began (what the registry holds as the state's start, without converting it back).
+    published_at: Instant,
     /// When the session last became busy (for the query latency) and left idle (the transaction's start).
     busy_since: Option<Instant>,
     transaction_since: Option<Instant>,
@@ -345,7 +345,7 @@ impl Relay<'_, '_> {
         }
         let now = Instant::now();
         self.ctx.conn.set_state(state, now);
-        self.published_at = Some(now);
+        self.published_at = now;
         self.record_latency(self.published, state, now);
         self.published = state;
         // A new idle period: report-only counts each connection once, but a used connection starts afresh.

@@ -16,7 +16,7 @@ impl Relay<'_, '_> {
     pub(super) fn next_timer(&self) -> Option<(Instant, Timer)> {
         policy::next_timer(&TimerInput {
             state: self.published,
-            state_since: self.published_at.unwrap_or_else(|| self.ctx.conn.state_since()),
+            state_since: self.published_at,
             opened: self.ctx.conn.opened,
             login_deadline: self.ctx.login_deadline,
             drain_deadline: self.drain_deadline,
