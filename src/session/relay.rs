@@ -18,6 +18,7 @@ mod flow;
 mod statements;
 mod timers;
 pub mod tracker;
+mod wakers;
 
 use super::upstream::Upstream;
 use crate::clients::ClientEntry;
@@ -30,17 +31,18 @@ use crate::session::stream::ClientStream;
 use crate::state::State;
 use crate::vocab::{CloseReason, ConnState, Fatal, SqlState};
 use flow::Flow;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use timers::{arm, far_future};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Span};
 use tracker::Tracker;
+use wakers::Sources;
 
 /// What the relay needs from the session.
 pub struct RelayContext<'a> {
@@ -140,6 +142,17 @@ pub async fn run(
     relay.run(client, server).await
 }
 
+/// What woke the relay's task, in the order it is looked at.
+enum Woke {
+    /// Signal bits raised on the connection (reload, reclaim, shutdown).
+    Signals(u8),
+    /// The server did not answer the messages before a bad header in time.
+    ViolationGrace,
+    /// The next policy timer is due.
+    Timer,
+    Io(Result<Io, (Side, io::Error)>),
+}
+
 /// What the I/O poll found.
 enum Io {
     /// `n` new bytes from the client, pending in `to_server.flow`.
@@ -202,6 +215,8 @@ impl Relay<'_, '_> {
         let mut armed = timer.map(|t| t.0);
         let mut server_first = false;
         let mut violation_grace = pin!(tokio::time::sleep_until(far_future(None)));
+        // Each polled through a waker of its own, so a wake-up re-polls only what woke it.
+        let mut sources = Sources::new();
         loop {
             if self.publish_state() {
                 timer = self.next_timer();
@@ -218,20 +233,41 @@ impl Relay<'_, '_> {
                 return self.close(client, server, Fatal::shutdown("pgwarden is shutting down")).await;
             }
             server_first = !server_first;
-            let event = tokio::select! {
-                biased;
-                bits = poll_fn(|cx| conn.poll_signals(cx)) => {
+            // One poll for everything the task waits on, in this order (what is polled first wins).
+            let woke = poll_fn(|cx| {
+                sources.refresh(cx);
+                if let Poll::Ready(bits) = sources.signals.poll(|cx| conn.poll_signals(cx)) {
+                    return Poll::Ready(Woke::Signals(bits));
+                }
+                if self.violation.is_some() && violation_grace.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::ViolationGrace);
+                }
+                if timer.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                self.poll_io(&mut sources, client, server, server_first).map(Woke::Io)
+            })
+            .await;
+            let event = match woke {
+                Woke::Signals(bits) => {
                     if bits & signal::RELOAD != 0 {
                         self.reload();
                     }
-                    if bits & signal::RECLAIM_BUDGET != 0 && self.enforce && self.published == ConnState::Idle
+                    if bits & signal::RECLAIM_BUDGET != 0
+                        && self.enforce
+                        && self.published == ConnState::Idle
                         && !conn.listening()
                     {
                         let fatal = self.budget_reclaim();
                         return self.close(client, server, fatal).await;
                     }
-                    if bits & signal::RECLAIM != 0 && self.enforce && !conn.listening()
-                        && matches!(self.published, ConnState::Idle | ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction)
+                    if bits & signal::RECLAIM != 0
+                        && self.enforce
+                        && !conn.listening()
+                        && matches!(
+                            self.published,
+                            ConnState::Idle | ConnState::IdleInTransaction | ConnState::IdleInFailedTransaction
+                        )
                     {
                         let fatal = self.fleet_reclaim();
                         return self.close(client, server, fatal).await;
@@ -244,11 +280,11 @@ impl Relay<'_, '_> {
                     arm(sleep.as_mut(), &mut armed, timer);
                     continue;
                 }
-                _ = &mut violation_grace, if self.violation.is_some() => {
+                Woke::ViolationGrace => {
                     let (fatal, _) = self.violation.take().expect("set");
                     return self.close(client, server, fatal).await;
                 }
-                _ = &mut sleep, if timer.is_some() => {
+                Woke::Timer => {
                     let Some((_, which)) = timer else { continue };
                     if let Some(fatal) = self.on_timer(which) {
                         return self.close(client, server, fatal).await;
@@ -257,7 +293,7 @@ impl Relay<'_, '_> {
                     arm(sleep.as_mut(), &mut armed, timer);
                     continue;
                 }
-                event = poll_fn(|cx| self.poll_io(cx, client, server, server_first)) => event,
+                Woke::Io(event) => event,
             };
             let handled = match event {
                 Ok(Io::Client(n)) => self.client_bytes(n),
@@ -281,26 +317,37 @@ impl Relay<'_, '_> {
 
     /// Moves bytes both ways: writes what is pending in each direction, then reads wherever the buffer is
     /// free. A direction whose peer is slow to read stops reading its source, and only that direction waits.
+    /// Each socket is polled through its own waker: a read that waits and was not woken is not repeated.
     fn poll_io(
         &mut self,
-        cx: &mut Context<'_>,
+        sources: &mut Sources,
         client: &mut ClientStream,
         server: &mut Upstream,
         server_first: bool,
     ) -> Poll<Result<Io, (Side, io::Error)>> {
-        if let Poll::Ready(Err(e)) = self.to_server.flow.poll_flush_to(cx, server) {
-            return Poll::Ready(Err((Side::Server, e)));
+        let to_server = &mut self.to_server.flow;
+        if to_server.has_output() {
+            if let Poll::Ready(Err(e)) = sources.server.poll_always(|cx| to_server.poll_flush_to(cx, server)) {
+                return Poll::Ready(Err((Side::Server, e)));
+            }
         }
-        if let Poll::Ready(Err(e)) = self.to_client.flow.poll_flush_to(cx, client) {
-            return Poll::Ready(Err((Side::Client, e)));
+        let to_client = &mut self.to_client.flow;
+        if to_client.has_output() {
+            if let Poll::Ready(Err(e)) = sources.client.poll_always(|cx| to_client.poll_flush_to(cx, client)) {
+                return Poll::Ready(Err((Side::Client, e)));
+            }
         }
         let order = if server_first { [Side::Server, Side::Client] } else { [Side::Client, Side::Server] };
         for side in order {
             let polled = match side {
                 Side::Client if self.to_server.flow.len() == 0 && self.violation.is_none() => {
-                    self.to_server.flow.poll_read_from(cx, client)
+                    let flow = &mut self.to_server.flow;
+                    sources.client.poll(|cx| flow.poll_read_from(cx, client))
                 }
-                Side::Server if self.to_client.flow.len() == 0 => self.to_client.flow.poll_read_from(cx, server),
+                Side::Server if self.to_client.flow.len() == 0 => {
+                    let flow = &mut self.to_client.flow;
+                    sources.server.poll(|cx| flow.poll_read_from(cx, server))
+                }
                 _ => continue,
             };
             match (side, polled) {

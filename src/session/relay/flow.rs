@@ -130,19 +130,15 @@ impl Flow {
         Poll::Ready(Ok(self.buf.len()))
     }
 
-    /// Writes what is pending to `w` without blocking the caller on it.
+    /// Something to write or flush (or a buffer to give back once written): [`Flow::poll_flush_to`] has work.
+    /// Asked for both directions on every pass of the relay, with nothing to do in most of them (issue 31).
     #[inline]
-    pub fn poll_flush_to<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>> {
-        // Polled for both directions on every pass of the relay, with nothing to do in most of them: that
-        // case costs a comparison here, not a call (issue 31: the per-transaction path).
-        if self.buf.is_empty() && !self.unflushed && !self.shrink_when_written {
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_write_pending(cx, w)
+    pub fn has_output(&self) -> bool {
+        !self.buf.is_empty() || self.unflushed || self.shrink_when_written
     }
 
-    #[inline(never)]
-    fn poll_write_pending<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>> {
+    /// Writes what is pending to `w` without blocking the caller on it.
+    pub fn poll_flush_to<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>> {
         while self.sent < self.buf.len() {
             match Pin::new(&mut *w).poll_write(cx, &self.buf[self.sent..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
