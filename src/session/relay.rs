@@ -216,7 +216,7 @@ impl Relay<'_, '_> {
         let mut server_first = false;
         let mut violation_grace = pin!(tokio::time::sleep_until(far_future(None)));
         // Each polled through a waker of its own, so a wake-up re-polls only what woke it.
-        let mut sources = Sources::new();
+        let mut sources = Sources::new(&poll_fn(|cx| Poll::Ready(cx.waker().clone())).await);
         loop {
             if self.publish_state() {
                 timer = self.next_timer();

@@ -10,7 +10,7 @@
 //! Correct because a source answers `Pending` only with its waker registered (tokio's I/O and coop budget,
 //! tokio-rustls, `Conn::poll_signals`), and whatever makes it ready wakes that waker: the mark is set before
 //! the task is woken. A source whose last poll was `Ready` (a read that may have left bytes in a TLS buffer, a
-//! deferred end) is always polled. If the task's waker changes, the marks are rebuilt and every source polled.
+//! deferred end) is always polled. If the task's waker changes, the sources' wakers are rebuilt and every source polled.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Release};
@@ -39,33 +39,21 @@ pub(super) struct Sources {
     pub(super) signals: Source,
     pub(super) client: Source,
     pub(super) server: Source,
-    /// The task waker the sources' wakers wake.
-    task: Waker,
 }
 
 impl Sources {
-    pub(super) fn new() -> Sources {
-        let task = Waker::noop().clone();
-        Sources { signals: Source::new(&task), client: Source::new(&task), server: Source::new(&task), task }
+    /// The sources' wakers on `task`, the task's own waker.
+    pub(super) fn new(task: &Waker) -> Sources {
+        Sources { signals: Source::new(task), client: Source::new(task), server: Source::new(task) }
     }
 
     /// Once per poll of the task, before any source is polled: builds the sources' wakers again if the task's
     /// waker changed (what was registered wakes the old one, so every source is polled again).
     #[inline]
     pub(super) fn refresh(&mut self, cx: &Context<'_>) {
-        if !self.task.will_wake(cx.waker()) {
-            self.rebuild(cx.waker());
+        if !self.signals.mark.task.will_wake(cx.waker()) {
+            *self = Sources::new(cx.waker());
         }
-    }
-
-    #[cold]
-    fn rebuild(&mut self, task: &Waker) {
-        *self = Sources {
-            signals: Source::new(task),
-            client: Source::new(task),
-            server: Source::new(task),
-            task: task.clone(),
-        };
     }
 }
 
@@ -88,10 +76,10 @@ impl Source {
     /// once (its waker stays registered where the last poll left it).
     #[inline]
     pub(super) fn poll<T>(&mut self, f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if self.waiting && !self.mark.woken.swap(false, AcqRel) {
+        let woken = self.mark.woken.swap(false, AcqRel);
+        if self.waiting && !woken {
             return Poll::Pending;
         }
-        self.mark.woken.store(false, Release);
         let polled = f(&mut Context::from_waker(&self.waker));
         self.waiting = polled.is_pending();
         polled
@@ -139,7 +127,7 @@ mod tests {
     fn a_waiting_source_is_polled_again_only_once_its_own_waker_woke_the_task() {
         let task = Arc::new(Counting::default());
         let task_waker = Waker::from(task.clone());
-        let mut sources = Sources::new();
+        let mut sources = Sources::new(&task_waker);
         let (polled, registered) = poll(&mut sources, &task_waker, false);
         assert!(polled, "first poll");
         assert!(!poll(&mut sources, &task_waker, true).0, "waiting, not woken: not polled");
@@ -154,7 +142,7 @@ mod tests {
     fn a_new_task_waker_makes_every_source_poll_again() {
         let first = Waker::from(Arc::new(Counting::default()));
         let second = Waker::from(Arc::new(Counting::default()));
-        let mut sources = Sources::new();
+        let mut sources = Sources::new(&first);
         assert!(poll(&mut sources, &first, false).0);
         assert!(!poll(&mut sources, &first, false).0);
         assert!(poll(&mut sources, &second, false).0, "registered with the old task's waker: polled again");
@@ -163,7 +151,7 @@ mod tests {
     #[test]
     fn a_write_s_wake_up_makes_the_next_read_look() {
         let task = Waker::from(Arc::new(Counting::default()));
-        let mut sources = Sources::new();
+        let mut sources = Sources::new(&task);
         assert!(poll(&mut sources, &task, false).0);
         let mut write_waker = None;
         let _ = sources.client.poll_always(|own| {
