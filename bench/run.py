@@ -480,7 +480,10 @@ class Bench:
         backends_before = self.backends()
         before = rss_bytes(pid)
         socks = open_idle(self.ports[target], n, query)
-        time.sleep(1.0)
+        # pgwarden gives an idle session's large buffers back once it has been idle 1 s, at the next
+        # once-a-second housekeeping round, and the OS has the pages a round later: the RSS of connections idle
+        # for longer than that.
+        time.sleep(3.5)
         after = rss_bytes(pid)
         for s in socks:
             s.close()

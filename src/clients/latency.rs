@@ -87,6 +87,26 @@ struct Window {
     buckets: [AtomicU64; BUCKETS],
 }
 
+/// The recent view's window one relay's records fall in, worked out again only once `now` passes its end
+/// (otherwise an `Instant` subtraction and a division per record, issue 31).
+#[derive(Debug, Default)]
+pub struct WindowClock {
+    number: u64,
+    ends: Option<Instant>,
+}
+
+impl WindowClock {
+    /// [`Recorder::window_number`] of `now`, for `r` and every recorder sharing its base.
+    pub fn number(&mut self, now: Instant, r: &Recorder) -> u64 {
+        if self.ends.is_some_and(|end| now < end) {
+            return self.number;
+        }
+        self.number = r.window_number(now);
+        self.ends = r.window_end(self.number);
+        self.number
+    }
+}
+
 /// One latency histogram of one client, shared by its connections.
 #[derive(Debug)]
 pub struct Recorder {
@@ -112,6 +132,11 @@ impl Recorder {
     /// The recent view's window that `now` falls in (the same for every [`Recorder`] of one [`Latencies`]).
     pub fn window_number(&self, now: Instant) -> u64 {
         (now.saturating_duration_since(self.base).as_secs() / WINDOW.as_secs()) + 1
+    }
+
+    /// When window `n` ends (`None` past what an `Instant` holds).
+    pub fn window_end(&self, n: u64) -> Option<Instant> {
+        self.base.checked_add(Duration::from_secs(WINDOW.as_secs().checked_mul(n)?))
     }
 
     /// Records one duration that ended at `now`.
@@ -204,6 +229,19 @@ mod tests {
         let mut inf = Hist::default();
         inf.buckets[BUCKETS - 1] = 1;
         assert_eq!(inf.quantile(0.5), Some(Duration::from_secs(60)), "+Inf: the last bound");
+    }
+
+    #[test]
+    fn the_window_clock_agrees_with_the_recorder_across_window_ends() {
+        let base = Instant::now();
+        let r = Recorder::new(base);
+        let mut clock = WindowClock::default();
+        let ms = |n: u64| base + Duration::from_millis(n);
+        let w = WINDOW.as_millis() as u64;
+        for at in [0, 1, w - 1, w, w + 1, 2 * w - 1, 2 * w, 5 * w + 7] {
+            assert_eq!(clock.number(ms(at), &r), r.window_number(ms(at)), "{at} ms after the base");
+        }
+        assert_eq!(r.window_end(1), Some(base + WINDOW));
     }
 
     #[test]

@@ -52,22 +52,31 @@ pub fn cstr(body: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// [`cstr`] for a portal or statement name: a few bytes (PostgreSQL truncates names to 63), whose NUL a byte
+/// loop finds before `memchr` has set up (two names per Bind, issue 31).
+pub fn name(body: &[u8]) -> (&[u8], &[u8]) {
+    match body.iter().position(|&b| b == 0) {
+        Some(n) => (&body[..n], &body[n + 1..]),
+        None => (body, &[]),
+    }
+}
+
 /// Parse: statement name and query text.
 pub fn parse_message(body: &[u8]) -> (&[u8], &[u8]) {
-    let (name, rest) = cstr(body);
+    let (name, rest) = name(body);
     (name, cstr(rest).0)
 }
 
 /// Bind: portal name and statement name.
 pub fn bind_message(body: &[u8]) -> (&[u8], &[u8]) {
-    let (portal, rest) = cstr(body);
-    (portal, cstr(rest).0)
+    let (portal, rest) = name(body);
+    (portal, name(rest).0)
 }
 
 /// Close: `S` (statement) or `P` (portal), and the name.
 pub fn close_message(body: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = body.split_first()?;
-    Some((kind, cstr(rest).0))
+    Some((kind, name(rest).0))
 }
 
 /// BackendKeyData: process id and secret key (4 bytes in 3.0, variable in 3.2).

@@ -65,14 +65,38 @@ impl Scanner {
     ) -> Result<(), ScanError> {
         let whole = chunk.len();
         while !chunk.is_empty() {
+            if self.have == 0 {
+                // The usual case: a whole message at a boundary, lent in place without touching the
+                // scanner's state (several messages per transaction, issue 31).
+                if let Some(header) = chunk.first_chunk::<HEADER>() {
+                    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    if len >= 4 {
+                        let body_len = len as usize - 4;
+                        if let Some(body) = chunk.get(HEADER..HEADER + body_len) {
+                            let tag = header[0];
+                            on_frame(Frame { tag, len: body_len, body: &body[..want(tag).min(body_len)] });
+                            chunk = &chunk[HEADER + body_len..];
+                            continue;
+                        }
+                    }
+                }
+            }
             if self.have < HEADER {
                 let header_at = (whole - chunk.len()).checked_sub(self.have);
-                let take = (HEADER - self.have).min(chunk.len());
-                self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
-                self.have += take;
-                chunk = &chunk[take..];
-                if self.have < HEADER {
-                    break;
+                if let (0, Some(header)) = (self.have, chunk.first_chunk::<HEADER>()) {
+                    // The usual case: a whole header at a boundary, read in place (a copy of a variable
+                    // length is a `memcpy` call, several per transaction, issue 31).
+                    self.header = *header;
+                    self.have = HEADER;
+                    chunk = &chunk[HEADER..];
+                } else {
+                    let take = (HEADER - self.have).min(chunk.len());
+                    self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
+                    self.have += take;
+                    chunk = &chunk[take..];
+                    if self.have < HEADER {
+                        break;
+                    }
                 }
                 let tag = self.header[0];
                 let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);

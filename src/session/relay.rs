@@ -21,6 +21,7 @@ pub mod tracker;
 mod wakers;
 
 use super::upstream::Upstream;
+use crate::clients::latency::WindowClock;
 use crate::clients::ClientEntry;
 use crate::config::{Policy, StatementText};
 use crate::policy;
@@ -83,7 +84,7 @@ impl Direction {
         }
     }
 
-    /// The session went idle: give large buffers back.
+    /// The session has been idle a while: give large buffers back.
     fn shrink(&mut self) {
         self.scanner.shrink();
         self.flow.shrink_if_idle();
@@ -124,12 +125,14 @@ pub async fn run(
         published_at: ctx.conn.state_since(),
         busy_since: None,
         transaction_since: None,
+        window: WindowClock::default(),
         transaction_timer_spent: false,
         query_timer_spent: false,
         borrow_pending: false,
         borrowed: None,
         drain_deadline: None,
         violation: None,
+        holds_large: false,
     };
     if !early.is_empty() {
         let n = early.len();
@@ -182,9 +185,12 @@ struct Relay<'a, 'c> {
     published: ConnState,
     /// When `published` began (what the registry holds as the state's start, without converting it back).
     published_at: Instant,
-    /// When the session last became busy (for the query latency) and left idle (the transaction's start).
-    busy_since: Option<Instant>,
-    transaction_since: Option<Instant>,
+    /// When the session last became busy (for the query latency) and left idle (the transaction's start,
+    /// also as nanoseconds since the registry's epoch): latencies are integer subtractions.
+    busy_since: Option<u64>,
+    transaction_since: Option<(Instant, u64)>,
+    /// The recent latency window the last record fell in.
+    window: WindowClock,
     /// `transaction_timeout` fired in this transaction (report-only: reported once per transaction).
     transaction_timer_spent: bool,
     /// The statement the session was borrowed with was a bare BEGIN: the next one names the borrower.
@@ -198,6 +204,9 @@ struct Relay<'a, 'c> {
     /// answered them (or [`VIOLATION_GRACE`] passed) the session closes with this error, as PostgreSQL would
     /// after processing them.
     violation: Option<(Fatal, Instant)>,
+    /// Went idle with a large buffer in either direction, not given back yet (what `Conn::holds_large`
+    /// tells housekeeping).
+    holds_large: bool,
 }
 
 /// How long the server may take to answer the client's messages that came before a bad header.
@@ -252,6 +261,12 @@ impl Relay<'_, '_> {
                 Woke::Signals(bits) => {
                     if bits & signal::RELOAD != 0 {
                         self.reload();
+                    }
+                    if bits & signal::SHRINK != 0 && self.published == ConnState::Idle {
+                        self.to_server.shrink();
+                        self.to_client.shrink();
+                        self.holds_large = false;
+                        conn.set_holds_large(false);
                     }
                     if bits & signal::RECLAIM_BUDGET != 0
                         && self.enforce
@@ -391,9 +406,10 @@ impl Relay<'_, '_> {
             return false;
         }
         let now = Instant::now();
-        self.ctx.conn.set_state(state, now);
+        let at = self.ctx.conn.nanos_at(now);
+        self.ctx.conn.set_state_at(state, at);
         self.published_at = now;
-        self.record_latency(self.published, state, now);
+        self.record_latency(self.published, state, now, at);
         self.published = state;
         // A new idle period: report-only counts each connection once, but a used connection starts afresh.
         if state == ConnState::Active {
@@ -402,42 +418,50 @@ impl Relay<'_, '_> {
             self.to_client.flow.expect_large();
         }
         if state == ConnState::Idle {
-            self.to_server.shrink();
-            self.to_client.shrink();
+            self.to_server.scanner.shrink();
+            self.to_client.scanner.shrink();
+            // Large buffers stay through short idle periods; housekeeping asks for them back after
+            // `SHRINK_IDLE_AFTER` (an ORM-sized answer per transaction would otherwise grow and shrink them
+            // around every one).
+            if !self.holds_large && (self.to_server.flow.is_large() || self.to_client.flow.is_large()) {
+                self.holds_large = true;
+                self.ctx.conn.set_holds_large(true);
+            }
         }
         true
     }
 
     /// Records what a state change ends: busy to not busy is one query's latency; back to idle outside a
-    /// transaction ends the transaction that began when the session left idle.
-    fn record_latency(&mut self, from: ConnState, to: ConnState, now: Instant) {
-        let latency = &self.ctx.entry.latency;
-        // The recent view's window, worked out once for both records (the three recorders share a base).
-        let mut window = None;
-        let mut window_at = || *window.get_or_insert_with(|| latency.query.window_number(now));
-        match (from, to) {
-            (ConnState::Active, _) => {
-                if let Some(since) = self.busy_since.take() {
-                    latency.query.record_in(now.saturating_duration_since(since), window_at());
-                }
-            }
-            (_, ConnState::Active) => {}
-            _ => return,
+    /// transaction ends the transaction that began when the session left idle. `at` is `now` in nanoseconds
+    /// since the registry's epoch.
+    fn record_latency(&mut self, from: ConnState, to: ConnState, now: Instant, at: u64) {
+        if from != ConnState::Active && to != ConnState::Active {
+            return;
         }
-        match (from, to) {
-            (_, ConnState::Active) => {
-                self.busy_since = Some(now);
+        let query = if from == ConnState::Active { self.busy_since.take() } else { None };
+        let transaction = match to {
+            ConnState::Active => {
+                self.busy_since = Some(at);
                 if matches!(from, ConnState::Idle | ConnState::Startup) {
-                    self.transaction_since = Some(now);
+                    self.transaction_since = Some((now, at));
                     self.transaction_timer_spent = false;
                 }
+                None
             }
-            (_, ConnState::Idle) => {
-                if let Some(since) = self.transaction_since.take() {
-                    latency.transaction.record_in(now.saturating_duration_since(since), window_at());
-                }
-            }
-            _ => {}
+            ConnState::Idle => self.transaction_since.take().map(|(_, since)| since),
+            _ => None,
+        };
+        if query.is_none() && transaction.is_none() {
+            return;
+        }
+        let latency = &self.ctx.entry.latency;
+        // One window for both records (the recorders share a base), worked out again once per window.
+        let window = self.window.number(now, &latency.query);
+        if let Some(since) = query {
+            latency.query.record_in(Duration::from_nanos(at.saturating_sub(since)), window);
+        }
+        if let Some(since) = transaction {
+            latency.transaction.record_in(Duration::from_nanos(at.saturating_sub(since)), window);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Bytes in flight in one direction of the relay: read into a buffer, then written on, possibly over several
-//! polls. Owns buffer sizing: small while a session is idle, large while data streams or a large answer is
+//! polls. Owns buffer sizing: small once a session has been idle a while (the relay gives a large buffer back
+//! when housekeeping asks, see `registry::SHRINK_IDLE_AFTER`), large while data streams or a large answer is
 //! expected, never zeroed (reads go into the buffer's spare capacity).
 
 use std::future::poll_fn;
@@ -10,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Read buffer per direction while data flows.
 pub const BUF_SIZE: usize = 16 * 1024;
-/// Read buffer per direction while the session is idle or exchanging small messages: an idle session holds
-/// 2 × this, not 2 × `BUF_SIZE` (the memory target is 8 KiB per idle client connection in all).
+/// Read buffer per direction while the session exchanges small messages or has been idle a while: an idle
+/// session holds 2 × this, not 2 × `BUF_SIZE` (the memory target is 8 KiB per idle client connection in all).
 pub const SMALL_BUF: usize = 512;
 
 /// One direction's bytes in flight: read into `buf` (its length is what is pending, its capacity the read
@@ -78,7 +79,12 @@ impl Flow {
         self.sent = 0;
     }
 
-    /// The session went idle: gives a large buffer back now, or once what is pending is written.
+    /// The buffer is larger than an idle session's.
+    pub fn is_large(&self) -> bool {
+        self.buf.capacity() > SMALL_BUF
+    }
+
+    /// The session is idle: gives a large buffer back now, or once what is pending is written.
     pub fn shrink_if_idle(&mut self) {
         if !self.buf.is_empty() {
             self.shrink_when_written = true;

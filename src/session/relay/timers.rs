@@ -22,7 +22,7 @@ impl Relay<'_, '_> {
             drain_deadline: self.drain_deadline,
             policy: &self.policy,
             idle_timers_spent: self.would_closed,
-            transaction_since: self.transaction_since,
+            transaction_since: self.transaction_since.map(|(since, _)| since),
             transaction_timer_spent: self.transaction_timer_spent,
             query_timer_spent: self.query_timer_spent,
         })
