@@ -46,16 +46,17 @@ impl TxStatus {
 
 /// Splits a NUL-terminated string off the front; a truncated body yields everything left.
 pub fn cstr(body: &[u8]) -> (&[u8], &[u8]) {
-    match memchr::memchr(0, body) {
-        Some(n) => (&body[..n], &body[n + 1..]),
-        None => (body, &[]),
-    }
+    split_at_nul(body, memchr::memchr(0, body))
 }
 
 /// [`cstr`] for a portal or statement name: a few bytes (PostgreSQL truncates names to 63), whose NUL a byte
 /// loop finds before `memchr` has set up (two names per Bind, issue 31).
 pub fn name(body: &[u8]) -> (&[u8], &[u8]) {
-    match body.iter().position(|&b| b == 0) {
+    split_at_nul(body, body.iter().position(|&b| b == 0))
+}
+
+fn split_at_nul(body: &[u8], nul: Option<usize>) -> (&[u8], &[u8]) {
+    match nul {
         Some(n) => (&body[..n], &body[n + 1..]),
         None => (body, &[]),
     }

@@ -83,20 +83,12 @@ impl Scanner {
             }
             if self.have < HEADER {
                 let header_at = (whole - chunk.len()).checked_sub(self.have);
-                if let (0, Some(header)) = (self.have, chunk.first_chunk::<HEADER>()) {
-                    // The usual case: a whole header at a boundary, read in place (a copy of a variable
-                    // length is a `memcpy` call, several per transaction, issue 31).
-                    self.header = *header;
-                    self.have = HEADER;
-                    chunk = &chunk[HEADER..];
-                } else {
-                    let take = (HEADER - self.have).min(chunk.len());
-                    self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
-                    self.have += take;
-                    chunk = &chunk[take..];
-                    if self.have < HEADER {
-                        break;
-                    }
+                let take = (HEADER - self.have).min(chunk.len());
+                self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
+                self.have += take;
+                chunk = &chunk[take..];
+                if self.have < HEADER {
+                    break;
                 }
                 let tag = self.header[0];
                 let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
